@@ -1,0 +1,3 @@
+from strop.cli import main
+
+raise SystemExit(main())

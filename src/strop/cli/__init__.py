@@ -1,0 +1,57 @@
+"""The ``strop`` command: translates arguments into calls of the library, nothing more.
+
+Each subcommand lives in ``strop/cli/<name>.py`` and defines ``add_arguments(parser)`` and
+``run(args) -> int``; heavy imports happen inside ``run`` so that ``strop --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from strop import __version__
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("strop.cli.demo", "the main job: transfer learning on bundled digits (or shapes), compared"),
+    "train": ("strop.cli.train", "fine-tune a model from a YAML config"),
+    "eval": ("strop.cli.evaluate", "metrics of a run's best checkpoint on its validation split"),
+    "predict": ("strop.cli.predict", "class and probability per image, as CSV"),
+    "export": ("strop.cli.export", "export a run's weights (safetensors recommended)"),
+    "lr-find": ("strop.cli.lr_find", "LR range test on a training config; writes the plot"),
+    "lr-plot": ("strop.cli.lr_plot", "draw learning-rate schedules to PNG (and CSV)"),
+    "inspect": ("strop.cli.inspect", "show a model's head, layer groups and what is trainable"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (each subcommand adds its own arguments)."""
+    parser = argparse.ArgumentParser(
+        prog="strop",
+        description="Fine-tune PyTorch models: losses, LR schedules, transfer learning, mixed precision.",
+    )
+    parser.add_argument("--version", action="version", version=f"strop {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``strop`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        # library errors already name the function, argument, expectation and value
+        print(f"strop {args.command}: error: {exc}", file=sys.stderr)
+        return 2
