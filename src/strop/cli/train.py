@@ -1,0 +1,46 @@
+"""``strop train CONFIG.yaml [--set key=value ...] [--resume] [--nproc N]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML training config (see docs/config.md)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optimizer.lr=0.1 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt of the output folder")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="launch N data-parallel processes on this machine with torchrun")
+    p.add_argument("--strict", action="store_true", help="unreadable image files are an error, not a warning")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_torchrun(args)
+    from strop.train import fit, load_config
+
+    overrides = list(args.overrides) + (["data.strict=true"] if args.strict else [])
+    config = load_config(args.config, overrides)
+    result = fit(config, resume=args.resume)
+    if result.interrupted:
+        return 130
+    if result.best_metric is not None:
+        print(f"best {result.monitor}: {result.best_metric:.4f} (epoch {result.best_epoch}); run folder: {result.run_dir}")
+    return 0
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """Re-run this command under ``torchrun --standalone --nproc_per_node=N`` (one machine)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "strop", "train", args.config]
+    for item in args.overrides:
+        cmd += ["--set", item]
+    if args.resume:
+        cmd.append("--resume")
+    if args.strict:
+        cmd.append("--strict")
+    return subprocess.call(cmd)

@@ -1,0 +1,27 @@
+"""Training: config, loop, checkpoints, callbacks and ``fit``.
+
+    from strop.train import fit, load_config
+    result = fit(load_config("configs/digits.yaml"))
+"""
+
+from strop.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from strop.train.config import Config, apply_overrides, config_from_dict, load_config
+from strop.train.loop import Engine, NonFiniteLossError, TrainState, evaluate, train_one_epoch
+from strop.train.trainer import RunResult, fit
+
+__all__ = [
+    "CheckpointError",
+    "Config",
+    "Engine",
+    "NonFiniteLossError",
+    "RunResult",
+    "TrainState",
+    "apply_overrides",
+    "config_from_dict",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "load_config",
+    "save_checkpoint",
+    "train_one_epoch",
+]

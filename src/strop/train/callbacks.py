@@ -1,0 +1,152 @@
+"""A few duck-typed hooks over :class:`~strop.train.loop.TrainState`, not a framework.
+
+A callback defines any of ``on_fit_start(state)``, ``on_epoch_start(state)``,
+``on_batch_end(state, logs)``, ``on_epoch_end(state, logs)``, ``on_fit_end(state)``. It stops
+training by setting ``state.should_stop``. The loop never prints: the progress bar is a callback,
+and so are the CSV log and early stopping. Output streams are injected so they can be tested.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["CSVLogger", "EarlyStopping", "ProgressBar", "TensorBoardLogger", "call"]
+
+
+def call(callbacks: list[Any], hook: str, *args: Any) -> None:
+    """Call ``hook`` on every callback that has it."""
+    for cb in callbacks:
+        fn = getattr(cb, hook, None)
+        if fn is not None:
+            fn(*args)
+
+
+class ProgressBar:
+    """A tqdm bar per epoch showing loss, LR and throughput; one summary line per epoch."""
+
+    def __init__(self, total_epochs: int, batches_per_epoch: int, *, file: TextIO | None = None, enabled: bool = True):
+        self.total_epochs = total_epochs
+        self.batches = batches_per_epoch
+        self.file = file
+        self.enabled = enabled
+        self._bar: Any = None
+
+    def on_epoch_start(self, state: Any) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(
+            total=self.batches,
+            initial=state.batch_in_epoch,
+            desc=f"epoch {state.epoch + 1}/{self.total_epochs}",
+            file=self.file or sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_s']:.0f}")
+            self._bar.update(1)
+
+    def on_epoch_end(self, state: Any, logs: dict[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self.enabled:
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in logs.items() if isinstance(v, float))
+            print(f"epoch {state.epoch + 1}/{self.total_epochs}  {shown}", file=self.file or sys.stderr)
+
+
+class CSVLogger:
+    """``metrics.csv``: one row per optimizer step (kind=step: lr, loss) and per epoch (kind=epoch).
+
+    The file is appended to, so a resumed run continues the same log; rows past the resume point
+    (written after the last checkpoint by a run that crashed) are dropped first.
+    """
+
+    def __init__(self, path: str | Path, metric_names: list[str]):
+        self.path = Path(path)
+        self.fields = ["kind", "epoch", "step", "lr", "loss", *metric_names]
+
+    def on_fit_start(self, state: Any) -> None:
+        rows: list[dict[str, str]] = []
+        if self.path.exists():
+            with open(self.path, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    done = row["kind"] == "epoch" and int(row["epoch"]) <= state.epoch
+                    step_done = row["kind"] == "step" and int(row["step"]) <= state.step
+                    if done or step_done:
+                        rows.append(row)
+        with open(self.path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        self._fh = open(self.path, "a", newline="")  # noqa: SIM115 - closed in on_fit_end
+        self._writer = csv.DictWriter(self._fh, fieldnames=self.fields, extrasaction="ignore")
+        self._last_step = state.step
+
+    def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:
+        if state.step != self._last_step:  # one row per optimizer step, not per micro-batch
+            self._last_step = state.step
+            self._writer.writerow({"kind": "step", "epoch": state.epoch + 1, "step": state.step, **logs})
+
+    def on_epoch_end(self, state: Any, logs: dict[str, float]) -> None:
+        self._writer.writerow({"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, **logs})
+        self._fh.flush()
+
+    def on_fit_end(self, state: Any) -> None:
+        self._fh.close()
+
+
+class EarlyStopping:
+    """Stop when ``metric`` has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, metric: str, mode: str, patience: int, min_delta: float = 0.0):
+        self.metric, self.mode, self.patience, self.min_delta = metric, mode, patience, min_delta
+        self.best = -math.inf if mode == "max" else math.inf
+        self.bad_epochs = 0
+
+    def on_epoch_end(self, state: Any, logs: dict[str, float]) -> None:
+        value = logs.get(self.metric)
+        if value is None or not math.isfinite(value):
+            self.bad_epochs += 1
+        else:
+            better = value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
+            if better:
+                self.best, self.bad_epochs = value, 0
+            else:
+                self.bad_epochs += 1
+        if self.bad_epochs >= self.patience:
+            state.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.best, self.bad_epochs = sd["best"], sd["bad_epochs"]
+
+
+class TensorBoardLogger:
+    """TensorBoard scalars, used only when ``tensorboard`` is installed."""
+
+    def __init__(self, log_dir: str | Path):
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+        self.writer = SummaryWriter(str(log_dir))
+
+    def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:
+        self.writer.add_scalar("train/loss_step", logs["loss"], state.step)
+        self.writer.add_scalar("train/lr", logs["lr"], state.step)
+
+    def on_epoch_end(self, state: Any, logs: dict[str, float]) -> None:
+        for k, v in logs.items():
+            self.writer.add_scalar(f"epoch/{k}", v, state.epoch + 1)
+
+    def on_fit_end(self, state: Any) -> None:
+        self.writer.close()

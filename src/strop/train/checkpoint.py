@@ -1,0 +1,101 @@
+"""Checkpoints: plain dicts, versioned, written atomically, read without running code.
+
+A checkpoint is written to ``path.tmp``, flushed and fsynced, then moved over ``path`` with
+``os.replace`` (atomic on POSIX) and the folder fsynced, so a crash or a full disk at any moment
+leaves either the old file or the new one — never a torn one. Reading uses
+``torch.load(weights_only=True)``: a crafted pickle cannot run code.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["FORMAT_VERSION", "CheckpointError", "capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the file and the cause."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some filesystems cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """Write ``payload`` (plus ``format_version``) atomically to ``path``.
+
+    On failure (disk full, folder unwritable) raises :class:`CheckpointError` naming the path;
+    the previous file at ``path`` is untouched and the temporary file is removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            torch.save({"format_version": FORMAT_VERSION, **payload}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {reason}; the previous checkpoint there (if any) is kept"
+        ) from exc
+    return path
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for torn or foreign files
+        raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(data, dict) or "format_version" not in data:
+        raise CheckpointError(f"{path} is not a strop checkpoint (no format_version)")
+    if data["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {data['format_version']}; this strop reads up to {FORMAT_VERSION}"
+        )
+    return data
+
+
+def capture_rng() -> dict[str, Any]:
+    """The RNG states that affect training (torch CPU/CUDA, Python), as weights_only-safe data."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _python_state(random.getstate())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
