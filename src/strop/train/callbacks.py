@@ -28,8 +28,17 @@ def call(callbacks: list[Any], hook: str, *args: Any) -> None:
 class ProgressBar:
     """A tqdm bar per epoch showing loss, LR and throughput; one summary line per epoch."""
 
-    def __init__(self, total_epochs: int, batches_per_epoch: int, *, file: TextIO | None = None, enabled: bool = True):
+    def __init__(
+        self,
+        total_epochs: int,
+        batches_per_epoch: int,
+        *,
+        file: TextIO | None = None,
+        enabled: bool = True,
+        mininterval: float = 0.1,
+    ):
         self.total_epochs = total_epochs
+        self.mininterval = mininterval
         self.batches = batches_per_epoch
         self.file = file
         self.enabled = enabled
@@ -47,6 +56,7 @@ class ProgressBar:
             file=self.file or sys.stderr,
             leave=False,
             dynamic_ncols=True,
+            mininterval=self.mininterval,
         )
 
     def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:

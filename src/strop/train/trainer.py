@@ -31,6 +31,7 @@ from strop import __version__
 from strop.train import callbacks as cb
 from strop.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from strop.train.config import Config
+from strop.train.feature_cache import cache_decision, extract_features
 from strop.train.distributed import DistContext, all_reduce_sum, init_from_env, shutdown, wrap_model
 from strop.train.loop import Engine, TrainState, evaluate, train_one_epoch
 
@@ -102,11 +103,12 @@ def _load_data(config: Config) -> tuple[Any, Any, list[str] | None, int]:
 
     d = config.data
     if d.root is None:
-        raise ValueError("config: data.root is required (a folder of images); got null")
+        raise ValueError("config: data.root is required (a folder of images, or bundled:digits / bundled:shapes); got null")
+    root = bundled_root(d.root)
     if config.task == "classification":
         mean, std = _normalisation(config)
         train_ds, val_ds, classes = sdata.image_folder(
-            d.root,
+            root,
             image_size=d.image_size,
             val_fraction=d.val_fraction,
             seed=config.seed,
@@ -119,7 +121,7 @@ def _load_data(config: Config) -> tuple[Any, Any, list[str] | None, int]:
         n = len(classes)
     else:
         train_ds, val_ds, n = sdata.segmentation_folder(
-            d.root,
+            root,
             image_size=d.image_size,
             val_fraction=d.val_fraction,
             seed=config.seed,
@@ -137,6 +139,33 @@ def _load_data(config: Config) -> tuple[Any, Any, list[str] | None, int]:
     if len(train_ds) == 0:
         raise ValueError(f"config: no training images found under {d.root}")
     return train_ds, val_ds, classes, n
+
+
+BUNDLED = ("digits", "shapes", "shapes-multiclass")
+
+
+def bundled_root(root: str) -> Path:
+    """``bundled:NAME`` -> the bundled data set written once under ``$STROP_DATA`` (default
+    ``~/.cache/strop/data``); any other string is a folder path.
+
+    ``digits`` is scikit-learn's real handwritten digits as an ImageFolder; ``shapes`` a synthetic
+    binary segmentation set (images/ + masks/); ``shapes-multiclass`` the same with one class per
+    shape kind.
+    """
+    import os
+
+    from strop import data as sdata
+
+    if not root.startswith("bundled:"):
+        return Path(root)
+    name = root.split(":", 1)[1]
+    if name not in BUNDLED:
+        raise ValueError(f"config: data.root {root!r} names no bundled data set; available: "
+                         + ", ".join(f"bundled:{b}" for b in BUNDLED))
+    base = Path(os.environ.get("STROP_DATA", Path.home() / ".cache" / "strop" / "data"))
+    if name == "digits":
+        return sdata.write_digits(base / "digits")
+    return sdata.write_shapes(base / name, num_classes=2 if name == "shapes" else 4)
 
 
 def _normalisation(config: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -232,19 +261,7 @@ def fit(
             )
         per_rank_batch = config.data.batch_size // ctx.world_size
         sampler = ResumableSampler(train_ds, ctx=ctx, seed=config.seed, shuffle=True, batch_size=per_rank_batch)
-        loader = make_loader(
-            train_ds, batch_size=per_rank_batch, shuffle=False, seed=config.seed,
-            num_workers=config.data.num_workers, device=device, sampler=sampler,
-        )
-        val_sampler = None
-        if ctx.enabled:  # each rank validates its share; metrics are summed across ranks
-            val_sampler = DistributedSampler(val_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
-        val_loader = make_loader(
-            val_ds, batch_size=per_rank_batch, shuffle=False, seed=config.seed,
-            num_workers=config.data.num_workers, device=device, sampler=val_sampler,
-        )
-        sampler.set_position(0)
-        batches_per_epoch = len(loader)
+        batches_per_epoch = math.ceil(len(sampler) / per_rank_batch)
         steps_per_epoch = math.ceil(batches_per_epoch / config.accumulation_steps)
 
         model, loss_fn, optimizer = build_engine_parts(config, num_classes, device, precision)
@@ -259,8 +276,7 @@ def fit(
                 config.schedule, optimizer, epochs=config.epochs, steps_per_epoch=steps_per_epoch
             )
         amp = MixedPrecision(precision)
-        train_model = wrap_model(model, ctx, device=device, sync_batchnorm=config.sync_batchnorm)
-        choices = {
+        choices: dict[str, Any] = {
             "device": str(device),
             "precision": precision.name,
             "precision_reason": precision.reason,
@@ -270,25 +286,54 @@ def fit(
             "per_process_batch": per_rank_batch,
             "steps_per_epoch": steps_per_epoch,
             "compile": False,
+            "feature_cache": False,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total_params": sum(p.numel() for p in model.parameters()),
             "torch": torch.__version__,
             "strop": __version__,
         }
-        if config.compile:
-            try:
-                train_model = torch.compile(train_model)
-                choices["compile"] = True
-            except Exception as exc:  # compile support varies by platform; training must not
-                log(f"torch.compile unavailable ({type(exc).__name__}: {exc}); training uncompiled")
-                choices["compile_fallback"] = f"{type(exc).__name__}: {exc}"
         log(f"precision: {precision.name} ({precision.reason}); memory format: {choices['memory_format']}")
-
         engine = Engine(
-            model=train_model, loss_fn=loss_fn, optimizer=optimizer, amp=amp, scheduler=scheduler,
+            model=model, loss_fn=loss_fn, optimizer=optimizer, amp=amp, scheduler=scheduler,
             device=device, memory_format=memory_format, accumulation_steps=config.accumulation_steps,
             clip_grad_norm=config.clip_grad_norm, aux_weight=config.model.aux_weight,
             nonfinite=config.nonfinite, task=config.task, num_classes=num_classes,
+        )
+
+        use_cache, why = cache_decision(config, model, train_ds, distributed=ctx.enabled)
+        choices["feature_cache_reason"] = why
+        if use_cache:
+            t_cache = time.perf_counter()
+            head = finetune.head_module(model)
+            train_ds = extract_features(model, head, train_ds, engine=engine, batch_size=per_rank_batch)
+            val_ds = extract_features(model, head, val_ds, engine=engine, batch_size=per_rank_batch)
+            sampler = ResumableSampler(train_ds, ctx=ctx, seed=config.seed, shuffle=True, batch_size=per_rank_batch)
+            engine.model = head
+            choices["feature_cache"] = True
+            log(f"feature cache: used — {why} ({len(train_ds) + len(val_ds)} items in "
+                f"{time.perf_counter() - t_cache:.1f}s, {tuple(train_ds.tensors[0].shape[1:])} each)")
+        else:
+            if config.feature_cache != "off":
+                log(f"feature cache: not used — {why}")
+            engine.model = wrap_model(model, ctx, device=device, sync_batchnorm=config.sync_batchnorm)
+            if config.compile:
+                try:
+                    engine.model = torch.compile(engine.model)
+                    choices["compile"] = True
+                except Exception as exc:  # compile support varies by platform; training must not
+                    log(f"torch.compile unavailable ({type(exc).__name__}: {exc}); training uncompiled")
+                    choices["compile_fallback"] = f"{type(exc).__name__}: {exc}"
+        workers = 0 if use_cache else config.data.num_workers  # cached tensors need no workers
+        loader = make_loader(
+            train_ds, batch_size=per_rank_batch, shuffle=False, seed=config.seed,
+            num_workers=workers, device=device, sampler=sampler,
+        )
+        val_sampler = None
+        if ctx.enabled:  # each rank validates its share; metrics are summed across ranks
+            val_sampler = DistributedSampler(val_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
+        val_loader = make_loader(
+            val_ds, batch_size=per_rank_batch, shuffle=False, seed=config.seed,
+            num_workers=workers, device=device, sampler=val_sampler,
         )
         state = TrainState()
         early = None

@@ -1,0 +1,144 @@
+"""End-to-end runs of ``fit`` on tiny bundled data (real models, real data, a few seconds each)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from strop.train import NonFiniteLossError, fit, load_checkpoint
+from strop.train.report import read_metrics
+
+
+def _weights(run_dir, which="last"):
+    return load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")["model"]
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_classification_run_writes_the_run_folder(tiny_config, digits_root, tmp_path):
+    res = fit(tiny_config(digits_root, tmp_path / "run", schedule={"name": "cosine", "warmup_epochs": 1}))
+    run = res.run_dir
+    for rel in ("config.yaml", "run.json", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt",
+                "plots/loss.png", "plots/metrics.png", "plots/lr.png"):
+        assert (run / rel).is_file(), rel
+    epochs, steps = read_metrics(run / "metrics.csv")
+    assert [e["epoch"] for e in epochs] == [1.0, 2.0]
+    assert len(steps) == 2 * math.ceil(45 / 16)  # 60 images, 25% validation, batch 16
+    assert all(0.0 <= e["val_accuracy"] <= 1.0 and math.isfinite(e["val_loss"]) for e in epochs)
+    assert res.best_metric == max(e["val_accuracy"] for e in epochs)
+    choices = json.loads((run / "run.json").read_text())
+    assert choices["precision"] == "fp32" and choices["feature_cache"] is False
+    # warmup then cosine: the LR rises during epoch 1 and falls to ~0 at the end
+    lrs = [s["lr"] for s in steps]
+    assert lrs[0] < lrs[2] and lrs[-1] < lrs[2]
+
+
+@pytest.mark.slow
+def test_bf16_autocast_run_trains(tiny_config, digits_root, tmp_path):
+    res = fit(tiny_config(digits_root, tmp_path / "bf16", precision="bf16", memory_format="channels_last"))
+    assert res.choices["precision"] == "bf16" and res.choices["memory_format"] == "channels_last"
+    assert all(math.isfinite(h["train_loss"]) for h in res.history)
+    assert all(p.dtype == torch.float32 for p in _weights(res.run_dir).values() if p.is_floating_point())
+
+
+@pytest.mark.slow
+def test_resume_after_epoch_equals_uninterrupted(tiny_config, digits_root, tmp_path):
+    sched = {"name": "onecycle", "max_lr": 0.05}
+    full = fit(tiny_config(digits_root, tmp_path / "full", schedule=sched))
+
+    class StopAfterFirstEpoch:
+        def on_epoch_end(self, state, logs):
+            state.should_stop = True
+
+    part = tiny_config(digits_root, tmp_path / "part", schedule=sched)
+    first = fit(part, callbacks=[StopAfterFirstEpoch()])
+    assert len(first.history) == 1
+    resumed = fit(part, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1.0, 2.0]
+    _assert_same_weights(_weights(full.run_dir), _weights(resumed.run_dir))
+
+
+@pytest.mark.slow
+def test_mid_epoch_interrupt_saves_and_resumes_exactly(tiny_config, digits_root, tmp_path):
+    full = fit(tiny_config(digits_root, tmp_path / "full"))
+
+    class SigintAtBatch2:
+        def on_batch_end(self, state, logs):
+            if state.epoch == 1 and state.batch_in_epoch == 2:
+                state.should_stop, state.interrupted = True, "SIGINT"
+
+    part = tiny_config(digits_root, tmp_path / "part")
+    first = fit(part, callbacks=[SigintAtBatch2()])
+    assert first.interrupted == "SIGINT"
+    saved = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["state"]
+    assert (saved["epoch"], saved["batch_in_epoch"]) == (1, 2)
+    resumed = fit(part, resume=True)
+    _assert_same_weights(_weights(full.run_dir), _weights(resumed.run_dir))
+
+
+@pytest.mark.slow
+def test_feature_cache_gives_the_uncached_head(tiny_config, digits_root, tmp_path):
+    over = {"model": {"name": "resnet18", "freeze": "backbone"}, "epochs": 1}
+    cached = fit(tiny_config(digits_root, tmp_path / "cached", feature_cache="auto", **over))
+    plain = fit(tiny_config(digits_root, tmp_path / "plain", feature_cache="off", **over))
+    assert cached.choices["feature_cache"] is True and plain.choices["feature_cache"] is False
+    a, b = _weights(cached.run_dir), _weights(plain.run_dir)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert cached.final["val_accuracy"] == pytest.approx(plain.final["val_accuracy"])
+
+
+@pytest.mark.slow
+def test_feature_cache_falls_back_with_reason(tiny_config, digits_root, tmp_path):
+    res = fit(tiny_config(digits_root, tmp_path / "aug", data={"augment": True}, epochs=1,
+                          model={"name": "resnet18", "freeze": "backbone"}))
+    assert res.choices["feature_cache"] is False
+    assert "augmentation" in res.choices["feature_cache_reason"]
+
+
+@pytest.mark.slow
+def test_segmentation_run(tiny_config, shapes_root, tmp_path):
+    res = fit(tiny_config(shapes_root, tmp_path / "seg", task="segmentation", epochs=1,
+                          model={"name": "lraspp_mobilenet_v3_large"}, loss={"dice": 1.0, "bce": 1.0},
+                          optimizer={"name": "adamw", "lr": 0.003}, data={"batch_size": 4}))
+    h = res.final
+    assert 0.0 <= h["val_dice"] <= 1.0 and 0.0 <= h["val_iou"] <= h["val_dice"] + 1e-9
+    assert res.monitor == "val_dice"
+
+
+class _NaNOnSecondBatch(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, input, target):
+        self.calls += 1
+        loss = torch.nn.functional.cross_entropy(input, target)
+        return loss * float("nan") if self.calls == 2 else loss
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_skip_and_stop(tiny_config, digits_root, tmp_path, monkeypatch):
+    import strop.losses
+
+    monkeypatch.setattr(strop.losses, "build", lambda spec: _NaNOnSecondBatch())
+    res = fit(tiny_config(digits_root, tmp_path / "skip", epochs=1))
+    assert res.final["nonfinite_batches"] == 1.0
+    assert all(torch.isfinite(t).all() for t in _weights(res.run_dir, "best").values() if t.is_floating_point())
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at epoch 0, batch 1"):
+        fit(tiny_config(digits_root, tmp_path / "stop", epochs=1, nonfinite="stop"))
+
+
+def test_num_classes_mismatch_and_missing_data(tiny_config, digits_root, tmp_path):
+    with pytest.raises(ValueError, match=r"data.num_classes is 5 but .* holds 3 classes \(0, 1, 2\)"):
+        fit(tiny_config(digits_root, tmp_path / "x", data={"num_classes": 5}))
+    with pytest.raises((ValueError, FileNotFoundError), match="nowhere"):
+        fit(tiny_config(tmp_path / "nowhere", tmp_path / "y"))
+    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint"):
+        fit(tiny_config(digits_root, tmp_path / "z"), resume=True)
