@@ -7,7 +7,7 @@ from strop._registry import Registry
 def test_fail_formats_function_message_and_hint():
     with pytest.raises(ValueError, match=r"^f: x must be > 0; got -1\. Hint: use 1$"):
         fail("f", "x must be > 0; got -1", hint="use 1")
-    with pytest.raises(TypeError, match="^g: bad$"):
+    with pytest.raises(TypeError, match=r"^g: bad$"):
         fail("g", "bad", exc=TypeError)
 
 

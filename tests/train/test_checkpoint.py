@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from strop.train import checkpoint as ckpt
-from strop.train.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from strop.train.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 
 
 def test_round_trip_and_version(tmp_path):

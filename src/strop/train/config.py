@@ -68,6 +68,7 @@ class ModelConfig(_Strict):
     freeze: str | int | None = None
     train_bn: bool = False
     aux_weight: float = Field(0.4, ge=0.0)
+    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override every Dropout's p (timm's drop_rate)")
     trust_pickle: bool = False
 
 

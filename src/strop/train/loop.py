@@ -249,10 +249,8 @@ def evaluate(
 
 def _confusion(logits: Tensor, target: Tensor, n: int) -> Tensor:
     """``n×n`` confusion counts (rows: target, cols: prediction); ignore_index pixels dropped."""
-    if logits.shape[1] == 1:  # binary: one logit channel, class 1 where it is > 0
-        pred = (logits[:, 0] > 0).long()
-    else:
-        pred = logits.argmax(1)
+    # binary: one logit channel, class 1 where it is > 0
+    pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
     target = target.long().reshape(pred.shape)
     valid = (target >= 0) & (target < n)
     idx = target[valid] * n + pred[valid]

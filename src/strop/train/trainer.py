@@ -31,8 +31,8 @@ from strop import __version__
 from strop.train import callbacks as cb
 from strop.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from strop.train.config import Config
-from strop.train.feature_cache import cache_decision, extract_features
 from strop.train.distributed import DistContext, all_reduce_sum, init_from_env, shutdown, wrap_model
+from strop.train.feature_cache import cache_decision, extract_features
 from strop.train.loop import Engine, TrainState, evaluate, train_one_epoch
 
 __all__ = ["RunResult", "build_engine_parts", "fit", "resolve_device"]
@@ -188,6 +188,10 @@ def build_engine_parts(config: Config, num_classes: int, device: torch.device, p
         strict=m.strict,
         sha256=m.sha256,
     )
+    if m.dropout is not None:
+        for mod in model.modules():
+            if isinstance(mod, nn.Dropout):
+                mod.p = m.dropout
     loss_fn = losses.build(config.loss)
     o = config.optimizer
     lr = o.lr
@@ -383,6 +387,12 @@ def fit(
                 save_checkpoint(checkpoint_payload(), last_path)
 
         def on_step(st: TrainState) -> None:
+            if ctx.enabled:
+                # a signal may reach one rank first: all ranks stop at the same step or DDP would hang
+                stop = _broadcast_flag(bool(st.interrupted), ctx)
+                if stop and not st.interrupted:
+                    st.interrupted = "SIGTERM (on another rank)"
+                st.should_stop = st.should_stop or stop
             n = config.checkpoint_every_steps
             if st.interrupted or (n and st.step % n == 0):
                 save_last()

@@ -1,0 +1,385 @@
+"""Mixed precision as one string and one helper.
+
+``resolve("auto", device)`` picks the numeric format the hardware runs fast, and says why:
+
+============================  =========  ==================================================
+hardware                      "auto"     why
+============================  =========  ==================================================
+CUDA, compute capability ≥ 8  ``bf16``   Ampere+ tensor cores run bf16; no loss scaling
+CUDA, older                   ``fp16``   tensor cores run fp16; needs a GradScaler
+CPU with AMX-BF16/AVX512-BF16 ``bf16``   oneDNN bf16 kernels (several × fp32 matmul/conv)
+any other CPU or device       ``fp32``   reduced precision would be emulated, i.e. slower
+============================  =========  ==================================================
+
+``MixedPrecision(precision)`` then gives one code path for all three formats (as nanoGPT does):
+``torch.amp.autocast`` for the forward pass and a ``torch.amp.GradScaler`` that is only enabled
+for fp16 (a disabled scaler is a no-op, so fp32 and bf16 run the very same lines)::
+
+    mp = MixedPrecision(resolve("auto", device))
+    with mp.autocast():
+        loss = loss_fn(model(x), y)
+    mp.backward(loss)
+    stepped = mp.step(optimizer, clip_grad_norm=1.0)   # False: the fp16 scaler skipped it
+
+fp16 on a CPU: torch's CPU autocast and ``GradScaler("cpu")`` support it, and strop allows it when
+asked for explicitly (it is how the fp16 code path is tested without a GPU), but "auto" never
+picks it: without AVX512-FP16/AMX-FP16 the fp16 kernels are emulated — measured on this
+machine's AVX512-BF16 CPU, a 512×512 fp16 matmul is ~80× slower than fp32. ``reason`` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from strop._checks import did_you_mean, fail
+
+__all__ = ["MixedPrecision", "Precision", "resolve", "resolve_memory_format"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# spellings used by torch and Lightning, so a user's habit is not an error
+_ALIASES = {
+    "auto": "auto",
+    "fp32": "fp32", "float32": "fp32", "32": "fp32", "32-true": "fp32",
+    "bf16": "bf16", "bfloat16": "bf16", "bf16-mixed": "bf16",
+    "fp16": "fp16", "float16": "fp16", "half": "fp16", "16": "fp16", "16-mixed": "fp16",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The resolved numeric format of a run.
+
+    Attributes:
+        name: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        device_type: ``"cpu"``, ``"cuda"``, ... (what ``torch.amp.autocast`` takes).
+        dtype: the autocast dtype (``torch.float32`` for fp32, where autocast is off).
+        reason: one sentence saying why this format was chosen.
+    """
+
+    name: str
+    device_type: str
+    dtype: torch.dtype
+    reason: str
+
+    @property
+    def autocast_enabled(self) -> bool:
+        """True for bf16 and fp16."""
+        return self.name != "fp32"
+
+    @property
+    def needs_scaler(self) -> bool:
+        """True for fp16 only: bf16 has fp32's exponent range, so gradients do not underflow."""
+        return self.name == "fp16"
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    """The x86 feature flags of this CPU from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def _cpu_bf16() -> tuple[bool, str]:
+    """Whether this CPU runs bf16 natively, and the feature that says so."""
+    flags = _cpu_flags()
+    for flag, label in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")):
+        if flag in flags:
+            return True, label
+    return False, ""
+
+
+def _cpu_fp16() -> bool:
+    flags = _cpu_flags()
+    return "avx512_fp16" in flags or "amx_fp16" in flags
+
+
+def _cuda_capability(device: torch.device) -> tuple[int, int] | None:
+    """Compute capability of ``device``, or None when CUDA is not available."""
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_capability(device)
+
+
+def _parse_device(func: str, device: Any) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        fail(
+            func,
+            f"device must be a torch.device or a string like 'cpu' or 'cuda:0'; got {device!r}",
+        )
+
+
+def _parse_precision(func: str, precision: Any) -> str:
+    if isinstance(precision, Precision):
+        return precision.name
+    if not isinstance(precision, str):
+        fail(
+            func,
+            f"precision must be a string; got {type(precision).__name__} {precision!r}",
+            exc=TypeError,
+        )
+    key = precision.strip().lower()
+    if key not in _ALIASES:
+        choices = ("auto", *PRECISIONS)
+        fail(
+            func,
+            f"precision must be one of {', '.join(repr(c) for c in choices)}; got {precision!r}"
+            f"{did_you_mean(key, _ALIASES)}",
+        )
+    return _ALIASES[key]
+
+
+def resolve(precision: str | Precision = "auto", device: str | torch.device = "cpu") -> Precision:
+    """Resolve a precision string for a device.
+
+    Args:
+        precision: ``"auto"`` (default), ``"fp32"``, ``"bf16"`` or ``"fp16"`` (torch/Lightning
+            spellings such as ``"bfloat16"`` or ``"16-mixed"`` are accepted too).
+        device: where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``).
+
+    Returns:
+        A :class:`Precision` whose ``reason`` says why ``"auto"`` picked it (or notes a slow
+        explicit choice, e.g. fp16 on a CPU without fp16 hardware).
+
+    Raises:
+        ValueError: unknown precision (with a did-you-mean), CUDA requested but not available,
+            or bf16 requested on a GPU that cannot run it.
+    """
+    func = "resolve"
+    name = _parse_precision(func, precision)
+    dev = _parse_device(func, device)
+    kind = dev.type
+
+    if kind == "cuda":
+        cap = _cuda_capability(dev)
+        if cap is None:
+            fail(func, f"device={str(device)!r} but CUDA is not available", hint="use device='cpu'")
+        gpu = f"CUDA GPU with compute capability {cap[0]}.{cap[1]}"
+        if name == "auto":
+            if cap >= (8, 0):
+                return Precision(
+                    "bf16",
+                    kind,
+                    torch.bfloat16,
+                    f"auto: bf16 autocast, as the {gpu} (Ampere or newer) runs bf16 natively",
+                )
+            return Precision(
+                "fp16",
+                kind,
+                torch.float16,
+                f"auto: fp16 autocast with a GradScaler, as the {gpu} (pre-Ampere) has fp16 but no bf16 tensor cores",
+            )
+        if name == "bf16" and cap < (8, 0):
+            fail(
+                func,
+                f"precision='bf16' needs a GPU with compute capability >= 8.0 (Ampere); this is a {gpu}",
+                hint="use precision='fp16' or 'auto'",
+            )
+        return Precision(name, kind, _DTYPES[name], f"{name} requested on a {gpu}")
+
+    if kind == "cpu":
+        fast, feature = _cpu_bf16()
+        if name == "auto":
+            if fast:
+                return Precision(
+                    "bf16",
+                    kind,
+                    torch.bfloat16,
+                    f"auto: bf16 autocast, as this CPU has {feature} (native bf16 matmul/convolution)",
+                )
+            return Precision(
+                "fp32",
+                kind,
+                torch.float32,
+                "auto: fp32, as this CPU has neither AMX-BF16 nor AVX512-BF16, so bf16 would be emulated and slower",
+            )
+        if name == "bf16" and not fast:
+            return Precision(
+                "bf16",
+                kind,
+                torch.bfloat16,
+                "bf16 requested; note this CPU has no AMX-BF16/AVX512-BF16, so bf16 runs emulated (correct but slower than fp32)",
+            )
+        if name == "fp16" and not _cpu_fp16():
+            return Precision(
+                "fp16",
+                kind,
+                torch.float16,
+                "fp16 requested; note this CPU has no AVX512-FP16/AMX-FP16, so fp16 runs emulated (much slower than fp32; prefer 'bf16')",
+            )
+        return Precision(name, kind, _DTYPES[name], f"{name} requested on the CPU")
+
+    # mps, xpu, ...: reduced precision only when asked for and torch.amp supports it there
+    if name == "auto":
+        return Precision(
+            "fp32",
+            kind,
+            torch.float32,
+            f"auto: fp32, as strop has no rule for fast reduced precision on {kind!r}",
+        )
+    if name != "fp32" and not torch.amp.is_autocast_available(kind):
+        fail(
+            func,
+            f"precision={name!r} needs torch.amp autocast on device type {kind!r}, which this torch does not support",
+            hint="use precision='fp32'",
+        )
+    return Precision(name, kind, _DTYPES[name], f"{name} requested on {kind!r}")
+
+
+def resolve_memory_format(
+    fmt: str = "auto",
+    device: str | torch.device = "cpu",
+    precision: str | Precision = "auto",
+) -> torch.memory_format:
+    """The memory format to put a convolutional model and its inputs in.
+
+    ``"auto"`` picks ``torch.channels_last`` where the convolution kernels are faster in NHWC:
+    CUDA with bf16/fp16 (tensor cores want NHWC) and bf16 on a CPU with native bf16 (oneDNN's
+    bf16 convolutions are NHWC); everything else keeps ``torch.contiguous_format`` (fp32 NCHW),
+    where channels_last brings little and can be slower. ``"channels_last"`` and ``"contiguous"``
+    force a format.
+
+    Args:
+        fmt: ``"auto"`` (default), ``"channels_last"`` or ``"contiguous"``.
+        device: as for :func:`resolve`.
+        precision: a precision string (resolved with :func:`resolve`) or a :class:`Precision`.
+    """
+    func = "resolve_memory_format"
+    choices = ("auto", "channels_last", "contiguous")
+    if fmt not in choices:
+        fail(
+            func,
+            f"fmt must be one of {', '.join(repr(c) for c in choices)}; got {fmt!r}{did_you_mean(str(fmt), choices)}",
+        )
+    if fmt == "channels_last":
+        return torch.channels_last
+    if fmt == "contiguous":
+        return torch.contiguous_format
+    prec = precision if isinstance(precision, Precision) else resolve(precision, device)
+    kind = _parse_device(func, device).type
+    if kind == "cuda" and prec.name in ("bf16", "fp16"):
+        return torch.channels_last
+    if kind == "cpu" and prec.name == "bf16" and _cpu_bf16()[0]:
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class MixedPrecision:
+    """Autocast, (scaled) backward and the optimizer step for fp32, bf16 and fp16 in one code path.
+
+    Args:
+        precision: a :class:`Precision` or a string resolved with :func:`resolve` on ``device``.
+        device: used only when ``precision`` is a string (default ``"cpu"``).
+        init_scale, growth_interval: passed to ``torch.amp.GradScaler`` (fp16 only; torch's
+            defaults 2**16 and 2000).
+
+    Attributes:
+        precision: the resolved :class:`Precision`.
+        scaler: the ``torch.amp.GradScaler`` (enabled for fp16 only).
+        skipped_steps: how many optimizer steps the fp16 scaler skipped (inf/NaN gradients).
+        grad_norm: the total gradient norm (a 0-dim tensor, before clipping) of the last step
+            that clipped, or None.
+    """
+
+    def __init__(
+        self,
+        precision: str | Precision = "fp32",
+        device: str | torch.device = "cpu",
+        *,
+        init_scale: float = 2.0**16,
+        growth_interval: int = 2000,
+    ) -> None:
+        self.precision = (
+            precision if isinstance(precision, Precision) else resolve(precision, device)
+        )
+        self.scaler = torch.amp.GradScaler(
+            self.precision.device_type,
+            init_scale=init_scale,
+            growth_interval=growth_interval,
+            enabled=self.precision.needs_scaler,
+        )
+        self.skipped_steps = 0
+        self.grad_norm: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"MixedPrecision({self.precision.name!r}, device_type={self.precision.device_type!r})"
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Context manager for the forward pass and the loss (a no-op for fp32)."""
+        if not self.precision.autocast_enabled:
+            return contextlib.nullcontext()
+        return torch.amp.autocast(self.precision.device_type, dtype=self.precision.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, with the loss scaled first under fp16."""
+        self.scaler.scale(loss).backward()
+
+    def step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        clip_grad_norm: float | None = None,
+        parameters: Iterable[torch.Tensor] | None = None,
+    ) -> bool:
+        """Unscale, clip, step and update the scale; returns False when the step was skipped.
+
+        Args:
+            optimizer: the optimizer whose gradients were produced by :meth:`backward`.
+            clip_grad_norm: clip the total L2 norm of the gradients to this value (None: no
+                clipping).
+            parameters: what to clip (default: every parameter of ``optimizer``).
+
+        Returns:
+            True when the optimizer stepped; False when the fp16 GradScaler found inf/NaN
+            gradients and skipped the step (counted in ``skipped_steps``). fp32 and bf16 always
+            step.
+        """
+        if clip_grad_norm is not None:
+            # unscale first: clipping must see true gradients
+            self.scaler.unscale_(optimizer)
+            if parameters is None:
+                parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm)
+        if not self.scaler.is_enabled():
+            optimizer.step()
+            return True
+        scale = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        # the scaler lowers its scale exactly when it found inf/NaN and skipped the step
+        stepped = self.scaler.get_scale() >= scale
+        if not stepped:
+            self.skipped_steps += 1
+        return stepped
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data: the precision name, the scaler's state and the skipped-step count."""
+        return {
+            "precision": self.precision.name,
+            "scaler": self.scaler.state_dict(),
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`. A scaler state is only loaded into an fp16 run (a run
+        resumed in another precision starts its scaler fresh)."""
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        scaler_state = state.get("scaler") or {}
+        if self.scaler.is_enabled() and scaler_state:
+            self.scaler.load_state_dict(scaler_state)
