@@ -22,7 +22,7 @@ def _assert_same_weights(a, b):
 
 @pytest.mark.slow
 def test_classification_run_writes_the_run_folder(tiny_config, digits_root, tmp_path):
-    res = fit(tiny_config(digits_root, tmp_path / "run", schedule={"name": "cosine", "warmup_epochs": 1}))
+    res = fit(tiny_config(digits_root, tmp_path / "run", schedule={"name": "warmup_cosine", "warmup_epochs": 1}))
     run = res.run_dir
     for rel in ("config.yaml", "run.json", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt",
                 "plots/loss.png", "plots/metrics.png", "plots/lr.png"):
@@ -34,9 +34,10 @@ def test_classification_run_writes_the_run_folder(tiny_config, digits_root, tmp_
     assert res.best_metric == max(e["val_accuracy"] for e in epochs)
     choices = json.loads((run / "run.json").read_text())
     assert choices["precision"] == "fp32" and choices["feature_cache"] is False
-    # warmup then cosine: the LR rises during epoch 1 and falls to ~0 at the end
+    # warmup (3 steps from 0) then cosine to 0, per optimizer step: the LR each step used
     lrs = [s["lr"] for s in steps]
-    assert lrs[0] < lrs[2] and lrs[-1] < lrs[2]
+    assert lrs[:3] == pytest.approx([0.0, 0.05 / 3, 0.1 / 3])
+    assert lrs[3] == pytest.approx(0.05) and lrs[3] > lrs[4] > lrs[5] > 0
 
 
 @pytest.mark.slow

@@ -170,10 +170,11 @@ def train_one_epoch(
         else:
             state.nonfinite_batches += 1
         at_boundary = state.batch_in_epoch % accum == 0 or state.batch_in_epoch == total
+        lr = _lr(engine.optimizer)  # the LR this step uses, before the scheduler moves it
         if at_boundary:
             _optimizer_step(engine, state)
         now = time.perf_counter()
-        logs = {"loss": value, "lr": _lr(engine.optimizer), "images_per_s": len(y) / max(now - tic, 1e-9)}
+        logs = {"loss": value, "lr": lr, "images_per_s": len(y) / max(now - tic, 1e-9)}
         tic = now
         for cb in callbacks:
             hook = getattr(cb, "on_batch_end", None)

@@ -415,49 +415,51 @@ def fit(
         history = _history_from_csv(run_dir / "metrics.csv", state.epoch) if resume and ctx.is_main else []
         reduce = (lambda t: all_reduce_sum(t, ctx)) if ctx.enabled else None
         cb.call(cbs, "on_fit_start", state)
-        with _signals_stop(state):
-            while state.epoch < config.epochs and not state.should_stop:
-                epoch_t0 = time.perf_counter()
-                if unfreeze_plan is not None and state.batch_in_epoch == 0:
-                    unfreeze_plan.on_epoch_start(state.epoch, model, optimizer)
-                sampler.set_position(state.epoch, state.batch_in_epoch)
-                cb.call(cbs, "on_epoch_start", state)
-                train_logs = train_one_epoch(
-                    engine, loader, state, cbs, num_batches=batches_per_epoch, on_step=on_step
-                )
-                if state.interrupted:
-                    break  # on_step saved a mid-epoch checkpoint
-                if state.batch_in_epoch < batches_per_epoch:
-                    break  # a callback stopped mid-epoch
-                val_logs = evaluate(engine, val_loader, reduce=reduce)
-                logs = {**train_logs, **val_logs, "lr": float(optimizer.param_groups[-1]["lr"])}
-                if scheduler is not None:
-                    scheduler.on_epoch_end(logs.get(config.monitor_metric))
-                logs["epoch_seconds"] = time.perf_counter() - epoch_t0
-                logs["skipped_steps"] = float(state.skipped_steps)
-                logs["nonfinite_batches"] = float(state.nonfinite_batches)
-                is_best = _is_better(logs.get(config.monitor_metric), state.best_metric, config.monitor_direction)
-                if is_best and _finite_model(model):
-                    state.best_metric = float(logs[config.monitor_metric])
-                    state.best_epoch = state.epoch + 1
-                else:
-                    is_best = False
-                cb.call(cbs, "on_epoch_end", state, logs)
-                history.append({"epoch": float(state.epoch + 1), **logs})
-                state.epoch += 1
-                state.batch_in_epoch = 0
-                state.epoch_sums = {}
-                if ctx.enabled:  # every rank follows rank 0's decision to stop
-                    state.should_stop = bool(_broadcast_flag(state.should_stop, ctx))
-                save_last()
-                if is_best and ctx.is_main:
-                    save_checkpoint(
-                        {"model": model.state_dict(), "config": config.to_dict(), "classes": classes,
-                         "num_classes": num_classes, "epoch": state.epoch, "metrics": logs,
-                         "strop_version": __version__},
-                        ckpt_dir / "best.pt",
+        try:
+            with _signals_stop(state):
+                while state.epoch < config.epochs and not state.should_stop:
+                    epoch_t0 = time.perf_counter()
+                    if unfreeze_plan is not None and state.batch_in_epoch == 0:
+                        unfreeze_plan.on_epoch_start(state.epoch, model, optimizer)
+                    sampler.set_position(state.epoch, state.batch_in_epoch)
+                    cb.call(cbs, "on_epoch_start", state)
+                    train_logs = train_one_epoch(
+                        engine, loader, state, cbs, num_batches=batches_per_epoch, on_step=on_step
                     )
-        cb.call(cbs, "on_fit_end", state)
+                    if state.interrupted:
+                        break  # on_step saved a mid-epoch checkpoint
+                    if state.batch_in_epoch < batches_per_epoch:
+                        break  # a callback stopped mid-epoch
+                    val_logs = evaluate(engine, val_loader, reduce=reduce)
+                    logs = {**train_logs, **val_logs, "lr": float(optimizer.param_groups[-1]["lr"])}
+                    if scheduler is not None:
+                        scheduler.on_epoch_end(logs.get(config.monitor_metric))
+                    logs["epoch_seconds"] = time.perf_counter() - epoch_t0
+                    logs["skipped_steps"] = float(state.skipped_steps)
+                    logs["nonfinite_batches"] = float(state.nonfinite_batches)
+                    is_best = _is_better(logs.get(config.monitor_metric), state.best_metric, config.monitor_direction)
+                    if is_best and _finite_model(model):
+                        state.best_metric = float(logs[config.monitor_metric])
+                        state.best_epoch = state.epoch + 1
+                    else:
+                        is_best = False
+                    cb.call(cbs, "on_epoch_end", state, logs)
+                    history.append({"epoch": float(state.epoch + 1), **logs})
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+                    state.epoch_sums = {}
+                    if ctx.enabled:  # every rank follows rank 0's decision to stop
+                        state.should_stop = bool(_broadcast_flag(state.should_stop, ctx))
+                    save_last()
+                    if is_best and ctx.is_main:
+                        save_checkpoint(
+                            {"model": model.state_dict(), "config": config.to_dict(), "classes": classes,
+                             "num_classes": num_classes, "epoch": state.epoch, "metrics": logs,
+                             "strop_version": __version__},
+                            ckpt_dir / "best.pt",
+                        )
+        finally:
+            cb.call(cbs, "on_fit_end", state)  # closes the CSV log even when training raised
         if ctx.is_main and history:
             from strop.train.report import plot_run
 
