@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     result = fit(config, resume=args.resume)
     if result.interrupted:
         return 130
-    if result.best_metric is not None:
+    if result.best_metric is not None and os.environ.get("RANK", "0") == "0":
         print(f"best {result.monitor}: {result.best_metric:.4f} (epoch {result.best_epoch}); run folder: {result.run_dir}")
     return 0
 
