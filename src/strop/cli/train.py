@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 
@@ -19,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nproc is not None and args.nproc < 1:
+        raise ValueError(f"strop train: --nproc must be a number of processes >= 1; got {args.nproc}")
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(args)
     from strop.train import fit, load_config
@@ -43,4 +46,11 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
         cmd.append("--resume")
     if args.strict:
         cmd.append("--strict")
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd)
+    # a scheduler's SIGTERM reaches this process only: pass it on, so torchrun stops the workers
+    # (they save last.pt) instead of being orphaned. Ctrl-C already reaches the whole group.
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -50,7 +50,9 @@ class DataConfig(_Strict):
     image_size: int = Field(64, gt=0)
     batch_size: int = Field(32, gt=0)
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    augment: bool = False
+    augment: bool | Literal["none", "standard", "crop"] = Field(
+        False, description="true/standard: random resized crop + flip; crop: no flip (digit-safe)"
+    )
     num_workers: int | Literal["auto"] = "auto"
     cache: Literal["none", "memory", "disk"] = "none"
     strict: bool = False
@@ -124,7 +126,9 @@ class Config(_Strict):
     nonfinite: Literal["skip", "stop"] = "skip"
     checkpoint_every_steps: int | None = Field(None, gt=0)
     sync_batchnorm: bool = False
-    scale_lr: bool = Field(False, description="linear LR scaling with the number of processes")
+    scale_lr: bool = Field(
+        False, description="linear scaling rule: lr is for 256 images per step; uses lr × batch_size × accumulation_steps / 256"
+    )
     progress: bool = True
     output: str = "runs/example"
 

@@ -3,13 +3,25 @@
 ``strop train CONFIG`` needs no change under ``torchrun --nproc_per_node=N -m strop train CONFIG``:
 :func:`init_from_env` reads the variables torchrun sets (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) and joins the process group — ``nccl`` on CUDA,
-``gloo`` on CPU — with a timeout, so a rank that dies makes the others fail with a message
-instead of hanging forever. Without those variables everything here is a no-op.
+``gloo`` on CPU — with a timeout, so a rank that hangs makes the others fail with a message
+instead of waiting forever. Without those variables everything here is a no-op.
+
+The timeout is ``STROP_DIST_TIMEOUT`` seconds (default :data:`DEFAULT_TIMEOUT_S`). A rank that
+*dies* is noticed sooner: torchrun sees its exit and stops the others, and gloo reports the
+closed connection at the next collective. The timeout is for a rank that is alive but stuck
+(a deadlock, a frozen machine, a network that drops packets).
+
+The process group strop creates lives until the process exits, not until ``fit`` returns: a
+script that calls ``fit`` twice under one torchrun launch reuses it (tearing a group down and
+creating a new one on the same torchrun store is not reliable). A group the caller created
+before ``fit`` is used as it is and never destroyed by strop.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
+import math
 import os
 from dataclasses import dataclass
 
@@ -17,7 +29,25 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["DistContext", "all_reduce_sum", "broadcast_object", "init_from_env", "shutdown", "wrap_model"]
+from strop._checks import fail
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "TIMEOUT_ENV",
+    "DistContext",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "init_from_env",
+    "resolve_timeout",
+    "shutdown",
+    "wrap_model",
+]
+
+TIMEOUT_ENV = "STROP_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300.0
+
+_owned_group = False  # True once init_from_env created the default group (destroyed at exit)
 
 
 @dataclass(frozen=True)
@@ -40,30 +70,97 @@ class DistContext:
         return self.rank == 0
 
 
-def init_from_env(device: torch.device, *, timeout_s: float = 300.0) -> DistContext:
+def resolve_timeout(timeout_s: float | None = None) -> float:
+    """The collective timeout in seconds: ``timeout_s``, else ``$STROP_DIST_TIMEOUT``, else 300.
+
+    Raises ``ValueError`` naming the source when the value is not a finite number > 0.
+    """
+    source = "timeout_s"
+    value: object = timeout_s
+    if timeout_s is None:
+        raw = os.environ.get(TIMEOUT_ENV)
+        if raw is None or not raw.strip():
+            return DEFAULT_TIMEOUT_S
+        source = f"${TIMEOUT_ENV}"
+        try:
+            value = float(raw)
+        except ValueError:
+            fail("init_from_env", f"{source} must be a number of seconds > 0; got {raw!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail("init_from_env", f"{source} must be a number of seconds; got {type(value).__name__} {value!r}",
+             exc=TypeError)
+    if not (math.isfinite(value) and value > 0):
+        fail("init_from_env", f"{source} must be a finite number of seconds > 0; got {value!r}")
+    return float(value)
+
+
+def _env_int(name: str) -> int:
+    raw = os.environ.get(name)
+    try:
+        return int(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        fail(
+            "init_from_env",
+            f"${name} must be an integer when WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}; got {raw!r}",
+            hint="launch with torchrun (or strop train --nproc N), which sets RANK, LOCAL_RANK and WORLD_SIZE",
+        )
+
+
+def init_from_env(device: torch.device, *, timeout_s: float | None = None) -> DistContext:
     """Join the process group described by torchrun's environment, or return a 1-process context.
 
-    ``timeout_s`` bounds every collective: a peer that died turns into an error on the others
-    after that long (``TORCH_NCCL_ASYNC_ERROR_HANDLING`` is enabled for nccl so it is raised).
+    ``device`` is the training device: CUDA selects ``nccl`` and this process's GPU
+    (``LOCAL_RANK``); anything else selects ``gloo``. ``timeout_s`` (default: see
+    :func:`resolve_timeout`) bounds every collective: a peer that stopped answering turns into an
+    error on the others after that long (``TORCH_NCCL_ASYNC_ERROR_HANDLING`` is enabled for nccl
+    so it is raised rather than left to hang). A default group that already exists (created by
+    the caller, or by an earlier ``fit`` in this process) is reused, with its own backend.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    global _owned_group
+    world = _env_int("WORLD_SIZE") if "WORLD_SIZE" in os.environ else 1
     if world <= 1:
         return DistContext()
-    rank = int(os.environ["RANK"])
-    local = int(os.environ.get("LOCAL_RANK", rank))
+    rank = _env_int("RANK")
+    local = _env_int("LOCAL_RANK") if "LOCAL_RANK" in os.environ else rank
+    timeout = resolve_timeout(timeout_s)
+    if dist.is_initialized():
+        backend = str(dist.get_backend())
+        return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local, backend=backend)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
+        visible = torch.cuda.device_count()
+        if local >= visible:
+            fail(
+                "init_from_env",
+                f"LOCAL_RANK is {local} but only {visible} CUDA device(s) are visible",
+                hint=f"launch at most {visible} process(es) per machine (--nproc_per_node / --nproc)",
+            )
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         torch.cuda.set_device(local)
-    if not dist.is_initialized():
-        dist.init_process_group(
-            backend=backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s)
-        )
+    kwargs = {"device_id": torch.device("cuda", local)} if backend == "nccl" else {}
+    dist.init_process_group(
+        backend=backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout), **kwargs
+    )
+    if not _owned_group:
+        atexit.register(_destroy_owned_group)
+    _owned_group = True
     return DistContext(rank=rank, world_size=world, local_rank=local, backend=backend)
 
 
+def _destroy_owned_group() -> None:
+    global _owned_group
+    if _owned_group and dist.is_initialized():
+        dist.destroy_process_group()
+    _owned_group = False
+
+
 def wrap_model(model: nn.Module, ctx: DistContext, *, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:
-    """``DistributedDataParallel`` around ``model`` (SyncBatchNorm first when asked)."""
+    """``DistributedDataParallel`` around ``model`` (SyncBatchNorm first when asked).
+
+    DDP averages gradients over processes, so with equal per-process batches a step equals a
+    one-process step on the global batch (BatchNorm aside: it normalises per process unless
+    ``sync_batchnorm``). ``find_unused_parameters`` is on only when some parameters are frozen.
+    """
     if not ctx.enabled:
         return model
     if sync_batchnorm:
@@ -75,13 +172,22 @@ def wrap_model(model: nn.Module, ctx: DistContext, *, device: torch.device, sync
 
 
 def all_reduce_sum(t: Tensor, ctx: DistContext) -> Tensor:
-    """Sum ``t`` over all processes (float64 totals on CPU for gloo; device tensors for nccl)."""
+    """Sum ``t`` over all processes; returns a CPU tensor (``t`` itself when not distributed).
+
+    nccl reduces on this process's GPU, gloo on the CPU; float64 totals stay float64.
+    """
     if not ctx.enabled:
         return t
     device = torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else torch.device("cpu")
     buf = t.to(device)
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
     return buf.cpu()
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait until every process gets here (no-op when not distributed); bounded by the timeout."""
+    if ctx.enabled:
+        dist.barrier()
 
 
 def broadcast_object(obj: object, ctx: DistContext) -> object:
@@ -94,6 +200,11 @@ def broadcast_object(obj: object, ctx: DistContext) -> object:
 
 
 def shutdown(ctx: DistContext) -> None:
-    """Leave the process group (safe to call when not distributed)."""
-    if ctx.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+    """End of a ``fit``: the process group stays for the next ``fit`` in this process.
+
+    A group strop created is destroyed when the interpreter exits (registered with ``atexit``);
+    a group the caller created is theirs to destroy. Safe to call when not distributed.
+    """
+    # Re-initialising on the same torchrun store after destroy_process_group fails on the second
+    # or third try (stale rendezvous keys), so the group is kept rather than torn down here.
+    del ctx

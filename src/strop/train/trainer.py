@@ -31,7 +31,14 @@ from strop import __version__
 from strop.train import callbacks as cb
 from strop.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from strop.train.config import Config
-from strop.train.distributed import DistContext, all_reduce_sum, init_from_env, shutdown, wrap_model
+from strop.train.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    init_from_env,
+    shutdown,
+    wrap_model,
+)
 from strop.train.feature_cache import cache_decision, extract_features
 from strop.train.loop import Engine, TrainState, evaluate, train_one_epoch
 
@@ -129,6 +136,7 @@ def _load_data(config: Config) -> tuple[Any, Any, list[str] | None, int]:
             ignore_index=d.ignore_index,
             strict=d.strict,
             augment=d.augment,
+            cache=None if d.cache == "none" else d.cache,
         )
         classes = None
     if d.num_classes is not None and d.num_classes != n:
@@ -257,7 +265,12 @@ def fit(
         if resume and not last_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}; start without --resume")
 
+        # rank 0 first: bundled data (and a disk sample cache) is written once, then read by the others
+        if not ctx.is_main:
+            barrier(ctx)
         train_ds, val_ds, classes, num_classes = _load_data(config)
+        if ctx.is_main:
+            barrier(ctx)
         if config.data.batch_size % ctx.world_size:
             raise ValueError(
                 f"config: data.batch_size ({config.data.batch_size}) is the global batch and must be divisible "
@@ -366,6 +379,8 @@ def fit(
             if unfreeze_plan is not None and ck.get("unfreeze") is not None and hasattr(unfreeze_plan, "load_state_dict"):
                 unfreeze_plan.load_state_dict(ck["unfreeze"])
             state = TrainState.from_dict(ck["state"])
+            if not ctx.is_main:
+                state.epoch_sums = {}  # rank 0 carries the whole epoch's sums (see save_last)
             if unfreeze_plan is not None:
                 # re-create the param groups the plan had added before the checkpoint
                 for e in range(state.epoch + (1 if state.batch_in_epoch else 0)):
@@ -383,8 +398,17 @@ def fit(
             log(f"resumed from {last_path} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step}")
 
         def save_last() -> None:
+            # every rank calls this at the same step: a checkpoint holds the epoch's train sums over
+            # all ranks (on resume rank 0 carries them, the others start from zero)
+            sums = state.epoch_sums
+            if ctx.enabled and sums:
+                keys = sorted(sums)
+                total = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64), ctx)
+                sums = dict(zip(keys, total.tolist(), strict=True))
             if ctx.is_main:
-                save_checkpoint(checkpoint_payload(), last_path)
+                payload = checkpoint_payload()
+                payload["state"]["epoch_sums"] = dict(sums)
+                save_checkpoint(payload, last_path)
 
         def on_step(st: TrainState) -> None:
             if ctx.enabled:
@@ -430,6 +454,8 @@ def fit(
                         break  # on_step saved a mid-epoch checkpoint
                     if state.batch_in_epoch < batches_per_epoch:
                         break  # a callback stopped mid-epoch
+                    if ctx.enabled:  # each rank trained on its shard; log the whole epoch's numbers
+                        train_logs = _global_train_logs(state.epoch_sums, train_logs, ctx)
                     val_logs = evaluate(engine, val_loader, reduce=reduce)
                     logs = {**train_logs, **val_logs, "lr": float(optimizer.param_groups[-1]["lr"])}
                     if scheduler is not None:
@@ -477,6 +503,16 @@ def fit(
         )
     finally:
         shutdown(ctx)
+
+
+def _global_train_logs(sums: dict[str, float], logs: dict[str, float], ctx: DistContext) -> dict[str, float]:
+    """``train_loss`` (and ``train_accuracy``) over every rank's images, not rank 0's alone."""
+    t = torch.tensor([sums.get("loss", 0.0), sums.get("correct", 0.0), sums.get("count", 0.0)], dtype=torch.float64)
+    loss, correct, count = all_reduce_sum(t, ctx).tolist()
+    out = {"train_loss": loss / max(count, 1.0)}
+    if "train_accuracy" in logs:
+        out["train_accuracy"] = correct / max(count, 1.0)
+    return out
 
 
 def _broadcast_flag(flag: bool, ctx: DistContext) -> bool:

@@ -1,0 +1,220 @@
+"""Decoding, resizing, augmentation and normalisation, split in two stages.
+
+The *load* stage (``load_image`` / ``load_mask``) is deterministic: decode with PIL, convert to
+RGB, resize to the target size, return a ``uint8`` tensor. Its output is what the uint8 cache
+(:mod:`strop.data.cache`) stores. The *finish* stage runs on every access: optional random
+augmentation (torchvision transforms v2, on the resized uint8 tensor), then ``ToDtype(float32,
+scale=True)`` and ``Normalize(mean, std)``. Because augmentation runs after the resize, a cached
+and an uncached dataset produce the same tensors, and with ``augment=False`` bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from strop._checks import check_choice, fail
+
+__all__ = [
+    "AUGMENTATIONS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "augmentation",
+    "load_image",
+    "load_image_tensor",
+    "load_mask",
+    "normalization",
+    "resolve_size",
+]
+
+#: torchvision's ImageNet statistics, the normalisation of every torchvision ``Weights`` enum.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: Names accepted by ``augment=`` (``True`` means ``"standard"``, ``False`` means ``"none"``).
+AUGMENTATIONS = ("none", "standard", "crop")
+
+Augment = bool | str | Callable[..., object]
+
+
+def resolve_size(func: str, image_size: int | Sequence[int]) -> tuple[int, int]:
+    """``image_size`` as ``(H, W)``: an int ``s`` means the square ``(s, s)``."""
+    if isinstance(image_size, bool):
+        fail(
+            func,
+            f"image_size must be an int or (height, width); got bool {image_size!r}",
+            exc=TypeError,
+        )
+    if isinstance(image_size, int):
+        size = (image_size, image_size)
+    elif (
+        isinstance(image_size, Sequence)
+        and len(image_size) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in image_size)
+    ):
+        size = (int(image_size[0]), int(image_size[1]))
+    else:
+        fail(
+            func,
+            f"image_size must be an int or a (height, width) pair of ints; got {image_size!r}",
+            exc=TypeError,
+        )
+    if min(size) < 1:
+        fail(func, f"image_size must be positive; got {image_size!r}")
+    return size
+
+
+def load_image(path: str | Path, size: tuple[int, int]) -> Tensor:
+    """Decode ``path`` to a ``uint8`` tensor ``(3, H, W)`` resized to ``size=(H, W)``.
+
+    Grayscale, palette and RGBA files become 3-channel RGB (PIL ``convert("RGB")``; alpha is
+    dropped). The resize is bilinear with antialiasing (torchvision ``resize``) and does not keep
+    the aspect ratio: every image is stretched to ``size`` so that batches stack.
+    """
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    chw = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+    if tuple(chw.shape[1:]) == size:
+        return chw.contiguous()
+    return F.resize(chw, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+
+
+def read_mask_array(path: str | Path, *, func: str = "load_mask") -> np.ndarray:
+    """The class indices of a single-channel mask file as a 2-D integer array (no resize).
+
+    Modes ``L``, ``P`` (palette indices, as in Pascal VOC), ``1``, ``I`` and ``I;16`` are accepted;
+    a colour mask (``RGB``, ``RGBA``, ``LA``) raises ``ValueError`` naming the file.
+    """
+    with Image.open(path) as img:
+        if img.mode not in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L"):
+            fail(
+                func,
+                f"mask {str(path)!r} must be a single-channel image of class indices (PIL mode L, P, "
+                f"1, I or I;16); got mode {img.mode!r}",
+                hint="save masks as 8-bit grayscale PNGs whose pixel values are class indices",
+            )
+        arr = np.asarray(img)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def load_mask(path: str | Path, size: tuple[int, int]) -> Tensor:
+    """Decode a mask to an integer tensor ``(H, W)`` resized to ``size`` with nearest-neighbour.
+
+    Values are never interpolated, so the resized mask holds only values of the original (class
+    indices and ``ignore_index`` alike). The dtype is ``uint8`` when every value fits, else
+    ``int32``; datasets convert to ``int64`` on access. ``NEAREST_EXACT`` (pixel-centre aligned,
+    like the bilinear image resize) is used rather than torch's legacy ``NEAREST``.
+    """
+    arr = read_mask_array(path)
+    dtype = np.uint8 if arr.size == 0 or (arr.min() >= 0 and arr.max() <= 255) else np.int32
+    mask = torch.from_numpy(arr.astype(dtype, copy=True))
+    if tuple(mask.shape) == size:
+        return mask
+    return F.resize(mask[None], list(size), interpolation=v2.InterpolationMode.NEAREST_EXACT)[0]
+
+
+def normalization(mean: Sequence[float], std: Sequence[float]) -> Callable[[Tensor], Tensor]:
+    """``uint8`` image -> float32 in [0, 1] -> ``(x - mean) / std`` per channel.
+
+    torchvision's ``to_dtype(scale=True)`` and ``normalize``, called directly: the same numbers
+    as ``v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])`` (pinned
+    by a test) at well under half its per-image cost, which matters once images come from the
+    uint8 cache.
+    """
+    mean, std = list(mean), list(std)
+
+    def normalize(image: Tensor) -> Tensor:
+        return F.normalize(F.to_dtype(image, torch.float32, scale=True), mean, std)
+
+    return normalize
+
+
+def _check_augment(func: str, augment: Augment) -> str | Callable[..., object]:
+    if augment is True:
+        return "standard"
+    if augment is False or augment is None:
+        return "none"
+    if isinstance(augment, str):
+        if augment not in AUGMENTATIONS:
+            check_choice(func, "augment", augment, AUGMENTATIONS)
+        return augment
+    if callable(augment):
+        return augment
+    fail(
+        func,
+        f"augment must be a bool, one of {', '.join(map(repr, AUGMENTATIONS))} or a callable; "
+        f"got {type(augment).__name__} {augment!r}",
+        exc=TypeError,
+    )
+
+
+def augmentation(
+    func: str, augment: Augment, size: tuple[int, int]
+) -> Callable[..., object] | None:
+    """The random training transform for ``augment`` (``None`` when there is none).
+
+    - ``"standard"`` (``True``): ``RandomResizedCrop(size, scale=(0.7, 1.0))`` and
+      ``RandomHorizontalFlip()`` — the usual fine-tuning recipe, milder than ImageNet's
+      ``scale=(0.08, 1)`` because the image is already resized to the model's input.
+    - ``"crop"``: the crop only, no flip — for digits, text and anything a mirror changes.
+    - a callable: applied as is to the ``uint8`` image tensor (classification) or to
+      ``(tv_tensors.Image, tv_tensors.Mask)`` (segmentation); it is treated as random.
+    - ``"none"`` (``False``): no augmentation.
+
+    The v2 transforms move a ``tv_tensors.Mask`` with its image (same crop and flip, nearest
+    resampling for the mask), so the same transform serves classification and segmentation.
+    """
+    kind = _check_augment(func, augment)
+    if callable(kind):
+        return kind
+    if kind == "none":
+        return None
+    steps: list[v2.Transform] = [v2.RandomResizedCrop(list(size), scale=(0.7, 1.0), antialias=True)]
+    if kind == "standard":
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+def is_deterministic(func: str, augment: Augment) -> bool:
+    """Whether ``augment`` leaves every sample unchanged from one epoch to the next."""
+    return _check_augment(func, augment) == "none"
+
+
+def as_tv(
+    image: Tensor, mask: Tensor | None = None
+) -> tuple[tv_tensors.Image, tv_tensors.Mask | None]:
+    """Wrap tensors so that v2 transforms know which is the image and which the mask."""
+    return tv_tensors.Image(image), (None if mask is None else tv_tensors.Mask(mask))
+
+
+def load_image_tensor(
+    path: str | Path,
+    *,
+    image_size: int | Sequence[int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Tensor:
+    """One image file as a model input: float32 ``(3, H, W)``, normalised like ``val_ds`` items.
+
+    The same steps as an un-augmented :class:`~strop.data.ImageFolderDataset` item (decode, RGB,
+    resize, scale, normalise), for prediction on single files. Raises ``ValueError`` naming the
+    file when it cannot be decoded.
+    """
+    size = resolve_size("load_image_tensor", image_size)
+    if not Path(path).is_file():
+        fail("load_image_tensor", f"image {str(path)!r} does not exist or is not a file")
+    try:
+        image = load_image(path, size)
+    except Exception as exc:
+        fail("load_image_tensor", f"cannot decode {str(path)!r}: {type(exc).__name__}: {exc}")
+    return normalization(mean, std)(image)

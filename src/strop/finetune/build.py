@@ -1,0 +1,108 @@
+"""``build_model``: the tutorial's transfer-learning steps in one call."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torchvision.models import WeightsEnum, get_model_weights
+
+from strop._checks import check_positive, did_you_mean, fail
+from strop.finetune.freeze import freeze as _freeze
+from strop.finetune.weights import LoadReport, load_weights
+from strop.finetune.zoo import build_architecture, resolve_name
+
+__all__ = ["build_model", "resolve_weights"]
+
+_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".pkl", ".safetensors")
+
+
+def resolve_weights(name: str, weights: Any) -> WeightsEnum | Path:
+    """What ``weights`` means for model ``name``: a torchvision ``WeightsEnum`` member (from a name
+    such as ``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"ResNet18_Weights.IMAGENET1K_V1"``, or the member
+    itself) or a local file path (an existing file, or a string that looks like a path).
+    """
+    func = "build_model"
+    if isinstance(weights, WeightsEnum):
+        return weights
+    if isinstance(weights, os.PathLike):
+        return Path(weights)
+    if not isinstance(weights, str):
+        fail(
+            func,
+            f"weights must be None, a weights name ('DEFAULT'), a file path or a WeightsEnum; got {type(weights).__name__}",
+            exc=TypeError,
+        )
+    if os.path.exists(weights) or weights.endswith(_FILE_SUFFIXES) or os.sep in weights or "/" in weights:
+        return Path(weights)
+    enum = get_model_weights(name)
+    key = weights.removeprefix(enum.__name__ + ".")
+    try:
+        return enum[key]
+    except KeyError:
+        names = ["DEFAULT", *enum.__members__]
+        fail(
+            func,
+            f"weights {weights!r} is neither a file nor a weights name of {name}{did_you_mean(key, names)}",
+            hint=f"{enum.__name__} has {', '.join(dict.fromkeys(names))}",
+        )
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    weights: str | os.PathLike | WeightsEnum | None = None,
+    freeze: str | int | None = None,
+    train_bn: bool = False,
+    strict: bool = True,
+    sha256: str | None = None,
+    aux_logits: bool = True,
+) -> nn.Module:
+    """A torchvision model ready to fine-tune for ``num_classes`` classes (on CPU).
+
+    Equivalent to the tutorial's ``models.resnet18(pretrained=True)`` + freezing +
+    ``model.fc = nn.Linear(512, num_classes)``, for any classification builder of torchvision
+    (``strop.finetune.available_models()``) and the segmentation builders (``fcn_*``,
+    ``deeplabv3_*``, ``lraspp_mobilenet_v3_large``).
+
+    - ``weights``: ``None`` (random init); a torchvision weights name (``"DEFAULT"``,
+      ``"IMAGENET1K_V1"``) loaded through the Weights API from the hub cache
+      (``$TORCH_HOME/hub/checkpoints``; downloaded only when not cached); a local ``.pth``/``.pt``
+      (state dict or checkpoint dict) or ``.safetensors`` file. See :func:`load_weights` for the
+      checks (``strict``, ``sha256``; pickles are loaded with ``weights_only=True``). The head is
+      built for ``num_classes``; pretrained head weights of another class count are dropped and
+      the new head keeps torchvision's fresh initialisation.
+    - ``freeze``: ``None``, ``"backbone"``, a layer-group name (freeze up to it) or a number of
+      layer groups, see :func:`freeze`; frozen BatchNorm stays in eval mode unless ``train_bn``.
+    - ``aux_logits``: inception_v3/googlenet keep their auxiliary classifiers (replaced for
+      ``num_classes``; used in training through :func:`split_outputs`) unless ``False``; for
+      fcn/deeplabv3 it is torchvision's ``aux_loss``. With pretrained weights inception_v3 and
+      googlenet use ``transform_input=True``, as torchvision does.
+
+    The returned model records its architecture name (``model._strop_arch``) and, when weights
+    were loaded, the :class:`LoadReport` (``model._strop_load_report``).
+    """
+    name = resolve_name("build_model", name)
+    check_positive("build_model", "num_classes", num_classes, integer=True)
+    for arg, value in (("train_bn", train_bn), ("strict", strict), ("aux_logits", aux_logits)):
+        if not isinstance(value, bool):
+            fail("build_model", f"{arg} must be a bool; got {type(value).__name__} {value!r}", exc=TypeError)
+    source = None if weights is None else resolve_weights(name, weights)
+    if sha256 is not None and source is None:
+        fail("build_model", "sha256 was given without weights to check")
+    extra = {}
+    if isinstance(source, WeightsEnum) and name.startswith("vit_"):
+        # ViT weights fix the input size through their position embedding (SWAG: 384, 518)
+        extra["image_size"] = source.meta["min_size"][0]
+    model = build_architecture(
+        name, num_classes=num_classes, pretrained=source is not None, aux_logits=aux_logits, **extra
+    )
+    if source is not None:
+        report: LoadReport = load_weights(model, source, strict=strict, sha256=sha256)
+        model._strop_load_report = report
+    if freeze is not None:
+        _freeze(model, freeze, train_bn=train_bn)
+    return model
