@@ -76,7 +76,7 @@ def run_demo(
     shots: int = 30,
     image_size: int = 64,
     source_epochs: int = 8,
-    target_epochs: int = 15,
+    target_epochs: int = 40,
     precision: str = "auto",
     seed: int = 0,
     progress: bool = True,
@@ -84,7 +84,9 @@ def run_demo(
 ) -> list[DemoRow]:
     """Run the demo into ``out``; returns one :class:`DemoRow` per recipe (see module docstring)."""
     if task == "segmentation":
-        return _segmentation_demo(Path(out), shots=shots, precision=precision, seed=seed, progress=progress, log=log)
+        return _segmentation_demo(Path(out), shots=shots, image_size=image_size, source_epochs=source_epochs,
+                                  target_epochs=target_epochs, precision=precision, seed=seed, progress=progress,
+                                  log=log)
     if task != "classification":
         raise ValueError(f"run_demo: task must be 'classification' or 'segmentation'; got {task!r}")
     from strop.data import write_digits
@@ -110,7 +112,8 @@ def run_demo(
 
     log(f"[1/2] source task: resnet18 from scratch on digits 0-4 ({source_epochs} epochs)")
     t = time.perf_counter()
-    src = fit(cfg("source-0-4", data={"root": str(source_root), "val_fraction": 0.2},
+    src = fit(cfg("source-0-4", data={"root": str(source_root), "val_fraction": 0.2, "augment": "crop"},
+                  loss={"name": "cross_entropy", "label_smoothing": 0.1},
                   model={"name": "resnet18"}, epochs=source_epochs,
                   optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
                   schedule={"name": "cosine", "warmup_epochs": 1}))
@@ -123,10 +126,10 @@ def run_demo(
 
     log(f"[2/2] target task: digits 5-9 from {shots} labelled images per class, four recipes")
     recipes = [
-        ("frozen pretrained backbone (tutorial)", {"weights": str(weights), "freeze": "backbone", "strict": False}, 0.05),
-        ("frozen random backbone", {"weights": None, "freeze": "backbone"}, 0.05),
+        ("frozen pretrained backbone (tutorial)", {"weights": str(weights), "freeze": "backbone"}, 0.1),
+        ("frozen random backbone", {"weights": None, "freeze": "backbone"}, 0.1),
         ("from scratch", {"weights": None, "freeze": None}, 0.05),
-        ("full fine-tuning, 10x lower LR", {"weights": str(weights), "freeze": None, "strict": False}, 0.005),
+        ("full fine-tuning, 10x lower LR", {"weights": str(weights), "freeze": None}, 0.005),
     ]
     rows = []
     for i, (label, model_opts, lr) in enumerate(recipes):
@@ -183,6 +186,56 @@ def _plot_comparison(rows: list[DemoRow], path: Path) -> None:
     plt.close(fig)
 
 
-def _segmentation_demo(out: Path, *, shots: int, precision: str, seed: int, progress: bool,
-                       log: Callable[[str], None]) -> list[DemoRow]:
-    raise NotImplementedError("segmentation demo: not built yet")
+def _segmentation_demo(out: Path, *, shots: int, image_size: int, source_epochs: int, target_epochs: int,
+                       precision: str, seed: int, progress: bool, log: Callable[[str], None]) -> list[DemoRow]:
+    """Source: 3-class shapes (background, circle, square); target: binary foreground of all shapes
+    (triangles included) from ``shots`` labelled images; Dice + BCE; lraspp_mobilenet_v3_large."""
+    from strop.data import write_shapes
+    from strop.train import config_from_dict, fit
+
+    source_root = write_shapes(out / "data" / "shapes-source", n=240, size=image_size, seed=seed + 1, num_classes=3)
+    n_val = 120
+    target_root = write_shapes(out / "data" / "shapes-target", n=shots + n_val, size=image_size, seed=seed + 2,
+                               num_classes=2)
+    common = {"task": "segmentation", "precision": precision, "seed": seed, "progress": progress}
+
+    def cfg(name: str, **over: Any) -> Any:
+        return config_from_dict({**common, "output": str(out / "runs" / name), **over})
+
+    log(f"[1/2] source task: lraspp_mobilenet_v3_large from scratch on 3-class shapes ({source_epochs} epochs)")
+    t = time.perf_counter()
+    src = fit(cfg("source-shapes", data={"root": str(source_root), "image_size": image_size, "batch_size": 16},
+                  model={"name": "lraspp_mobilenet_v3_large"}, epochs=source_epochs,
+                  loss={"dice": {"weight": 1.0, "mode": "multiclass"}, "cross_entropy": 1.0},
+                  optimizer={"name": "adamw", "lr": 0.003, "weight_decay": 1e-4},
+                  schedule={"name": "cosine", "warmup_epochs": 1}))
+    state = torch.load(src.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)["model"]
+    weights = out / "lraspp-shapes-source.pth"
+    torch.save({k: v for k, v in state.items() if k.startswith("backbone.")}, weights)
+    log(f"      source val_dice {src.best_metric:.3f} in {time.perf_counter() - t:.0f}s; backbone saved to {weights}")
+
+    log(f"[2/2] target task: binary shapes (triangles are new) from {shots} labelled images, four recipes")
+    val_fraction = n_val / (shots + n_val)
+    recipes = [
+        ("frozen pretrained backbone (tutorial)", "frozen-pretrained", {"weights": str(weights), "freeze": "backbone"}, 0.003),
+        ("frozen random backbone", "frozen-random", {"freeze": "backbone"}, 0.003),
+        ("from scratch", "scratch", {}, 0.003),
+        ("full fine-tuning, 10x lower LR", "full-finetune", {"weights": str(weights)}, 0.0003),
+    ]
+    rows = []
+    for label, name, model_opts, lr in recipes:
+        t = time.perf_counter()
+        res = fit(cfg(name, data={"root": str(target_root), "image_size": image_size, "batch_size": 8,
+                                  "val_fraction": val_fraction},
+                      model={"name": "lraspp_mobilenet_v3_large", **model_opts}, epochs=target_epochs,
+                      loss={"dice": 1.0, "bce": 1.0},
+                      optimizer={"name": "adamw", "lr": lr, "weight_decay": 1e-4},
+                      schedule={"name": "cosine", "warmup_epochs": 1}))
+        seconds = time.perf_counter() - t
+        rows.append(DemoRow(label, res.monitor, float(res.best_metric or 0.0), seconds, _trainable(res.run_dir), res.run_dir))
+        log(f"      {label}: {res.monitor} {rows[-1].value:.3f} in {seconds:.0f}s")
+    log("")
+    log(format_table(rows))
+    _plot_comparison(rows, out / "comparison.png")
+    log(f"\nplots: {out / 'comparison.png'} and {out / 'runs'}/*/plots/")
+    return rows

@@ -11,7 +11,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=int, default=30, help="labelled images per class on the target task")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--source-epochs", type=int, default=8)
-    p.add_argument("--target-epochs", type=int, default=15)
+    p.add_argument("--target-epochs", type=int, default=40)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
