@@ -80,9 +80,13 @@ def run_demo(
     precision: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    per_class: int | None = None,
     log: Callable[[str], None] = print,
 ) -> list[DemoRow]:
-    """Run the demo into ``out``; returns one :class:`DemoRow` per recipe (see module docstring)."""
+    """Run the demo into ``out``; returns one :class:`DemoRow` per recipe (see module docstring).
+
+    ``per_class`` caps the digits used per class (all ~180 by default; tests use a few).
+    """
     if task == "segmentation":
         return _segmentation_demo(Path(out), shots=shots, image_size=image_size, source_epochs=source_epochs,
                                   target_epochs=target_epochs, precision=precision, seed=seed, progress=progress,
@@ -93,7 +97,7 @@ def run_demo(
     from strop.train import config_from_dict, fit
 
     out = Path(out)
-    digits = write_digits(out / "data" / "digits", seed=seed)
+    digits = write_digits(out / "data" / "digits", seed=seed, per_class=per_class)
     source_root = _subset(digits, out / "data" / "source-0-4", ["0", "1", "2", "3", "4"])
     target_root = _split_target(digits, out / "data" / "target-5-9", ["5", "6", "7", "8", "9"], shots, seed)
 
