@@ -143,3 +143,24 @@ def test_num_classes_mismatch_and_missing_data(tiny_config, digits_root, tmp_pat
         fit(tiny_config(tmp_path / "nowhere", tmp_path / "y"))
     with pytest.raises(FileNotFoundError, match="--resume: no checkpoint"):
         fit(tiny_config(digits_root, tmp_path / "z"), resume=True)
+
+
+@pytest.mark.slow
+def test_gradual_unfreezing_trains_head_then_all_and_resumes(tiny_config, digits_root, tmp_path):
+    over = {"model": {"name": "resnet18", "freeze": "backbone"}, "epochs": 2,
+            "gradual_unfreeze": {"head_epochs": 1, "lr_mult": 0.1},
+            "schedule": {"name": "cosine"}}
+    full = fit(tiny_config(digits_root, tmp_path / "full", **over))
+    assert full.choices["feature_cache"] is False  # the backbone will train: no cache
+    ck = load_checkpoint(full.run_dir / "checkpoints" / "last.pt")
+    groups = ck["optimizer"]["param_groups"]
+    assert len(groups) >= 2  # the unfrozen backbone joined as its own group at epoch 2
+
+    class StopAfterFirstEpoch:
+        def on_epoch_end(self, state, logs):
+            state.should_stop = True
+
+    part = tiny_config(digits_root, tmp_path / "part", **over)
+    fit(part, callbacks=[StopAfterFirstEpoch()])
+    resumed = fit(part, resume=True)
+    _assert_same_weights(_weights(full.run_dir), _weights(resumed.run_dir))

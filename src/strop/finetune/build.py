@@ -60,6 +60,7 @@ def build_model(
     strict: bool = True,
     sha256: str | None = None,
     aux_logits: bool = True,
+    trust_pickle: bool = False,
 ) -> nn.Module:
     """A torchvision model ready to fine-tune for ``num_classes`` classes (on CPU).
 
@@ -81,13 +82,16 @@ def build_model(
       ``num_classes``; used in training through :func:`split_outputs`) unless ``False``; for
       fcn/deeplabv3 it is torchvision's ``aux_loss``. With pretrained weights inception_v3 and
       googlenet use ``transform_input=True``, as torchvision does.
+    - ``trust_pickle``: UNSAFE opt-in for trusted legacy checkpoints that ``weights_only=True``
+      refuses (a pickle can run code on load); see :func:`load_weights`.
 
     The returned model records its architecture name (``model._strop_arch``) and, when weights
     were loaded, the :class:`LoadReport` (``model._strop_load_report``).
     """
     name = resolve_name("build_model", name)
     check_positive("build_model", "num_classes", num_classes, integer=True)
-    for arg, value in (("train_bn", train_bn), ("strict", strict), ("aux_logits", aux_logits)):
+    for arg, value in (("train_bn", train_bn), ("strict", strict), ("aux_logits", aux_logits),
+                       ("trust_pickle", trust_pickle)):
         if not isinstance(value, bool):
             fail("build_model", f"{arg} must be a bool; got {type(value).__name__} {value!r}", exc=TypeError)
     source = None if weights is None else resolve_weights(name, weights)
@@ -101,7 +105,7 @@ def build_model(
         name, num_classes=num_classes, pretrained=source is not None, aux_logits=aux_logits, **extra
     )
     if source is not None:
-        report: LoadReport = load_weights(model, source, strict=strict, sha256=sha256)
+        report: LoadReport = load_weights(model, source, strict=strict, sha256=sha256, trust_pickle=trust_pickle)
         model._strop_load_report = report
     if freeze is not None:
         _freeze(model, freeze, train_bn=train_bn)

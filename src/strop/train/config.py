@@ -71,7 +71,7 @@ class ModelConfig(_Strict):
     train_bn: bool = False
     aux_weight: float = Field(0.4, ge=0.0)
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override every Dropout's p (timm's drop_rate)")
-    trust_pickle: bool = False
+    trust_pickle: bool = Field(False, description="UNSAFE: load legacy pickled weights that can run code")
 
 
 class OptimizerConfig(_Strict):
@@ -122,7 +122,7 @@ class Config(_Strict):
     monitor_mode: Literal["max", "min"] | None = None
     early_stopping: EarlyStoppingConfig | None = None
     gradual_unfreeze: GradualUnfreezeConfig | None = None
-    feature_cache: Literal["auto", "off", "memory"] = "auto"
+    feature_cache: Literal["auto", "off"] = Field("auto", description="cache frozen-backbone features in memory")
     nonfinite: Literal["skip", "stop"] = "skip"
     checkpoint_every_steps: int | None = Field(None, gt=0)
     sync_batchnorm: bool = False

@@ -191,8 +191,8 @@ def train_one_epoch(
 
 
 def _lr(optimizer: torch.optim.Optimizer) -> float:
-    # the last group is the head's in strop's param groups: the LR users set and expect to see
-    return float(optimizer.param_groups[-1]["lr"])
+    # the largest group LR is the head's with discriminative LRs: the LR users set and expect to see
+    return max(float(g["lr"]) for g in optimizer.param_groups)
 
 
 @torch.no_grad()

@@ -195,6 +195,7 @@ def build_engine_parts(config: Config, num_classes: int, device: torch.device, p
         train_bn=m.train_bn,
         strict=m.strict,
         sha256=m.sha256,
+        trust_pickle=m.trust_pickle,
     )
     if m.dropout is not None:
         for mod in model.modules():
@@ -457,7 +458,7 @@ def fit(
                     if ctx.enabled:  # each rank trained on its shard; log the whole epoch's numbers
                         train_logs = _global_train_logs(state.epoch_sums, train_logs, ctx)
                     val_logs = evaluate(engine, val_loader, reduce=reduce)
-                    logs = {**train_logs, **val_logs, "lr": float(optimizer.param_groups[-1]["lr"])}
+                    logs = {**train_logs, **val_logs, "lr": max(float(g["lr"]) for g in optimizer.param_groups)}
                     if scheduler is not None:
                         scheduler.on_epoch_end(logs.get(config.monitor_metric))
                     logs["epoch_seconds"] = time.perf_counter() - epoch_t0
