@@ -1,0 +1,299 @@
+"""Element-wise losses: focal, cross-entropy, BCE with logits, MSE.
+
+``cross_entropy`` and ``bce`` wrap ``F.cross_entropy`` / ``F.binary_cross_entropy_with_logits``
+with strop's validation (shapes, class-id range, ``ignore_index``) and an empty batch giving 0,
+so that configs can name them next to the other losses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from strop._checks import check_positive, fail
+from strop.losses._prepare import (
+    _check_values,
+    check_ignore_index,
+    check_reduction,
+    check_tensor,
+    compute_dtype,
+    prepare,
+    reduce,
+)
+
+__all__ = ["bce", "cross_entropy", "focal_loss", "mse_loss"]
+
+
+def _check_alpha(func: str, alpha: float | Sequence[float] | None, mode: str) -> None:
+    if alpha is None:
+        return
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        if not 0 <= alpha <= 1:
+            fail(func, f"alpha must lie in [0, 1] (or be None for no weighting); got {alpha!r}")
+        return
+    if mode == "multiclass" and isinstance(alpha, (Sequence, Tensor)) and not isinstance(alpha, str):
+        return
+    fail(func, f"alpha must be a float in [0, 1], None{', or one weight per class' if mode == 'multiclass' else ''}; "
+               f"got {type(alpha).__name__} {alpha!r}", exc=TypeError)
+
+
+def focal_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    mode: str = "binary",
+    alpha: float | Sequence[float] | None = 0.25,
+    gamma: float = 2.0,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Focal loss of Lin et al. (2017), per element: ``-α_t · (1 - p_t)**γ · log(p_t)``.
+
+    * ``"binary"`` / ``"multilabel"``: ``p = sigmoid(input)``, ``p_t = p·t + (1-p)·(1-t)`` (soft
+      targets allowed), ``α_t = α·t + (1-α)·(1-t)``; ``-log p_t`` is computed from the logits as
+      ``softplus(x) - t·x``, so logits of ±1e4 stay finite.
+    * ``"multiclass"``: ``p_t`` is the softmax probability of the target class; a float ``alpha``
+      weighs class 0 (background) by ``1-α`` and every other class by ``α`` (MONAI's convention,
+      which makes two-class softmax focal equal binary focal); a sequence gives one weight per
+      class; ``None`` no weighting. For plain classification pass ``alpha=None``.
+
+    Args:
+        input (Tensor[N, C, *]): logits. target: as in :mod:`strop.losses._prepare`; for
+            classification ``(N, C)`` logits and ``(N,)`` class ids with ``mode="multiclass"``.
+        alpha: see above (default 0.25, as torchvision). gamma: focusing exponent ``>= 0``
+            (default 2); ``gamma=0, alpha=None`` is BCE / cross-entropy.
+        ignore_index: target value whose elements are left out (zero in ``"none"``).
+        reduction: ``"mean"`` over non-ignored elements (pixels for multiclass), ``"sum"`` or
+            ``"none"`` (input's shape; the target's shape for multiclass).
+
+    Same number as:
+        * torchvision ``sigmoid_focal_loss(input, target.float(), alpha, gamma, reduction)``
+          (binary/multilabel; ``alpha=None`` there is ``alpha=-1``).
+        * smp ``FocalLoss("binary", alpha=alpha, gamma=gamma)`` (binary, also with ignore_index).
+        * MONAI ``FocalLoss(use_softmax=True, to_onehot_y=True, alpha=alpha, gamma=gamma,
+          reduction="none")`` summed over channels (multiclass; MONAI's ``"mean"`` also divides
+          by C), and ``FocalLoss(alpha=alpha, gamma=gamma)`` for binary/multilabel.
+
+    The tutorial's ``FocalLoss`` applied the focal factor to the *mean* BCE, which down-weights
+    every pixel equally and so is just a rescaled BCE; this is the per-element definition.
+    """
+    func = "focal_loss"
+    check_positive(func, "gamma", gamma, allow_zero=True)
+    check_reduction(func, reduction)
+    _check_alpha(func, alpha, mode)
+    prepared = prepare(func, input, target, mode=mode, ignore_index=ignore_index)
+    x = prepared.input
+    if mode == "multiclass":
+        assert prepared.labels is not None
+        labels = prepared.labels
+        log_pt = torch.log_softmax(x, dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
+        loss = -log_pt
+        if gamma != 0:
+            # -expm1(log p) is 1 - p without cancellation when p is close to 1
+            loss = loss * _power(-torch.expm1(log_pt), gamma)
+        if alpha is not None:
+            c = prepared.num_classes
+            if isinstance(alpha, (int, float)):
+                weights = torch.full((c,), float(alpha), dtype=x.dtype, device=x.device)
+                weights[0] = 1 - alpha
+            else:
+                weights = torch.as_tensor(alpha, dtype=x.dtype, device=x.device).flatten()
+                if weights.numel() != c:
+                    fail(func, f"alpha must have one weight per class (C={c}); got {weights.numel()}")
+            loss = loss * weights[labels]
+        valid = None if prepared.valid is None else prepared.valid.squeeze(1)
+        return reduce(loss, reduction, valid).reshape(prepared.shape) if reduction == "none" else reduce(
+            loss, reduction, valid)
+
+    assert prepared.target is not None
+    t = prepared.target
+    p = torch.sigmoid(x)
+    # softplus(x) - t·x = -log p_t; softplus as relu(x) - log(sigmoid(|x|)) stays finite for
+    # any logit and avoids log1p, which is several times slower than log on CPU
+    ce = x.relu() - x * t - torch.sigmoid(x.abs()).log()
+    loss = ce
+    if gamma != 0:
+        one_minus_pt = p + t * (1 - 2 * p)
+        loss = loss * _power(one_minus_pt, gamma)
+    if alpha is not None:
+        loss = loss * ((1 - alpha) + t * (2 * alpha - 1))
+    out = reduce(loss, reduction, prepared.valid)
+    return out.reshape(prepared.shape) if reduction == "none" else out
+
+
+def _power(base: Tensor, gamma: float) -> Tensor:
+    if gamma == 1:
+        return base
+    if gamma == 2:
+        return base * base
+    if gamma < 1:
+        # d(b**γ)/db is infinite at b = 0 for γ < 1; b = 0 only for a saturated, correct
+        # prediction whose loss is 0 anyway, so cut the gradient there instead of making NaN
+        base = base.clamp_min(torch.finfo(base.dtype).tiny)
+    return base.pow(gamma)
+
+
+def bce(
+    input: Tensor,
+    target: Tensor,
+    *,
+    pos_weight: Tensor | float | None = None,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Binary cross-entropy with logits: ``F.binary_cross_entropy_with_logits`` plus validation.
+
+    Args:
+        input (Tensor[N, *]): logits. target: same shape (or ``(N, *spatial)`` for an
+            ``(N, 1, *spatial)`` input), values in ``[0, 1]``.
+        pos_weight: weight of positive examples, broadcast over the input's trailing dims as in
+            torch. ignore_index: target value left out of the loss.
+        reduction: ``"mean"`` over non-ignored elements (an empty batch gives 0), ``"sum"``,
+            ``"none"`` (input's shape).
+
+    Same number as ``F.binary_cross_entropy_with_logits(input, target, pos_weight=pos_weight)``.
+    """
+    func = "bce"
+    check_reduction(func, reduction)
+    prepared = prepare(func, input, target, mode="binary", ignore_index=ignore_index)
+    assert prepared.target is not None
+    x = prepared.input.reshape(prepared.shape)
+    t = prepared.target.reshape(prepared.shape)
+    if pos_weight is not None:
+        if not isinstance(pos_weight, Tensor):
+            check_positive(func, "pos_weight", pos_weight, allow_zero=True)
+        pos_weight = torch.as_tensor(pos_weight, dtype=x.dtype, device=x.device)
+    if prepared.valid is None and reduction != "none":
+        total = F.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight, reduction="sum")
+        return total if reduction == "sum" else total / max(x.numel(), 1)
+    loss = F.binary_cross_entropy_with_logits(x, t, pos_weight=pos_weight, reduction="none")
+    valid = None if prepared.valid is None else prepared.valid.reshape(prepared.shape)
+    return reduce(loss, reduction, valid)
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | Sequence[float] | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> Tensor:
+    """Cross-entropy of logits: ``F.cross_entropy`` plus validation.
+
+    Args:
+        input (Tensor[N, C, *]): logits, ``C >= 2``.
+        target: ``(N, *)`` integer class ids in ``[0, C)`` (or ``ignore_index``), or class
+            probabilities with the input's shape.
+        weight: per-class weights ``(C,)``. ignore_index: class id left out (default None:
+            nothing ignored). label_smoothing: in ``[0, 1]``.
+        reduction: ``"mean"`` (torch's weighted mean over non-ignored targets; a batch with no
+            counted target gives 0 instead of NaN), ``"sum"`` or ``"none"``.
+
+    Same number as ``F.cross_entropy(input, target, weight, ignore_index=ignore_index or -100,
+    label_smoothing=label_smoothing, reduction=reduction)`` whenever torch's is finite. As in
+    torch, the logits of an ignored target are never read (a NaN there does not reach the loss).
+    """
+    func = "cross_entropy"
+    check_reduction(func, reduction)
+    check_tensor(func, "input", input, floating=True)
+    check_tensor(func, "target", target)
+    check_ignore_index(func, ignore_index)
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing <= 1:
+        fail(func, f"label_smoothing must be a number in [0, 1]; got {label_smoothing!r}")
+    if input.dim() < 2:
+        fail(func, f"input must have shape (N, C, ...); got {tuple(input.shape)}",
+             hint="add a batch dimension: input[None]")
+    n, c = input.shape[:2]
+    if c < 2:
+        fail(func, f"input must have C >= 2 classes; got {tuple(input.shape)}", hint="use bce for one logit")
+    x = input.to(compute_dtype(input.dtype))
+    if weight is not None:
+        weight = torch.as_tensor(weight, dtype=x.dtype, device=x.device)
+        if weight.shape != (c,):
+            fail(func, f"weight must have shape (C,)=({c},); got {tuple(weight.shape)}")
+    ii = -100 if ignore_index is None else ignore_index
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            fail(func, f"target of class probabilities must have the shape of input {tuple(input.shape)}; "
+                       f"got {tuple(target.shape)}",
+                 hint="class ids must be an integer tensor of shape (N, ...)")
+        t = target.to(x.dtype)
+        _check_values(func, [("target probabilities", t, 0.0, 1.0)])
+        denom = None
+    else:
+        expected = (n, *input.shape[2:])
+        if tuple(target.shape) != expected:
+            hint = "use bce for multi-label one-hot targets" if target.shape == input.shape else None
+            fail(func, f"target must have shape (N, ...)={expected} for input (N, C, ...)={tuple(input.shape)}; "
+                       f"got {tuple(target.shape)}", hint=hint)
+        if target.dtype == torch.bool:
+            fail(func, "target must hold integer class ids; got torch.bool", hint="call target.long()", exc=TypeError)
+        t = target.long()
+        keep = t != ii if ignore_index is not None else None
+        ids = t if keep is None else t.masked_fill(~keep, 0)
+        _check_values(func, [("target class ids" + (f" (other than ignore_index={ignore_index})"
+                                                      if ignore_index is not None else ""), ids, 0, c - 1)])
+        if reduction == "mean":
+            # torch's mean divides by the summed weight of counted targets; recomputed here so
+            # an empty (or fully ignored) batch gives 0 instead of 0/0
+            w = weight[ids] if weight is not None else torch.ones_like(ids, dtype=x.dtype)
+            denom = (w if keep is None else w * keep).sum()
+    if reduction == "none":
+        return F.cross_entropy(x, t, weight=weight, ignore_index=ii, label_smoothing=label_smoothing,
+                               reduction="none")
+    total = F.cross_entropy(x, t, weight=weight, ignore_index=ii, label_smoothing=label_smoothing,
+                            reduction="sum")
+    if reduction == "sum":
+        return total
+    if denom is None:  # probabilities: torch divides by the number of samples (pixels)
+        return total / max(x.numel() // c, 1)
+    return total / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def mse_loss(input: object, target: object, reduction: str = "mean") -> Tensor:
+    """Mean squared error ``mean((input - target)**2)``; ``F.mse_loss`` with validation.
+
+    Accepts tensors and array-likes (lists, numpy arrays), as the tutorial's ``MSE`` did; an
+    array-like goes to the other argument's device. Integer values compute in float32.
+    Shapes must match exactly (torch would broadcast with only a warning).
+
+    ``reduction="mean"`` (default) is the true mean. The tutorial's ``MSE`` returned
+    ``((output-target)**2).sum().mean()``, i.e. the *sum*, N times larger. An empty input gives 0.
+
+    Same number as ``F.mse_loss(input, target, reduction=reduction)`` and ``nn.MSELoss``.
+    """
+    func = "mse_loss"
+    check_reduction(func, reduction)
+    x, t = _as_tensor(func, "input", input, target), _as_tensor(func, "target", target, input)
+    if x.shape != t.shape:
+        fail(func, f"target must have the shape of input {tuple(x.shape)}; got {tuple(t.shape)}",
+             hint="reshape explicitly; strop does not broadcast a loss")
+    if x.device != t.device:
+        fail(func, f"target is on {t.device} but input is on {x.device}")
+    dtype = compute_dtype(torch.promote_types(x.dtype, t.dtype) if x.is_floating_point() or t.is_floating_point()
+                          else torch.float32)
+    x, t = x.to(dtype), t.to(dtype)
+    if reduction == "none":
+        return F.mse_loss(x, t, reduction="none")
+    total = F.mse_loss(x, t, reduction="sum")
+    return total if reduction == "sum" else total / max(x.numel(), 1)
+
+
+def _as_tensor(func: str, arg: str, value: object, other: object) -> Tensor:
+    if isinstance(value, Tensor):
+        out = value
+    else:
+        device = other.device if isinstance(other, Tensor) else None
+        try:
+            out = torch.as_tensor(value, device=device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            fail(func, f"{arg} must be a tensor or array-like of numbers; got {type(value).__name__} ({err})",
+                 exc=TypeError)
+    if out.is_complex() or out.dtype == torch.bool:
+        fail(func, f"{arg} must hold real numbers; got {out.dtype}", exc=TypeError)
+    return out
