@@ -58,9 +58,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        # library errors already name the function, argument, expectation and value
+    except (ValueError, TypeError, OSError) as exc:
+        # library errors already name the function, argument, expectation and value; OSError
+        # covers a missing file and an output folder that cannot be created
         if os.environ.get("STROP_DEBUG"):
             raise
         print(f"strop {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        # strop's own failures (CheckpointError: refused or unwritable checkpoint;
+        # NonFiniteLossError: the diagnostic of nonfinite="stop") are messages, not crashes
+        if os.environ.get("STROP_DEBUG") or not type(exc).__module__.startswith("strop."):
+            raise
+        print(f"strop {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C before training installed its handler (imports, data, model): nothing to save
+        print(f"strop {args.command}: interrupted", file=sys.stderr)
+        return 130

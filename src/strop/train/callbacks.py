@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -89,14 +90,15 @@ class CSVLogger:
         if self.path.exists():
             with open(self.path, newline="") as fh:
                 for row in csv.DictReader(fh):
-                    done = row["kind"] == "epoch" and int(row["epoch"]) <= state.epoch
-                    step_done = row["kind"] == "step" and int(row["step"]) <= state.step
-                    if done or step_done:
+                    if _row_done(row, state):
                         rows.append(row)
-        with open(self.path, "w", newline="") as fh:
+        # rewrite beside and swap: a kill during the rewrite must not lose the log
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
+        os.replace(tmp, self.path)
         self._fh = open(self.path, "a", newline="")  # noqa: SIM115 - closed in on_fit_end
         self._writer = csv.DictWriter(self._fh, fieldnames=self.fields, extrasaction="ignore")
         self._last_step = state.step
@@ -105,6 +107,9 @@ class CSVLogger:
         if state.step != self._last_step:  # one row per optimizer step, not per micro-batch
             self._last_step = state.step
             self._writer.writerow({"kind": "step", "epoch": state.epoch + 1, "step": state.step, **logs})
+            # flushed before the step's checkpoint is written, so the log covers what it covers,
+            # and one whole row per write cannot be torn by a kill
+            self._fh.flush()
 
     def on_epoch_end(self, state: Any, logs: dict[str, float]) -> None:
         self._writer.writerow({"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, **logs})
@@ -112,6 +117,21 @@ class CSVLogger:
 
     def on_fit_end(self, state: Any) -> None:
         self._fh.close()
+
+
+def _row_done(row: dict[str, str | None], state: Any) -> bool:
+    """True for a whole row at or before ``state``; a row torn by a crash (missing or partial
+    fields) is dropped rather than failing the resume."""
+    if None in row.values() or None in row:  # too few fields, or too many
+        return False
+    try:
+        if row["kind"] == "epoch":
+            return int(row["epoch"] or "") <= state.epoch
+        if row["kind"] == "step":
+            return int(row["step"] or "") <= state.step
+    except ValueError:
+        return False
+    return False
 
 
 class EarlyStopping:

@@ -8,9 +8,12 @@ leaves either the old file or the new one — never a torn one. Reading uses
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +55,31 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a failed write (ENOSPC) as RuntimeError("... unexpected pos ..."),
+        # with the OSError as its context; a half-written tmp would also keep the disk full
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        cause = _os_error(exc)
+        if cause is None:
+            raise  # not an I/O failure (e.g. an unpicklable payload): a bug to see as it is
+        reason = "the disk is full" if cause.errno == errno.ENOSPC else cause.strerror or str(cause)
         raise CheckpointError(
             f"could not write checkpoint {path}: {reason}; the previous checkpoint there (if any) is kept"
         ) from exc
     return path
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (itself, or in its ``__cause__``/``__context__`` chain)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -68,6 +89,16 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"(?i)unsupported (?:global: )?GLOBAL [\w.]+|unsupported operand \d+", str(exc))
+        if refused is None:
+            raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        # torch's own text advises weights_only=False: wrong advice for a file nobody vouched for
+        raise CheckpointError(
+            f"could not read checkpoint {path}: refused, it holds a Python object that loading would "
+            f"have to import or call ({refused.group(0)}); strop checkpoints hold only tensors and "
+            "plain data, so this file was not written by strop or was altered. Nothing in it was run."
+        ) from None
     except Exception as exc:  # torch raises several types for torn or foreign files
         raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(data, dict) or "format_version" not in data:

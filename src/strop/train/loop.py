@@ -149,8 +149,11 @@ def train_one_epoch(
     total = num_batches if num_batches is not None else len(loader)  # type: ignore[arg-type]
     engine.optimizer.zero_grad(set_to_none=True)
     tic = time.perf_counter()
+    # a NaN forward has already written NaN into BatchNorm's running stats: "skip" undoes that too
+    buffers = list(model.buffers()) if engine.nonfinite == "skip" else []
     for x, y in loader:
         x, y = engine.to_device(x, y)
+        saved = [b.clone() for b in buffers]
         with engine.amp.autocast():
             output = model(x)
             loss, main = engine.compute_loss(output, y)
@@ -169,6 +172,9 @@ def train_one_epoch(
             )
         else:
             state.nonfinite_batches += 1
+            with torch.no_grad():
+                for buf, old in zip(buffers, saved, strict=True):
+                    buf.copy_(old)
         at_boundary = state.batch_in_epoch % accum == 0 or state.batch_in_epoch == total
         lr = _lr(engine.optimizer)  # the LR this step uses, before the scheduler moves it
         if at_boundary:

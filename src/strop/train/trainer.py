@@ -195,7 +195,6 @@ def build_engine_parts(config: Config, num_classes: int, device: torch.device, p
         train_bn=m.train_bn,
         strict=m.strict,
         sha256=m.sha256,
-        trust_pickle=m.trust_pickle,
     )
     if m.dropout is not None:
         for mod in model.modules():
@@ -458,7 +457,7 @@ def fit(
                     if ctx.enabled:  # each rank trained on its shard; log the whole epoch's numbers
                         train_logs = _global_train_logs(state.epoch_sums, train_logs, ctx)
                     val_logs = evaluate(engine, val_loader, reduce=reduce)
-                    logs = {**train_logs, **val_logs, "lr": max(float(g["lr"]) for g in optimizer.param_groups)}
+                    logs = {**train_logs, **val_logs, "lr": float(optimizer.param_groups[-1]["lr"])}
                     if scheduler is not None:
                         scheduler.on_epoch_end(logs.get(config.monitor_metric))
                     logs["epoch_seconds"] = time.perf_counter() - epoch_t0
@@ -477,7 +476,8 @@ def fit(
                     state.epoch_sums = {}
                     if ctx.enabled:  # every rank follows rank 0's decision to stop
                         state.should_stop = bool(_broadcast_flag(state.should_stop, ctx))
-                    save_last()
+                    # best before last: a crash between the two then redoes this epoch and
+                    # rewrites best.pt, instead of resuming past a best.pt that was never written
                     if is_best and ctx.is_main:
                         save_checkpoint(
                             {"model": model.state_dict(), "config": config.to_dict(), "classes": classes,
@@ -485,6 +485,7 @@ def fit(
                              "strop_version": __version__},
                             ckpt_dir / "best.pt",
                         )
+                    save_last()
         finally:
             cb.call(cbs, "on_fit_end", state)  # closes the CSV log even when training raised
         if ctx.is_main and history:
@@ -559,6 +560,9 @@ def _history_from_csv(path: Path, epochs_done: int) -> list[dict[str, float]]:
     out = []
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
-            if row["kind"] == "epoch" and int(row["epoch"]) <= epochs_done:
-                out.append({k: float(v) for k, v in row.items() if k != "kind" and v not in ("", None)})
+            try:  # a row torn by a crash is skipped, not fatal to the resume
+                if row["kind"] == "epoch" and int(row["epoch"]) <= epochs_done:
+                    out.append({k: float(v) for k, v in row.items() if k != "kind" and v not in ("", None)})
+            except (TypeError, ValueError):
+                continue
     return out
