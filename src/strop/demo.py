@@ -209,13 +209,14 @@ def _segmentation_demo(out: Path, *, shots: int, image_size: int, source_epochs:
     log(f"[1/2] source task: lraspp_mobilenet_v3_large from scratch on 3-class shapes ({source_epochs} epochs)")
     t = time.perf_counter()
     src = fit(cfg("source-shapes", data={"root": str(source_root), "image_size": image_size, "batch_size": 16},
-                  model={"name": "lraspp_mobilenet_v3_large"}, epochs=source_epochs,
+                  model={"name": "lraspp_mobilenet_v3_large", "bn_momentum": 0.1}, epochs=source_epochs,
                   loss={"dice": {"weight": 1.0, "mode": "multiclass"}, "cross_entropy": 1.0},
                   optimizer={"name": "adamw", "lr": 0.003, "weight_decay": 1e-4},
                   schedule={"name": "cosine", "warmup_epochs": 1}))
     state = torch.load(src.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)["model"]
     weights = out / "lraspp-shapes-source.pth"
-    torch.save({k: v for k, v in state.items() if k.startswith("backbone.")}, weights)
+    # the whole source model: its 3-class output convs do not fit the binary target and are re-initialised
+    torch.save(state, weights)
     log(f"      source val_dice {src.best_metric:.3f} in {time.perf_counter() - t:.0f}s; backbone saved to {weights}")
 
     log(f"[2/2] target task: binary shapes (triangles are new) from {shots} labelled images, four recipes")
@@ -231,7 +232,8 @@ def _segmentation_demo(out: Path, *, shots: int, image_size: int, source_epochs:
         t = time.perf_counter()
         res = fit(cfg(name, data={"root": str(target_root), "image_size": image_size, "batch_size": 8,
                                   "val_fraction": val_fraction},
-                      model={"name": "lraspp_mobilenet_v3_large", **model_opts}, epochs=target_epochs,
+                      model={"name": "lraspp_mobilenet_v3_large", "bn_momentum": 0.1, **model_opts},
+                      epochs=target_epochs,
                       loss={"dice": 1.0, "bce": 1.0},
                       optimizer={"name": "adamw", "lr": lr, "weight_decay": 1e-4},
                       schedule={"name": "cosine", "warmup_epochs": 1}))

@@ -71,6 +71,9 @@ class ModelConfig(_Strict):
     train_bn: bool = False
     aux_weight: float = Field(0.4, ge=0.0)
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override every Dropout's p (timm's drop_rate)")
+    bn_momentum: float | None = Field(
+        None, gt=0.0, le=1.0, description="override every BatchNorm's momentum (timm's bn_momentum)"
+    )
     trust_pickle: bool = Field(False, description="UNSAFE: load legacy pickled weights that can run code")
 
 

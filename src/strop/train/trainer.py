@@ -196,10 +196,12 @@ def build_engine_parts(config: Config, num_classes: int, device: torch.device, p
         strict=m.strict,
         sha256=m.sha256,
     )
-    if m.dropout is not None:
-        for mod in model.modules():
-            if isinstance(mod, nn.Dropout):
-                mod.p = m.dropout
+    for mod in model.modules():
+        if m.dropout is not None and isinstance(mod, nn.Dropout):
+            mod.p = m.dropout
+        # torchvision's MobileNetV3 uses momentum 0.01: running stats lag far behind short runs
+        if m.bn_momentum is not None and isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.momentum = m.bn_momentum
     loss_fn = losses.build(config.loss)
     o = config.optimizer
     lr = o.lr
