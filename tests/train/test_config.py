@@ -86,3 +86,13 @@ def test_config_is_frozen():
     c = Config()
     with pytest.raises(Exception, match="frozen"):
         c.epochs = 3  # type: ignore[misc]
+
+
+def test_shipped_example_configs_validate():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        c = load_config(path)
+        assert c.data.root and c.output.startswith("runs/"), path.name
