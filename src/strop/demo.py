@@ -37,7 +37,8 @@ class DemoRow:
 
     recipe: str
     metric: str
-    value: float
+    value: float  # best epoch's validation metric (what best.pt holds)
+    final: float  # last epoch's validation metric
     seconds: float
     trainable_params: int
     run_dir: Path
@@ -130,22 +131,32 @@ def run_demo(
 
     log(f"[2/2] target task: digits 5-9 from {shots} labelled images per class, four recipes")
     recipes = [
-        ("frozen pretrained backbone (tutorial)", {"weights": str(weights), "freeze": "backbone"}, 0.1),
-        ("frozen random backbone", {"weights": None, "freeze": "backbone"}, 0.1),
-        ("from scratch", {"weights": None, "freeze": None}, 0.05),
-        ("full fine-tuning, 10x lower LR", {"weights": str(weights), "freeze": None}, 0.005),
+        ("frozen pretrained backbone (tutorial)", "frozen-pretrained", {"weights": str(weights), "freeze": "backbone"}, 0.1),
+        ("frozen random backbone", "frozen-random", {"weights": None, "freeze": "backbone"}, 0.1),
+        ("from scratch", "scratch", {"weights": None, "freeze": None}, 0.05),
+        ("full fine-tuning, 10x lower LR", "full-finetune", {"weights": str(weights), "freeze": None}, 0.005),
     ]
+
+    def target(name: str, model_opts: dict[str, Any], lr: float) -> Any:
+        return cfg(name, data={"root": str(target_root)}, model={"name": "resnet18", **model_opts},
+                   epochs=target_epochs, optimizer={"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 5e-4},
+                   schedule={"name": "cosine", "warmup_epochs": 1})
+
+    return _compare(recipes, target, out, log)
+
+
+def _compare(recipes: list[tuple[str, str, dict[str, Any], float]], make_config: Callable[..., Any], out: Path,
+             log: Callable[[str], None]) -> list[DemoRow]:
+    """Train each recipe, print the table, draw ``comparison.png``."""
+    from strop.train import fit
+
     rows = []
-    for i, (label, model_opts, lr) in enumerate(recipes):
-        name = ["frozen-pretrained", "frozen-random", "scratch", "full-finetune"][i]
+    for label, name, model_opts, lr in recipes:
         t = time.perf_counter()
-        res = fit(cfg(name, data={"root": str(target_root)}, model={"name": "resnet18", **model_opts},
-                      epochs=target_epochs,
-                      optimizer={"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 5e-4},
-                      schedule={"name": "cosine", "warmup_epochs": 1}))
+        res = fit(make_config(name, model_opts, lr))
         seconds = time.perf_counter() - t
-        trainable = _trainable(res.run_dir)
-        rows.append(DemoRow(label, res.monitor, float(res.best_metric or 0.0), seconds, trainable, res.run_dir))
+        rows.append(DemoRow(label, res.monitor, float(res.best_metric or 0.0), float(res.final.get(res.monitor, 0.0)),
+                            seconds, _trainable(res.run_dir), res.run_dir))
         log(f"      {label}: {res.monitor} {rows[-1].value:.3f} in {seconds:.0f}s")
     log("")
     log(format_table(rows))
@@ -163,9 +174,10 @@ def _trainable(run_dir: Path) -> int:
 
 def format_table(rows: list[DemoRow]) -> str:
     """A markdown table of the recipes."""
-    lines = ["| recipe | best val metric | trainable params | train time |", "|---|---|---|---|"]
+    metric = rows[0].metric if rows else "metric"
+    lines = [f"| recipe | best {metric} | last epoch's | trainable params | train time |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.recipe} | {r.metric} {r.value:.3f} | {r.trainable_params:,} | {r.seconds:.1f} s |")
+        lines.append(f"| {r.recipe} | {r.value:.3f} | {r.final:.3f} | {r.trainable_params:,} | {r.seconds:.1f} s |")
     return "\n".join(lines)
 
 
@@ -227,21 +239,13 @@ def _segmentation_demo(out: Path, *, shots: int, image_size: int, source_epochs:
         ("from scratch", "scratch", {}, 0.003),
         ("full fine-tuning, 10x lower LR", "full-finetune", {"weights": str(weights)}, 0.0003),
     ]
-    rows = []
-    for label, name, model_opts, lr in recipes:
-        t = time.perf_counter()
-        res = fit(cfg(name, data={"root": str(target_root), "image_size": image_size, "batch_size": 8,
-                                  "val_fraction": val_fraction},
-                      model={"name": "lraspp_mobilenet_v3_large", "bn_momentum": 0.1, **model_opts},
-                      epochs=target_epochs,
-                      loss={"dice": 1.0, "bce": 1.0},
-                      optimizer={"name": "adamw", "lr": lr, "weight_decay": 1e-4},
-                      schedule={"name": "cosine", "warmup_epochs": 1}))
-        seconds = time.perf_counter() - t
-        rows.append(DemoRow(label, res.monitor, float(res.best_metric or 0.0), seconds, _trainable(res.run_dir), res.run_dir))
-        log(f"      {label}: {res.monitor} {rows[-1].value:.3f} in {seconds:.0f}s")
-    log("")
-    log(format_table(rows))
-    _plot_comparison(rows, out / "comparison.png")
-    log(f"\nplots: {out / 'comparison.png'} and {out / 'runs'}/*/plots/")
-    return rows
+
+    def target(name: str, model_opts: dict[str, Any], lr: float) -> Any:
+        return cfg(name, data={"root": str(target_root), "image_size": image_size, "batch_size": 8,
+                               "val_fraction": val_fraction},
+                   model={"name": "lraspp_mobilenet_v3_large", "bn_momentum": 0.1, **model_opts},
+                   epochs=target_epochs, loss={"dice": 1.0, "bce": 1.0},
+                   optimizer={"name": "adamw", "lr": lr, "weight_decay": 1e-4},
+                   schedule={"name": "cosine", "warmup_epochs": 1})
+
+    return _compare(recipes, target, out, log)
