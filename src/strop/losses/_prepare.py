@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from strop._checks import check_choice, fail
+from strop.losses._fused import overlap
 
 __all__ = [
     "MODES",
@@ -187,15 +188,7 @@ class Prepared:
         Shapes ``(N, C)`` when ``per_image`` else ``(C,)`` (batch and pixels summed together).
         ``FP = sum_p - TP`` and ``FN = sum_t - TP``, so Dice, Jaccard and Tversky all follow.
         """
-        probs = self.probs()
-        if self.valid is not None:
-            probs = probs * self.valid
-        target = self.onehot(probs.dtype)
-        dims = (2,) if per_image else (0, 2)
-        tp = (probs * target).sum(dims)
-        sum_p = probs.sum(dims)
-        sum_t = target.sum(dims)
-        return tp, sum_p, sum_t
+        return overlap(self.input, self.target, self.labels, self.valid, self.mode, self.from_logits, per_image)
 
 
 def prepare(

@@ -110,6 +110,23 @@ def focal_loss(
 
     assert prepared.target is not None
     t = prepared.target
+    grad_mode = torch.is_grad_enabled()
+    if (gamma != 0 and gamma < 1) or (grad_mode and t.requires_grad):
+        loss = _binary_focal_plain(x, t, alpha, gamma)
+    elif grad_mode and x.requires_grad:
+        loss = _BinaryFocal.apply(x, t, alpha, gamma)
+    else:
+        loss = _binary_focal_fused(x, t, alpha, gamma, with_grad=False)[0]
+    out = reduce(loss, reduction, prepared.valid)
+    return out.reshape(prepared.shape) if reduction == "none" else out
+
+
+def _binary_focal_plain(x: Tensor, t: Tensor, alpha: float | None, gamma: float) -> Tensor:
+    """Element-wise binary focal loss written as the textbook formula; autograd differentiates it.
+
+    Used for ``0 < gamma < 1`` (whose gradient needs the clamp of :func:`_power`), when the target
+    requires grad, for double backward, and by the tests as the reference of the fused path.
+    """
     p = torch.sigmoid(x)
     # softplus(x) - t·x = -log p_t; softplus as relu(x) - log(sigmoid(|x|)) stays finite for
     # any logit and avoids log1p, which is several times slower than log on CPU
@@ -120,8 +137,76 @@ def focal_loss(
         loss = loss * _power(one_minus_pt, gamma)
     if alpha is not None:
         loss = loss * ((1 - alpha) + t * (2 * alpha - 1))
-    out = reduce(loss, reduction, prepared.valid)
-    return out.reshape(prepared.shape) if reduction == "none" else out
+    return loss
+
+
+def _binary_focal_fused(
+    x: Tensor, t: Tensor, alpha: float | None, gamma: float, *, with_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Element-wise binary focal loss and (``with_grad``) its derivative in ``x``, for ``gamma == 0``
+    or ``gamma >= 1``, in few passes over memory and without autograd.
+
+    With ``p = σ(x)``, ``q = 1 - p_t = p + t(1 - 2p)``, ``ce = -log p_t = softplus(x) - t·x`` and
+    ``w = α_t`` (1 without alpha), the loss is ``w·q^γ·ce`` and its derivative
+    ``w·q^(γ-1)·(γ·ce·dq/dx + q·(p - t))`` with ``dq/dx = (1 - 2t)·p·(1 - p)``.
+    """
+    # every fresh full-size tensor costs a page-faulting allocation on CPU, more than the arithmetic
+    # on it: four buffers (p, 1 - p, ce, and one for log σ(|x|) then q) are updated in place
+    p = torch.sigmoid(x)
+    pm = torch.rsub(p, 1)
+    # softplus(x) = relu(x) - log σ(|x|), and σ(|x|) = max(p, 1 - p) >= 1/2 has no cancellation,
+    # so one sigmoid and one log give both p_t and log p_t (no log1p, no second sigmoid)
+    ce = torch.maximum(p, pm).log_().neg_()
+    buf = torch.clamp_min(x, 0)
+    ce.add_(buf).addcmul_(x, t, value=-1)
+    if gamma == 0:
+        loss = _times_alpha_t(ce, t, alpha)
+        return loss, _times_alpha_t(p.sub_(t), t, alpha) if with_grad else None
+    q = torch.lerp(p, pm, t, out=buf)
+    qg = None if gamma == 1 else (q if gamma == 2 else q.pow(gamma - 1))  # q^(γ-1)
+    if not with_grad:
+        loss = ce.mul_(q) if qg is None else ce.mul_(q).mul_(qg)
+        return _times_alpha_t(loss, t, alpha), None
+    dq = pm.mul_(p).addcmul_(t, pm, value=-2)  # (1 - 2t)·p·(1 - p)
+    grad = p.sub_(t).mul_(q).addcmul_(dq, ce, value=gamma)
+    loss = ce.mul_(q)
+    if qg is not None:
+        grad.mul_(qg)
+        loss.mul_(qg)
+    return _times_alpha_t(loss, t, alpha), _times_alpha_t(grad, t, alpha)
+
+
+def _times_alpha_t(value: Tensor, t: Tensor, alpha: float | None) -> Tensor:
+    """``value · α_t`` in place, ``α_t = α·t + (1 - α)·(1 - t) = (1 - α)·(1 + c·t)``, ``c = (2α - 1) / (1 - α)``."""
+    if alpha is None:
+        return value
+    if alpha == 1:
+        return value.mul_(t)
+    return value.addcmul_(value, t, value=(2 * alpha - 1) / (1 - alpha)).mul_(1 - alpha)
+
+
+class _BinaryFocal(torch.autograd.Function):
+    """Binary focal loss whose gradient is computed with the loss, in closed form (one saved tensor).
+
+    Double backward (``create_graph=True``) recomputes through :func:`_binary_focal_plain`.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, t: Tensor, alpha: float | None, gamma: float) -> Tensor:  # type: ignore[override]
+        loss, grad = _binary_focal_fused(x, t, alpha, gamma, with_grad=True)
+        ctx.save_for_backward(x, t, grad)
+        ctx.alpha, ctx.gamma = alpha, gamma
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
+        x, t, grad = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the gradient must itself be differentiable
+            with torch.enable_grad():
+                plain = _binary_focal_plain(x, t, ctx.alpha, ctx.gamma)
+                (gx,) = torch.autograd.grad(plain, x, grad_out, create_graph=True)
+            return gx, None, None, None
+        return grad_out * grad, None, None, None
 
 
 def _power(base: Tensor, gamma: float) -> Tensor:
