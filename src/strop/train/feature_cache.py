@@ -21,7 +21,32 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["cache_decision", "extract_features"]
+__all__ = ["TensorBatches", "cache_decision", "extract_features"]
+
+
+class TensorBatches:
+    """Batches of a :class:`TensorDataset` by slicing, in the order of ``sampler``.
+
+    A ``DataLoader`` would index the cached features one item at a time and collate them; for a
+    head that trains in microseconds that bookkeeping is the whole cost of an epoch. The batches
+    are exactly the ones a ``DataLoader(dataset, batch_size, sampler=sampler)`` yields.
+    """
+
+    def __init__(self, dataset: TensorDataset, *, batch_size: int, sampler: Any = None):
+        self.tensors = dataset.tensors
+        self.batch_size = batch_size
+        self.sampler = sampler
+
+    def __iter__(self) -> Any:
+        n = len(self.tensors[0])
+        order = torch.as_tensor(list(self.sampler)) if self.sampler is not None else torch.arange(n)
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            yield tuple(t[idx] for t in self.tensors)
+
+    def __len__(self) -> int:
+        n = len(self.sampler) if self.sampler is not None else len(self.tensors[0])
+        return -(-n // self.batch_size)
 
 
 def cache_decision(config: Any, model: nn.Module, train_ds: Any, *, distributed: bool) -> tuple[bool, str]:

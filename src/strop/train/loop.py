@@ -103,10 +103,14 @@ def _first_bad_grad(model: nn.Module) -> str | None:
 
 def _optimizer_step(engine: Engine, state: TrainState) -> None:
     """One optimizer step at an accumulation boundary; the scheduler follows every attempt."""
+    clip = engine.clip_grad_norm
     if engine.amp.precision.name != "fp16":
         # fp16 has the scaler's own inf check; fp32/bf16 would silently write NaN into the weights
-        grads = [p.grad for p in engine.model.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+        params = [p for p in engine.model.parameters() if p.grad is not None]
+        # one pass over the gradients serves both the finite check and clipping (it is
+        # memory-bound: ~2.5-3 ms per step for resnet18's 11.7M gradients on 2 cores)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else None
+        if norm is not None and not torch.isfinite(norm):
             bad = _first_bad_grad(engine.model)
             if engine.nonfinite == "stop":
                 raise NonFiniteLossError(
@@ -115,9 +119,11 @@ def _optimizer_step(engine: Engine, state: TrainState) -> None:
                 )
             state.nonfinite_batches += 1
             engine.optimizer.zero_grad(set_to_none=True)
-    stepped = engine.amp.step(
-        engine.optimizer, clip_grad_norm=engine.clip_grad_norm, parameters=engine.model.parameters()
-    )
+        elif norm is not None and clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+            engine.amp.grad_norm = norm
+            clip = None  # clipped with the norm already computed; amp.step must not compute it again
+    stepped = engine.amp.step(engine.optimizer, clip_grad_norm=clip, parameters=engine.model.parameters())
     if not stepped:
         state.skipped_steps += 1
     engine.optimizer.zero_grad(set_to_none=True)

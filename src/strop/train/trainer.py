@@ -39,7 +39,7 @@ from strop.train.distributed import (
     shutdown,
     wrap_model,
 )
-from strop.train.feature_cache import cache_decision, extract_features
+from strop.train.feature_cache import TensorBatches, cache_decision, extract_features
 from strop.train.loop import Engine, TrainState, evaluate, train_one_epoch
 
 __all__ = ["RunResult", "build_engine_parts", "fit", "resolve_device"]
@@ -342,18 +342,21 @@ def fit(
                 except Exception as exc:  # compile support varies by platform; training must not
                     log(f"torch.compile unavailable ({type(exc).__name__}: {exc}); training uncompiled")
                     choices["compile_fallback"] = f"{type(exc).__name__}: {exc}"
-        workers = 0 if use_cache else config.data.num_workers  # cached tensors need no workers
-        loader = make_loader(
-            train_ds, batch_size=per_rank_batch, shuffle=False, seed=config.seed,
-            num_workers=workers, device=device, sampler=sampler,
-        )
         val_sampler = None
         if ctx.enabled:  # each rank validates its share; metrics are summed across ranks
             val_sampler = DistributedSampler(val_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
-        val_loader = make_loader(
-            val_ds, batch_size=per_rank_batch, shuffle=False, seed=config.seed,
-            num_workers=workers, device=device, sampler=val_sampler,
-        )
+        if use_cache:  # cached tensors: sliced batches, no per-item indexing or collation
+            loader: Any = TensorBatches(train_ds, batch_size=per_rank_batch, sampler=sampler)
+            val_loader: Any = TensorBatches(val_ds, batch_size=per_rank_batch, sampler=val_sampler)
+        else:
+            loader = make_loader(
+                train_ds, batch_size=per_rank_batch, shuffle=False, seed=config.seed,
+                num_workers=config.data.num_workers, device=device, sampler=sampler,
+            )
+            val_loader = make_loader(
+                val_ds, batch_size=per_rank_batch, shuffle=False, seed=config.seed,
+                num_workers=config.data.num_workers, device=device, sampler=val_sampler,
+            )
         state = TrainState()
         early = None
         if config.early_stopping is not None:

@@ -1,0 +1,125 @@
+"""The benchmark scripts import and run on tiny settings (no timing assertions: CI is not a lab)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _bench_path():
+    sys.path.insert(0, str(BENCH))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core machine: one thread per test process
+    yield
+    torch.set_num_threads(n)
+    sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def tiny_digits(tmp_path_factory):
+    from strop.data import write_digits
+
+    return write_digits(tmp_path_factory.mktemp("digits"), digits=[0, 1, 2], per_class=12, size=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_digits):
+    from common import in_memory
+
+    return in_memory(tiny_digits, size=16, n=64, val=8)
+
+
+def test_step_flops_counts_a_linear_layer_exactly():
+    import roofline
+
+    # forward 2·N·in·out; backward computes only the weight gradient (the input needs none): as much again
+    model = nn.Linear(8, 4, bias=False)
+    x, y = torch.randn(5, 8), torch.tensor([0, 1, 2, 3, 0])
+    assert roofline.step_flops(model, x, y) == 2 * (2 * 5 * 8 * 4)
+    model.weight.requires_grad_(False)  # a frozen layer: forward only
+    assert roofline.step_flops(model, x.requires_grad_(), y) == 2 * (2 * 5 * 8 * 4)
+    assert roofline.matmul_gflops(32, torch.float32, repeats=1) > 0
+
+
+def test_in_memory_data_repeats_to_the_requested_size(tiny_data):
+    train, val, ncls = tiny_data
+    assert ncls == 3
+    assert train.tensors[0].shape == (64, 3, 16, 16)
+    assert train.deterministic and len(val) == 3  # 1 of 12 per class held out (10%, rounded)
+    # the first images come back cyclically, unchanged
+    n_real = 36 - 3
+    assert torch.equal(train.tensors[0][n_real], train.tensors[0][0])
+
+
+def test_digits_folder_adds_jittered_copies(tmp_path):
+    from common import digits_folder
+
+    root = digits_folder(tmp_path, size=8, total=1800)
+    assert sum(1 for _ in root.rglob("*.png")) == 1800
+
+
+def test_training_candidates_run_and_report(tiny_data, tmp_path):
+    import training
+
+    hand = training.hand_loop(tiny_data, fast=True, frozen=False)
+    assert len(hand.times) == 2 and all(t > 0 for t in hand.times)
+    frozen = training.strop_fit(tiny_data, size=16, frozen=True, feature_cache="auto", out=tmp_path / "s")
+    assert frozen.extra["choices"]["feature_cache"] is True
+    assert len(frozen.times) == 2 and frozen.extra["extract_images_per_s"] > 0
+    pl = training.lightning_fit(tiny_data, frozen=False, channels_last=True, out=tmp_path / "pl")
+    assert len(pl.times) == 2
+
+
+def test_training_table_has_every_candidate(tiny_digits, tmp_path, monkeypatch):
+    import common
+    import training
+
+    monkeypatch.setattr(training, "digits_folder", lambda root, size: tiny_digits)
+    md, res = training.run(sizes=(16,), modes=("full",), steps={16: 1}, warmup=1, rounds=1,
+                           names=("tutorial", "best", "strop"), roof_gflops=100.0, data_root=tmp_path)
+    assert set(res[(16, "full")]) == {"tutorial", "best", "strop"}
+    for label in ("tutorial loop", "best hand loop", "strop fit (auto)"):
+        assert label in md
+    assert res[(16, "full")]["strop"].extra["flops"] > 0
+    assert common.median(res[(16, "full")]["best"].times) > 0
+
+
+def test_feature_cache_benchmark_gives_identical_heads(tiny_digits):
+    import feature_cache
+
+    md, out = feature_cache.run(size=16, epochs=1, folder=tiny_digits)
+    assert out["auto"]["cached"] and not out["off"]["cached"]
+    assert out["head_max_abs_diff"] == 0.0  # the cached run trains the very same head
+    assert out["auto"]["val_accuracy"] == out["off"]["val_accuracy"]
+    assert "feature_cache: auto (cached)" in md
+
+
+def test_data_pipeline_benchmark_runs_every_variant(tmp_path):
+    import data_pipeline
+
+    md, res = data_pipeline.run(size=16, per_class=8, rounds=1, data_root=tmp_path)
+    for v in data_pipeline.VARIANTS:
+        assert res[v]["epoch2"], v  # epoch 2 was timed
+        assert data_pipeline.LABELS[v] in md
+
+
+def test_run_writes_markdown_and_keeps_the_analysis(tmp_path, monkeypatch):
+    import roofline
+    import run
+
+    monkeypatch.setattr(roofline, "roofs", lambda quick=False: {"fp32 matmul": 1.0, "bf16 matmul": 2.0})
+    out = tmp_path / "B.md"
+    out.write_text(f"old tables\n{run.MARKER}\nkeep this analysis\n")
+    report = run.main(["--only", "roof", "--output", str(out)])
+    text = out.read_text()
+    assert "old tables" not in text and "keep this analysis" in text
+    assert "| bf16 matmul | 2 |" in report and "load average at end" in report
+    with pytest.raises(SystemExit):
+        run.main(["--only", "trainig", "--output", ""])
