@@ -164,3 +164,52 @@ def test_gradual_unfreezing_trains_head_then_all_and_resumes(tiny_config, digits
     fit(part, callbacks=[StopAfterFirstEpoch()])
     resumed = fit(part, resume=True)
     _assert_same_weights(_weights(full.run_dir), _weights(resumed.run_dir))
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"monitor": "val_acc"}, r"monitor 'val_acc' is not a metric this run logs; did you mean 'val_accuracy'\?"),
+        ({"monitor": "val_top5"}, r"monitor 'val_top5' is not a metric this run logs"),  # only 3 classes
+        ({"data": {"val_fraction": 0.0}}, r"no validation images under .* \(data.val_fraction is 0.0 and there is no val/ folder\)"),
+        ({"device": "gpu"}, r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'gpu'"),
+    ],
+)
+def test_config_mistakes_fail_before_training(tiny_config, digits_root, tmp_path, over, match):
+    with pytest.raises(ValueError, match=match):
+        fit(tiny_config(digits_root, tmp_path / "bad", **over))
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_interrupt_mid_accumulation_saves_at_the_next_step(tiny_config, digits_root, tmp_path):
+    class SigintAtBatch1:
+        def on_batch_end(self, state, logs):
+            if state.batch_in_epoch == 1:
+                state.should_stop, state.interrupted = True, "SIGINT"
+
+    cfg = tiny_config(digits_root, tmp_path / "acc", accumulation_steps=2, data={"batch_size": 8})
+    first = fit(cfg, callbacks=[SigintAtBatch1()])
+    assert first.interrupted == "SIGINT"
+    saved = load_checkpoint(tmp_path / "acc" / "checkpoints" / "last.pt")["state"]
+    assert (saved["batch_in_epoch"], saved["step"]) == (2, 1)  # the accumulation group was finished
+    full = fit(tiny_config(digits_root, tmp_path / "accfull", accumulation_steps=2, data={"batch_size": 8}))
+    _assert_same_weights(_weights(full.run_dir), _weights(fit(cfg, resume=True).run_dir))
+
+
+@pytest.mark.slow
+def test_resume_with_more_epochs_replans_the_schedule(tiny_config, digits_root, tmp_path):
+    sched = {"name": "onecycle", "max_lr": 0.05}
+    fit(tiny_config(digits_root, tmp_path / "r", epochs=1, schedule=sched))
+    longer = fit(tiny_config(digits_root, tmp_path / "r", epochs=3, schedule=sched), resume=True)
+    assert [h["epoch"] for h in longer.history] == [1.0, 2.0, 3.0]  # onecycle would raise past its old horizon
+    _, steps = read_metrics(tmp_path / "r" / "metrics.csv")
+    assert len(steps) == 3 * 3 and steps[-1]["lr"] < max(s["lr"] for s in steps)
+
+
+@pytest.mark.slow
+def test_gradual_unfreezing_without_freeze_uses_lr_mult(tiny_config, digits_root, tmp_path):
+    res = fit(tiny_config(digits_root, tmp_path / "gu", epochs=2, gradual_unfreeze={"head_epochs": 1, "lr_mult": 0.1}))
+    groups = load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+    lrs = sorted({round(g["lr"], 6) for g in groups})
+    assert lrs == [0.005, 0.05]  # the backbone joined at lr × lr_mult, the head kept lr

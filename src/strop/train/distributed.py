@@ -164,7 +164,15 @@ def wrap_model(model: nn.Module, ctx: DistContext, *, device: torch.device, sync
     if not ctx.enabled:
         return model
     if sync_batchnorm:
+        from strop.finetune.freeze import _EvalModeMixin, _EvalSyncBatchNorm
+
+        # conversion builds plain SyncBatchNorm layers: frozen ones must stay locked in eval mode
+        locked = {name for name, mod in model.named_modules() if isinstance(mod, _EvalModeMixin)}
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        for name, mod in model.named_modules():
+            if name in locked and type(mod) is nn.SyncBatchNorm:
+                mod.__class__ = _EvalSyncBatchNorm
+                mod.eval()
     ids = [ctx.local_rank] if device.type == "cuda" else None
     # frozen backbones leave parameters without gradients: DDP must not wait for them
     has_frozen = any(not p.requires_grad for p in model.parameters())

@@ -163,10 +163,13 @@ def train_one_epoch(
         with engine.amp.autocast():
             output = model(x)
             loss, main = engine.compute_loss(output, y)
+        # the epoch's last accumulation group may be short: average over the batches it has
+        group_start = (state.batch_in_epoch // accum) * accum
+        group = min(accum, total - group_start)
         state.batch_in_epoch += 1
         value = float(loss.detach())
         if math.isfinite(value):
-            engine.amp.backward(loss / accum)
+            engine.amp.backward(loss / group)
             sums["loss"] += value * len(y)
             sums["count"] += len(y)
             if engine.task == "classification" and main.dim() == 2:
@@ -194,7 +197,7 @@ def train_one_epoch(
                 hook(state, logs)
         if at_boundary and on_step is not None:
             on_step(state)
-        if state.should_stop:
+        if state.should_stop and at_boundary:  # never mid-accumulation: the state must be saveable
             break
     out = {"train_loss": sums["loss"] / max(sums["count"], 1)}
     if engine.task == "classification" and sums["count"]:
@@ -232,8 +235,8 @@ def evaluate(
     for x, y in loader:
         x, y = engine.to_device(x, y)
         with engine.amp.autocast():
-            output = model(x)
-            loss, main = engine.compute_loss(output, y)
+            main, _ = split_outputs(model(x))  # aux heads (fcn/deeplab keep them in eval) are not scored
+            loss = engine.loss_fn(main, y)
         main = main.float()
         count += len(y)
         totals[0] += float(loss) * len(y)

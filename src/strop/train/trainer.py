@@ -4,7 +4,9 @@ The run folder holds ``config.yaml`` (the resolved config), ``run.json`` (what `
 why), ``metrics.csv``, ``checkpoints/last.pt`` and ``checkpoints/best.pt``, and ``plots/``.
 ``fit(config, resume=True)`` continues from ``checkpoints/last.pt``; on CPU with the same seed it
 reaches exactly the weights of a run that was never interrupted (the data order of each epoch is a
-function of ``seed + epoch``, and checkpoints hold the RNG states and the position in the epoch).
+function of ``seed + epoch``, and checkpoints hold the RNG states and the position in the epoch) —
+with ``num_workers: 0`` or deterministic augmentation: the RNG streams of DataLoader worker
+processes are not checkpointed (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from strop import __version__
+from strop._checks import did_you_mean
 from strop.train import callbacks as cb
 from strop.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from strop.train.config import Config
@@ -94,7 +97,10 @@ def resolve_device(name: str, ctx_local_rank: int = 0) -> torch.device:
     """``"auto"`` -> CUDA when available (this process's local rank), else CPU."""
     if name == "auto":
         return torch.device("cuda", ctx_local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"config: device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r} ({exc})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: 'cuda' was asked for but torch.cuda.is_available() is False; got {name!r}")
     return device
@@ -146,6 +152,10 @@ def _load_data(config: Config) -> tuple[Any, Any, list[str] | None, int]:
         )
     if len(train_ds) == 0:
         raise ValueError(f"config: no training images found under {d.root}")
+    if len(val_ds) == 0:
+        raise ValueError(
+            f"config: no validation images under {d.root} (data.val_fraction is {d.val_fraction} and there is "
+            "no val/ folder); best.pt, early stopping and plateau schedules need a validation set")
     return train_ds, val_ds, classes, n
 
 
@@ -202,6 +212,11 @@ def build_engine_parts(config: Config, num_classes: int, device: torch.device, p
         # torchvision's MobileNetV3 uses momentum 0.01: running stats lag far behind short runs
         if m.bn_momentum is not None and isinstance(mod, nn.modules.batchnorm._BatchNorm):
             mod.momentum = m.bn_momentum
+    if config.gradual_unfreeze is not None:
+        # the head-only phase starts now, so the optimizer's first groups hold the head alone and the
+        # plan adds the backbone at lr × lr_mult when it unfreezes it
+        finetune.GradualUnfreezing(head_epochs=config.gradual_unfreeze.head_epochs, train_bn=m.train_bn
+                                   ).on_epoch_start(0, model)
     loss_fn = losses.build(config.loss)
     o = config.optimizer
     lr = o.lr
@@ -271,6 +286,7 @@ def fit(
         if not ctx.is_main:
             barrier(ctx)
         train_ds, val_ds, classes, num_classes = _load_data(config)
+        _check_monitor(config, num_classes)
         if ctx.is_main:
             barrier(ctx)
         if config.data.batch_size % ctx.world_size:
@@ -288,7 +304,9 @@ def fit(
         unfreeze_plan = None
         if config.gradual_unfreeze is not None:
             g = config.gradual_unfreeze
-            unfreeze_plan = finetune.GradualUnfreezing(head_epochs=g.head_epochs, lr_mult=g.lr_mult)
+            unfreeze_plan = finetune.GradualUnfreezing(
+                head_epochs=g.head_epochs, lr_mult=g.lr_mult, train_bn=config.model.train_bn
+            )
         scheduler = None
         if config.schedule is not None:
             scheduler = schedules.build(
@@ -394,11 +412,23 @@ def fit(
             optimizer.load_state_dict(ck["optimizer"])
             if scheduler is not None and ck.get("scheduler") is not None:
                 scheduler.load_state_dict(ck["scheduler"])
+                if ck["config"]["epochs"] != config.epochs:
+                    # a fixed-horizon schedule (cosine, onecycle) is re-planned for the new length
+                    scheduler.replan(epochs=config.epochs, steps_per_epoch=steps_per_epoch)
+                    log(f"schedule re-planned for {config.epochs} epochs (was {ck['config']['epochs']})")
+            old = ck["config"]
+            changed = (old["data"]["batch_size"], old["accumulation_steps"]) != (
+                config.data.batch_size, config.accumulation_steps)
+            if state.batch_in_epoch and changed:
+                raise ValueError(
+                    "--resume: data.batch_size/accumulation_steps changed since the mid-epoch checkpoint "
+                    f"{last_path}; resume with the old values or from an epoch-end checkpoint")
             amp.load_state_dict(ck["amp"])
             if early is not None and ck.get("early_stopping") is not None:
                 early.load_state_dict(ck["early_stopping"])
             restore_rng(ck["rng"])
-            state.should_stop = False
+            # an interrupted run continues; one that early stopping ended stays ended
+            state.should_stop = _early_stopped(ck) and not state.interrupted
             state.interrupted = None
             log(f"resumed from {last_path} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step}")
 
@@ -462,7 +492,7 @@ def fit(
                     if ctx.enabled:  # each rank trained on its shard; log the whole epoch's numbers
                         train_logs = _global_train_logs(state.epoch_sums, train_logs, ctx)
                     val_logs = evaluate(engine, val_loader, reduce=reduce)
-                    logs = {**train_logs, **val_logs, "lr": float(optimizer.param_groups[-1]["lr"])}
+                    logs = {**train_logs, **val_logs, "lr": max(float(g["lr"]) for g in optimizer.param_groups)}
                     if scheduler is not None:
                         scheduler.on_epoch_end(logs.get(config.monitor_metric))
                     logs["epoch_seconds"] = time.perf_counter() - epoch_t0
@@ -520,6 +550,22 @@ def _global_train_logs(sums: dict[str, float], logs: dict[str, float], ctx: Dist
     if "train_accuracy" in logs:
         out["train_accuracy"] = correct / max(count, 1.0)
     return out
+
+
+def _check_monitor(config: Config, num_classes: int) -> None:
+    """The monitored metric must be one the run logs (else best.pt would never be written)."""
+    allowed = [m for m in _metric_names(config.task, num_classes) if m not in ("images_per_s", "epoch_seconds")]
+    if config.monitor_metric not in allowed:
+        raise ValueError(
+            f"config: monitor {config.monitor_metric!r} is not a metric this run logs"
+            f"{did_you_mean(config.monitor_metric, allowed)} available: {', '.join(allowed)}"
+        )
+
+
+def _early_stopped(ck: dict[str, Any]) -> bool:
+    es = ck.get("early_stopping")
+    patience = (ck["config"].get("early_stopping") or {}).get("patience")
+    return bool(es and patience and es["bad_epochs"] >= patience)
 
 
 def _broadcast_flag(flag: bool, ctx: DistContext) -> bool:
