@@ -111,6 +111,9 @@ def test_segmentation_run(tiny_config, shapes_root, tmp_path):
     h = res.final
     assert 0.0 <= h["val_dice"] <= 1.0 and 0.0 <= h["val_iou"] <= h["val_dice"] + 1e-9
     assert res.monitor == "val_dice"
+    _, steps = read_metrics(res.run_dir / "metrics.csv")
+    for row in steps:  # the combined loss's parts are logged, and they add up to the logged loss
+        assert row["loss"] == pytest.approx(row["loss_dice"] + row["loss_bce"], rel=1e-5)
 
 
 class _NaNOnSecondBatch(torch.nn.Module):

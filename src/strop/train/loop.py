@@ -75,6 +75,7 @@ class Engine:
     task: str = "classification"
     num_classes: int = 2
     checkpoint_every_steps: int | None = None
+    last_parts: dict[str, float] = field(default_factory=dict)  # a combined loss's parts, last batch
 
     def to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Move a batch; images get the engine's memory format (channels_last where faster)."""
@@ -89,6 +90,8 @@ class Engine:
         """``(loss, main_output)``: main loss plus ``aux_weight`` × each auxiliary head's loss."""
         main, aux = split_outputs(output)
         loss = self.loss_fn(main, y)
+        parts = getattr(self.loss_fn, "parts", None)  # strop's CombinedLoss: logged beside the sum
+        self.last_parts = {k: float(v) for k, v in parts.items()} if parts else {}
         for a in aux:  # torchvision's recipe for inception/googlenet and segmentation aux heads
             loss = loss + self.aux_weight * self.loss_fn(a, y)
         return loss, main
@@ -190,6 +193,7 @@ def train_one_epoch(
             _optimizer_step(engine, state)
         now = time.perf_counter()
         logs = {"loss": value, "lr": lr, "images_per_s": len(y) / max(now - tic, 1e-9)}
+        logs.update({f"loss_{k}": v for k, v in engine.last_parts.items()})
         tic = now
         for cb in callbacks:
             hook = getattr(cb, "on_batch_end", None)

@@ -457,6 +457,8 @@ def fit(
                 save_last()
 
         metric_names = _metric_names(config.task, num_classes)
+        # a combined loss ({dice: 1, bce: 1}) logs each part per step: loss_dice, loss_bce
+        metric_names += [f"loss_{name}" for name in getattr(loss_fn, "losses", {})]
         cbs: list[Any] = []
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
