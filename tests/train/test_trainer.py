@@ -216,3 +216,17 @@ def test_gradual_unfreezing_without_freeze_uses_lr_mult(tiny_config, digits_root
     groups = load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     lrs = sorted({round(g["lr"], 6) for g in groups})
     assert lrs == [0.005, 0.05]  # the backbone joined at lr × lr_mult, the head kept lr
+
+
+@pytest.mark.slow
+def test_resume_with_workers_and_random_augmentation_is_exact(tiny_config, digits_root, tmp_path):
+    over = {"data": {"num_workers": 1, "augment": "crop"}}
+    full = fit(tiny_config(digits_root, tmp_path / "full", **over))
+
+    class StopAfterFirstEpoch:
+        def on_epoch_end(self, state, logs):
+            state.should_stop = True
+
+    part = tiny_config(digits_root, tmp_path / "part", **over)
+    fit(part, callbacks=[StopAfterFirstEpoch()])
+    _assert_same_weights(_weights(full.run_dir), _weights(fit(part, resume=True).run_dir))

@@ -62,6 +62,7 @@ def make_loader(
     device: str | torch.device = "cpu",
     drop_last: bool = False,
     sampler: Sampler[Any] | None = None,
+    persistent_workers: bool | None = None,
 ) -> DataLoader[Any]:
     """A ``DataLoader`` with reproducible order and settings suited to the machine.
 
@@ -74,6 +75,9 @@ def make_loader(
 
     ``sampler`` replaces shuffling (``shuffle`` must then be ``False``). With ``num_workers=0``,
     random augmentation draws from torch's global RNG, which the trainer seeds.
+    ``persistent_workers=False`` re-forks the workers each epoch, so reseeding ``loader.generator``
+    before an epoch makes the workers' random streams a function of that seed (exact resume with
+    random augmentation); ``None`` means persistent whenever there are workers.
     """
     func = "make_loader"
     check_positive(func, "batch_size", batch_size, integer=True)
@@ -113,7 +117,7 @@ def make_loader(
         num_workers=workers,
         pin_memory=pin,
         drop_last=drop_last,
-        persistent_workers=workers > 0,
+        persistent_workers=workers > 0 if persistent_workers is None else (persistent_workers and workers > 0),
         worker_init_fn=seed_worker if workers > 0 else None,
         generator=generator,
     )

@@ -5,8 +5,9 @@ why), ``metrics.csv``, ``checkpoints/last.pt`` and ``checkpoints/best.pt``, and 
 ``fit(config, resume=True)`` continues from ``checkpoints/last.pt``; on CPU with the same seed it
 reaches exactly the weights of a run that was never interrupted (the data order of each epoch is a
 function of ``seed + epoch``, and checkpoints hold the RNG states and the position in the epoch) —
-with ``num_workers: 0`` or deterministic augmentation: the RNG streams of DataLoader worker
-processes are not checkpointed (docs/reliability.md).
+at epoch boundaries also with DataLoader workers and random augmentation (workers are re-forked
+and reseeded each epoch); mid-epoch only with ``num_workers: 0`` or deterministic augmentation,
+since the workers' RNG streams are not checkpointed (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -370,6 +371,9 @@ def fit(
             loader = make_loader(
                 train_ds, batch_size=per_rank_batch, shuffle=False, seed=config.seed,
                 num_workers=config.data.num_workers, device=device, sampler=sampler,
+                # random augmentation in worker processes: re-fork them each epoch so that their
+                # seeds follow the epoch (reseeded below) and a resumed run draws the same numbers
+                persistent_workers=None if getattr(train_ds, "deterministic", True) else False,
             )
             val_loader = make_loader(
                 val_ds, batch_size=per_rank_batch, shuffle=False, seed=config.seed,
@@ -483,6 +487,8 @@ def fit(
                     if unfreeze_plan is not None and state.batch_in_epoch == 0:
                         unfreeze_plan.on_epoch_start(state.epoch, model, optimizer)
                     sampler.set_position(state.epoch, state.batch_in_epoch)
+                    if isinstance(getattr(loader, "generator", None), torch.Generator):
+                        loader.generator.manual_seed(config.seed * 1_000_003 + state.epoch)
                     cb.call(cbs, "on_epoch_start", state)
                     train_logs = train_one_epoch(
                         engine, loader, state, cbs, num_batches=batches_per_epoch, on_step=on_step
