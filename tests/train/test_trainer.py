@@ -230,3 +230,22 @@ def test_resume_with_workers_and_random_augmentation_is_exact(tiny_config, digit
     part = tiny_config(digits_root, tmp_path / "part", **over)
     fit(part, callbacks=[StopAfterFirstEpoch()])
     _assert_same_weights(_weights(full.run_dir), _weights(fit(part, resume=True).run_dir))
+
+
+def test_trust_pickle_in_the_config_reaches_the_weights_loader(tiny_config, digits_root, tmp_path):
+    import argparse
+
+    from strop.finetune import UnsafeWeightsError, build_model
+    from strop.train.trainer import build_engine_parts
+
+    # a legacy checkpoint: the weights plus a pickled argparse.Namespace, which weights_only refuses
+    state = build_model("resnet18", num_classes=3).state_dict()
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"state_dict": state, "args": argparse.Namespace(lr=0.1)}, legacy)
+    refused = tiny_config(digits_root, tmp_path / "a", model={"name": "resnet18", "weights": str(legacy)})
+    with pytest.raises(UnsafeWeightsError):
+        build_engine_parts(refused, 3, torch.device("cpu"), None)
+    trusted = tiny_config(digits_root, tmp_path / "b",
+                          model={"name": "resnet18", "weights": str(legacy), "trust_pickle": True})
+    model, _, _ = build_engine_parts(trusted, 3, torch.device("cpu"), None)
+    assert torch.equal(model.state_dict()["fc.weight"], state["fc.weight"])

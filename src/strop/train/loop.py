@@ -74,7 +74,6 @@ class Engine:
     nonfinite: str = "skip"  # "skip" the batch and count it, or "stop" with a diagnostic
     task: str = "classification"
     num_classes: int = 2
-    checkpoint_every_steps: int | None = None
     last_parts: dict[str, float] = field(default_factory=dict)  # a combined loss's parts, last batch
 
     def to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

@@ -44,7 +44,7 @@ from strop.train.distributed import (
     wrap_model,
 )
 from strop.train.feature_cache import TensorBatches, cache_decision, extract_features
-from strop.train.loop import Engine, TrainState, evaluate, train_one_epoch
+from strop.train.loop import Engine, TrainState, _lr, evaluate, train_one_epoch
 
 __all__ = ["RunResult", "build_engine_parts", "fit", "resolve_device"]
 
@@ -120,15 +120,12 @@ def _load_data(config: Config) -> tuple[Any, Any, list[str] | None, int]:
         raise ValueError("config: data.root is required (a folder of images, or bundled:digits / bundled:shapes); got null")
     root = bundled_root(d.root)
     if config.task == "classification":
-        mean, std = _normalisation(config)
         train_ds, val_ds, classes = sdata.image_folder(
             root,
             image_size=d.image_size,
             val_fraction=d.val_fraction,
             seed=config.seed,
             augment=d.augment,
-            mean=mean,
-            std=std,
             strict=d.strict,
             cache=None if d.cache == "none" else d.cache,
         )
@@ -187,11 +184,6 @@ def bundled_root(root: str) -> Path:
     return sdata.write_shapes(base / name, num_classes=2 if name == "shapes" else 4)
 
 
-def _normalisation(config: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The weights' own mean/std when they say; ImageNet's otherwise (torchvision's default)."""
-    return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
 def build_engine_parts(config: Config, num_classes: int, device: torch.device, precision: Any) -> tuple[nn.Module, Any, Any]:
     """``(model, loss_fn, optimizer)`` from the config (no scheduler: it needs the loader size)."""
     from strop import finetune, losses
@@ -206,6 +198,7 @@ def build_engine_parts(config: Config, num_classes: int, device: torch.device, p
         train_bn=m.train_bn,
         strict=m.strict,
         sha256=m.sha256,
+        trust_pickle=m.trust_pickle,
     )
     for mod in model.modules():
         if m.dropout is not None and isinstance(mod, nn.Dropout):
@@ -500,7 +493,7 @@ def fit(
                     if ctx.enabled:  # each rank trained on its shard; log the whole epoch's numbers
                         train_logs = _global_train_logs(state.epoch_sums, train_logs, ctx)
                     val_logs = evaluate(engine, val_loader, reduce=reduce)
-                    logs = {**train_logs, **val_logs, "lr": max(float(g["lr"]) for g in optimizer.param_groups)}
+                    logs = {**train_logs, **val_logs, "lr": _lr(optimizer)}
                     if scheduler is not None:
                         scheduler.on_epoch_end(logs.get(config.monitor_metric))
                     logs["epoch_seconds"] = time.perf_counter() - epoch_t0
