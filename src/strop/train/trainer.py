@@ -229,6 +229,30 @@ def build_engine_parts(config: Config, num_classes: int, device: torch.device, p
     return model, loss_fn, optimizer
 
 
+def build_schedule(config: Config, optimizer: Any, steps_per_epoch: int) -> Any:
+    """The config's LR schedule; a plateau schedule follows the monitor's direction.
+
+    torch's ``ReduceLROnPlateau`` defaults to ``mode="min"``: fed the default monitor
+    ``val_accuracy`` it would cut the LR while accuracy improves.
+    """
+    from strop import schedules
+    from strop.schedules.scheduler import SCHEDULES
+
+    spec = config.schedule
+    name, options = (spec, {}) if isinstance(spec, str) else (spec.get("name"), dict(spec))
+    extra: dict[str, Any] = {}
+    if name in SCHEDULES and SCHEDULES.canonical(name) == "ReduceLROnPlateau":
+        mode = options.get("mode")
+        if mode is None:
+            extra["mode"] = config.monitor_direction
+        elif mode != config.monitor_direction:
+            raise ValueError(
+                f"config: schedule {name!r} has mode={mode!r} but monitor {config.monitor_metric!r} is "
+                f"better when {'higher' if config.monitor_direction == 'max' else 'lower'}; drop schedule.mode "
+                "(it follows the monitor) or set monitor_mode")
+    return schedules.build(spec, optimizer, epochs=config.epochs, steps_per_epoch=steps_per_epoch, **extra)
+
+
 @contextlib.contextmanager
 def _signals_stop(state: TrainState) -> Iterator[None]:
     """SIGINT/SIGTERM ask the loop to stop at the next optimizer step (state is then saved)."""
@@ -256,7 +280,7 @@ def fit(
     log: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Train as ``config`` says; returns a :class:`RunResult`. See the module docstring."""
-    from strop import finetune, schedules
+    from strop import finetune
     from strop.data import make_loader
     from strop.precision import MixedPrecision, resolve, resolve_memory_format
 
@@ -303,9 +327,7 @@ def fit(
             )
         scheduler = None
         if config.schedule is not None:
-            scheduler = schedules.build(
-                config.schedule, optimizer, epochs=config.epochs, steps_per_epoch=steps_per_epoch
-            )
+            scheduler = build_schedule(config, optimizer, steps_per_epoch)
         amp = MixedPrecision(precision)
         choices: dict[str, Any] = {
             "device": str(device),
