@@ -224,7 +224,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             elif not isinstance(child, dict):
                 raise ValueError(f"--set {item!r}: {part!r} holds {child!r}, not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or type(exc).__name__
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it") from None
     return out
 
 
