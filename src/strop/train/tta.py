@@ -70,16 +70,20 @@ def tta_predict(
         fail(func, f"scales must be positive numbers; got {list(scales)!r}")
     size = x.shape[-2:]
     dims = [None, *(FLIPS[f] for f in flips)]
+    plain = _logits(model, x)
+    if plain.dim() != 4 and any(s != 1 for s in scales):
+        fail(func, f"scales={list(scales)!r} need a dense (N, C, H, W) output; the model "
+                   f"returned {tuple(plain.shape)}", hint="multi-scale TTA is for segmentation")
     total: Tensor | None = None
     for scale in scales:
         xs = x if scale == 1 else F.interpolate(x, scale_factor=float(scale), mode="bilinear",
                                                 align_corners=False, antialias=scale < 1)
         for dim in dims:
-            out = _logits(model, xs if dim is None else xs.flip(dim))
+            if dim is None and scale == 1:
+                out = plain
+            else:
+                out = _logits(model, xs if dim is None else xs.flip(dim))
             dense = out.dim() == 4
-            if not dense and (scale != 1):
-                fail(func, f"scales={list(scales)!r} need a dense (N, C, H, W) output; the model "
-                           f"returned {tuple(out.shape)}", hint="multi-scale TTA is for segmentation")
             p = _activate(out, activation)
             if dense and dim is not None:
                 p = p.flip(dim)
