@@ -76,7 +76,7 @@ def test_no_flip_no_scale_is_plain_softmax():
     ({"flips": ("diagonal",)}, "flips must be one of"),
     ({"scales": (0.0,)}, "scales must be positive numbers"),
     ({"activation": "relu"}, "activation must be one of"),
-    ({"scales": (1.0, 0.5)}, r"need a dense \(N, C, H, W\) output"),
+    ({"scales": (1.0, 0.5)}, r"scales=\[1.0, 0.5\] need a dense \(N, C, H, W\) output"),
 ])
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match="tta_predict: " + match):
