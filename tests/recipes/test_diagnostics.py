@@ -116,7 +116,7 @@ def test_segmentation_grid_has_image_target_prediction_per_row(tmp_path):
 def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="plot_confusion_matrix: y_true and y_pred must have the same length"):
         plot_confusion_matrix([0, 1], [0], NAMES)
-    with pytest.raises(ValueError, match="write_table: path must end in .csv or .md"):
+    with pytest.raises(ValueError, match=r"write_table: path must end in \.csv or \.md"):
         write_table([{"a": 1}], "x.txt")
     with pytest.raises(ValueError, match="pixel_confusion: pred and target must have the same shape"):
         pixel_confusion(torch.zeros(1, 2, 2), torch.zeros(1, 2, 3), 2)

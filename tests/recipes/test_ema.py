@@ -7,11 +7,10 @@ import copy
 
 import pytest
 import torch
+from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
 from strop.train.ema import ModelEMA, ema_decay
-
-from timm.utils.model_ema import ModelEmaV3
 
 
 def _model():

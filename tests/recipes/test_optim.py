@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from strop.finetune import param_groups
-from strop.optim import OPTIMIZERS, build_optimizer, optimizer_options
+from strop.optim import OPTIMIZERS, build_optimizer
 
 
 def _model():
