@@ -28,7 +28,7 @@ import torch
 
 from strop._checks import check_choice, check_positive, did_you_mean, fail
 
-__all__ = ["IMPLEMENTATIONS", "OPTIMIZERS", "REFUSED", "build_optimizer", "optimizer_options"]
+__all__ = ["IMPLEMENTATIONS", "OPTIMIZERS", "REFUSED", "build_optimizer", "check_options", "optimizer_options"]
 
 IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
 

@@ -100,19 +100,20 @@ def test_fused_and_foreach_steps_match_the_for_loop(name):
 
 
 def test_weight_decay_stays_off_biases_and_norms():
-    model = torchvision.models.resnet18(num_classes=3)
+    model = torchvision.models.mobilenet_v3_small(num_classes=3)
+    # independent of param_groups' 1-D rule: norms by module type, biases by name
+    norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+    exempt = {id(p) for m in model.modules() if isinstance(m, norms) for p in m.parameters()}
+    exempt |= {id(p) for n, p in model.named_parameters() if n.endswith(".bias")}
     opt = build_optimizer("adamw", param_groups(model, 0.1, weight_decay=0.5), lr=0.1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     opt.step()  # zero gradients: only decoupled weight decay moves a parameter, by (1 - lr·wd)
-    decayed = set()
     for n, p in model.named_parameters():
-        factor = 1.0 if n.endswith("bias") or ".bn" in n or n.startswith("bn") or "downsample.1" in n \
-            else 1 - 0.1 * 0.5
+        factor = 1.0 if id(p) in exempt else 1 - 0.1 * 0.5
         torch.testing.assert_close(p, before[n] * factor, msg=n)
-        decayed.add(factor != 1.0)
-    assert decayed == {True, False}
+    assert 0 < len(exempt) < len(before)
 
 
 @pytest.mark.parametrize(("name", "match"), [
