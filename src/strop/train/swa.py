@@ -112,9 +112,7 @@ class SWA:
         if state["scheduler"] is None:
             self.scheduler = None
             return
-        # building SWALR sets the LRs; keep what the optimizer holds (its own state restores them)
-        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        # a new SWALR leaves the LRs as they are (anneal_epochs > 0) or sets swa_lr (0), which is
+        # what an SWA-phase checkpoint holds; the optimizer's own state restores them either way
         self.scheduler = self._make_scheduler()
         self.scheduler.load_state_dict(state["scheduler"])
-        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr
