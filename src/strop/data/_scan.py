@@ -23,6 +23,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "LOSSY_SUFFIXES",
     "MAX_LISTED",
+    "VAL_FOLDERS",
     "BadFilesWarning",
     "CacheSpec",
     "check_cache",
@@ -30,6 +31,7 @@ __all__ = [
     "check_image_file",
     "check_root",
     "check_stats",
+    "common_size",
     "list_files",
     "listing",
     "mark_unsupported",
@@ -202,18 +204,84 @@ def check_cache(func: str, cache: CacheSpec) -> None:
         )
 
 
-def split_layout(func: str, root: Path) -> tuple[Path, Path | None]:
-    """``(train_dir, val_dir or None)``: ``root/train`` + ``root/val`` when present, else root."""
-    train, val = root / "train", root / "val"
-    if train.is_dir():
-        return train, (val if val.is_dir() else None)
-    if val.is_dir():
+#: Names of a validation folder beside ``train/`` (torchvision/ImageNet ``val``, fastai's
+#: ``valid``, and ``validation``); ``test/`` is used only when asked (``val_folder="test"``).
+VAL_FOLDERS = ("val", "valid", "validation")
+
+
+def split_layout(func: str, root: Path, val_folder: str | None = None) -> tuple[Path, Path | None]:
+    """``(train_dir, val_dir or None)`` of ``root``.
+
+    ``root/train/`` with one of ``val/``, ``valid/``, ``validation/`` beside it (or the folder
+    named by ``val_folder``) is a given split; ``root/train/`` alone is split by fraction; a root
+    without ``train/`` is the flat layout. Refused, since each would silently train on the wrong
+    images: two validation folders, a validation folder without ``train/``, and a sibling of
+    ``train/`` that is neither a validation folder nor ``test/`` (e.g. ``dev/``).
+    """
+    if val_folder is not None and (
+        not isinstance(val_folder, str) or not val_folder or "/" in val_folder
+    ):
         fail(
             func,
-            f"found {str(val)!r} but no {str(train)!r}",
-            hint="use train/ and val/ together, or neither",
+            f"val_folder must be a folder name beside train/ (e.g. 'valid', 'test'); got {val_folder!r}",
         )
-    return root, None
+    train = root / "train"
+    names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    wanted = (val_folder,) if val_folder is not None else VAL_FOLDERS
+    found = [n for n in wanted if n in names]
+    if not train.is_dir():
+        if found:
+            fail(
+                func,
+                f"found {str(root / found[0])!r} but no {str(train)!r}",
+                hint=f"use train/ and {found[0]}/ together, or neither",
+            )
+        if val_folder is not None:
+            fail(func, f"val_folder={val_folder!r} needs {str(train)!r} beside it; found neither")
+        return root, None
+    if val_folder is not None and not found:
+        fail(func, f"val_folder={val_folder!r}: no folder {str(root / val_folder)!r} beside train/")
+    if len(found) > 1:
+        fail(
+            func,
+            f"{str(root)!r} has several validation folders: {', '.join(f + '/' for f in found)}",
+            hint="keep one, or name it with val_folder",
+        )
+    known = {"train", "test", *VAL_FOLDERS, *(found or ())}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        fail(
+            func,
+            f"{str(root)!r} has train/ and folder(s) {', '.join(n + '/' for n in unknown)} that are "
+            f"neither a validation split ({', '.join(n + '/' for n in VAL_FOLDERS)}) nor test/",
+            hint="rename the validation folder to val/, pass val_folder='<name>', or move the others out",
+        )
+    if not found and "test" in names:
+        fail(
+            func,
+            f"{str(root)!r} has train/ and test/ but no validation folder",
+            hint="pass val_folder='test' to validate on test/, or add val/ (train/ alone is split by val_fraction)",
+        )
+    return train, (root / found[0]) if found else None
+
+
+def common_size(func: str, sizes: dict[Path, tuple[int, int]], root: Path) -> tuple[int, int]:
+    """``(H, W)`` shared by every image in ``sizes`` (``(width, height)`` per path), for
+    ``image_size=None``; refuses a folder of several sizes, naming two of them."""
+    distinct: dict[tuple[int, int], Path] = {}
+    for path, size in sizes.items():
+        distinct.setdefault(size, path)
+    if len(distinct) != 1:
+        shown = ", ".join(
+            f"{w}x{h} ({listing([p], root)})" for (w, h), p in list(distinct.items())[:3]
+        )
+        fail(
+            func,
+            f"image_size=None takes the images' own size, but {str(root)!r} holds {len(distinct)} sizes: {shown}",
+            hint="pass image_size=<s> (or (H, W)) to resize every image to it",
+        )
+    ((w, h),) = distinct
+    return h, w
 
 
 def _n_val(n: int, fraction: float) -> int:

@@ -19,6 +19,7 @@ from strop.data._scan import (
     check_common,
     check_root,
     check_stats,
+    common_size,
     list_files,
     listing,
     mark_unsupported,
@@ -157,7 +158,7 @@ def _samples(
 def image_folder(
     root: str | os.PathLike[str],
     *,
-    image_size: int | Sequence[int],
+    image_size: int | Sequence[int] | None,
     val_fraction: float = 0.2,
     seed: int = 0,
     augment: Augment = False,
@@ -165,21 +166,25 @@ def image_folder(
     std: Sequence[float] = IMAGENET_STD,
     strict: bool = False,
     cache: CacheSpec = None,
+    val_folder: str | None = None,
 ) -> tuple[ImageFolderDataset, ImageFolderDataset, list[str]]:
     """Classification datasets from a folder tree: ``(train_ds, val_ds, classes)``.
 
     Layouts:
         - ``root/<class>/<image>``: split per class by ``val_fraction`` and ``seed``
           (deterministic, stratified; see :func:`split_indices`).
-        - ``root/train/<class>/...`` and ``root/val/<class>/...``: the given split
+        - ``root/train/<class>/...`` and ``root/val/<class>/...`` (or ``valid/``,
+          ``validation/``; ``test/`` only with ``val_folder="test"``): the given split
           (``val_fraction`` is ignored); ``val/`` may lack classes but not add any. With
-          ``train/`` alone, ``train/`` is split as above.
+          ``train/`` alone, ``train/`` is split as above. Another folder beside ``train/``
+          (other than ``test/``) is an error: it would be silently ignored otherwise.
 
     Classes are the sorted names of the (non-hidden) sub-folders; label ``i`` is ``classes[i]``.
     Images are read recursively below each class folder.
 
     Args:
         image_size: model input, ``s`` for ``s x s`` or ``(H, W)``; every image is resized to it.
+            ``None``: the images' own size, when they all share one (else ``ValueError``).
         augment: training augmentation (``val_ds`` never augments): ``False``; ``True`` /
             ``"standard"`` = ``RandomResizedCrop(scale=(0.7, 1))`` + horizontal flip; ``"crop"``
             = the crop alone (use it for digits and text, which a flip changes); or a callable
@@ -190,6 +195,8 @@ def image_folder(
             ``True`` raises ``ValueError`` naming them.
         cache: ``None``; ``"memory"``; ``"disk"`` (``root/.strop_cache``) or a directory —
             keeps decoded, resized ``uint8`` images after their first read.
+        val_folder: the validation folder's name beside ``train/`` (default: whichever of
+            ``val``, ``valid``, ``validation`` exists).
 
     Returns:
         ``train_ds``, ``val_ds`` (:class:`ImageFolderDataset`, items ``(float32 (3, H, W), int)``)
@@ -200,13 +207,13 @@ def image_folder(
             bad files with ``strict=True``, bad arguments.
     """
     func = "image_folder"
-    size = resolve_size(func, image_size)
+    size = None if image_size is None else resolve_size(func, image_size)
     check_common(func, val_fraction, seed)
     mean, std = check_stats(func, "mean", mean), check_stats(func, "std", std)
-    augmentation(func, augment, size)  # validate now, not at the first item
+    augmentation(func, augment, size or (1, 1))  # validate now, not at the first item
     check_cache(func, cache)
     path = check_root(func, root)
-    train_dir, val_dir = split_layout(func, path)
+    train_dir, val_dir = split_layout(func, path, val_folder)
 
     classes, train_files, other = _scan_classes(func, train_dir, None)
     splits = [(train_dir, train_files)]
@@ -215,10 +222,12 @@ def image_folder(
         splits.append((val_dir, val_files))
         other += val_other
 
-    _, bad = validate([p for _, files in splits for paths in files.values() for p in paths])
+    sizes, bad = validate([p for _, files in splits for paths in files.values() for p in paths])
     mark_unsupported(bad, other)
     _check_no_empty_class(func, path, splits, bad)
     report_bad(func, path, bad, strict)
+    if size is None:
+        size = common_size(func, sizes, path)
 
     train_samples = _samples(train_files, classes, bad)
     if val_dir is not None:

@@ -21,6 +21,7 @@ from strop.data._scan import (
     check_common,
     check_root,
     check_stats,
+    common_size,
     list_files,
     listing,
     mark_unsupported,
@@ -244,7 +245,7 @@ def _check_mask_values(
 def segmentation_folder(
     root: str | os.PathLike[str],
     *,
-    image_size: int | Sequence[int],
+    image_size: int | Sequence[int] | None,
     val_fraction: float = 0.2,
     seed: int = 0,
     num_classes: int | None = None,
@@ -254,11 +255,13 @@ def segmentation_folder(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     cache: CacheSpec = None,
+    val_folder: str | None = None,
 ) -> tuple[SegmentationFolderDataset, SegmentationFolderDataset, int]:
     """Segmentation datasets from ``images/`` + ``masks/``: ``(train_ds, val_ds, num_classes)``.
 
     Layouts: ``root/images/`` + ``root/masks/`` (split by ``val_fraction`` and ``seed``, random
-    and deterministic), or ``root/train/{images,masks}`` + ``root/val/{images,masks}``. An image
+    and deterministic), or ``root/train/{images,masks}`` + ``root/val/{images,masks}`` (``val/``,
+    ``valid/``, ``validation/``, or ``val_folder``'s name, as in :func:`image_folder`). An image
     and its mask share the file name without extension (``images/a.jpg`` <-> ``masks/a.png``).
 
     Masks are single-channel files (PNG ``L``/``P``/``I;16``) whose pixel values are class indices:
@@ -279,18 +282,18 @@ def segmentation_folder(
 
     Items are ``(float32 (3, H, W), int64 (H, W))``: the image resized bilinear, the mask
     nearest. ``augment`` (train only; ``True`` = crop + flip, ``"crop"``, or a callable on
-    ``(tv_tensors.Image, tv_tensors.Mask)``) moves image and mask together. ``cache`` as in
-    :func:`image_folder`.
+    ``(tv_tensors.Image, tv_tensors.Mask)``) moves image and mask together. ``cache`` and
+    ``image_size=None`` (the images' own size, when they all share one) as in :func:`image_folder`.
     """
     func = "segmentation_folder"
-    size = resolve_size(func, image_size)
+    size = None if image_size is None else resolve_size(func, image_size)
     check_common(func, val_fraction, seed)
     mean, std = check_stats(func, "mean", mean), check_stats(func, "std", std)
-    augmentation(func, augment, size)
+    augmentation(func, augment, size or (1, 1))
     check_cache(func, cache)
     _check_label_args(func, num_classes, ignore_index)
     path = check_root(func, root)
-    train_dir, val_dir = split_layout(func, path)
+    train_dir, val_dir = split_layout(func, path, val_folder)
 
     train_pairs, other = _pairs(func, train_dir, path)
     val_pairs: list[Pair] = []
@@ -307,6 +310,8 @@ def segmentation_folder(
         fail(func, f"no readable image/mask pairs under {str(path)!r}")
     num_classes, values = _check_mask_values(func, good, num_classes, ignore_index)
     report_bad(func, path, bad, strict)
+    if size is None:
+        size = common_size(func, {i: sizes[i] for i, _ in good}, path)
 
     good_set = set(good)
     train_pairs = [p for p in train_pairs if p in good_set]

@@ -58,6 +58,9 @@ class DataConfig(_Strict):
     strict: bool = False
     ignore_index: int = 255
     num_classes: int | None = Field(None, gt=0, description="checked against the data when given")
+    val_folder: str | None = Field(
+        None, description="validation folder beside train/ (default: val/, valid/ or validation/; 'test' only when named)"
+    )
 
 
 class ModelConfig(_Strict):
