@@ -78,6 +78,9 @@ class ModelConfig(_Strict):
         None, gt=0.0, le=1.0, description="override every BatchNorm's momentum (timm's bn_momentum)"
     )
     trust_pickle: bool = Field(False, description="UNSAFE: load legacy pickled weights that can run code")
+    keep_head: bool = Field(
+        False, description="load the source's head when it fits (default: fine-tune from a new head)"
+    )
 
 
 class OptimizerConfig(_Strict):
