@@ -24,7 +24,9 @@ def test_check_fit_passes_a_finished_run_and_stops_an_interrupted_one():
     done = SimpleNamespace(interrupted=None, best_metric=0.9)
     assert check_fit(done, what="x") is done
     with pytest.raises(FitInterrupted) as info:
-        check_fit(SimpleNamespace(interrupted="SIGTERM"), what="the source task", resume="strop demo")
+        check_fit(
+            SimpleNamespace(interrupted="SIGTERM"), what="the source task", resume="strop demo"
+        )
     assert info.value.exit_code == 143
     assert str(info.value) == (
         "interrupted by SIGTERM during the source task; stopped, no result reported. "
@@ -107,8 +109,9 @@ def test_benchmark_script_stops_on_a_real_sigterm(tmp_path):
                             name="feature_cache.py"))
     """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert proc.stdout == ""  # no table, not even a partial one
     assert "fit ['auto']" in proc.stderr and "'off'" not in proc.stderr  # the 2nd fit never ran

@@ -29,10 +29,22 @@ def test_library_users_still_get_the_warning_class(digits_with_bad_file):
 @pytest.mark.slow
 def test_strop_train_prints_skipped_files_as_one_line(digits_with_bad_file, tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "data": {"root": str(digits_with_bad_file), "image_size": 16, "batch_size": 6, "num_workers": 0},
-        "precision": "fp32", "epochs": 1, "progress": False, "output": str(tmp_path / "run"),
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "root": str(digits_with_bad_file),
+                    "image_size": 16,
+                    "batch_size": 6,
+                    "num_workers": 0,
+                },
+                "precision": "fp32",
+                "epochs": 1,
+                "progress": False,
+                "output": str(tmp_path / "run"),
+            }
+        )
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("default")  # as outside pytest: warnings are shown, not raised
         assert main(["train", str(cfg)]) == 0
@@ -49,7 +61,9 @@ def test_other_warnings_keep_their_category_without_source(capsys):
         warnings.simplefilter("always")
         with warnings_as_lines("strop x"):
             warnings.warn_explicit("old API", FutureWarning, "/elsewhere/lib.py", 7)
-            warnings.warn_explicit("clipped", UserWarning, str(Path(strop.__file__).parent / "s.py"), 3)
+            warnings.warn_explicit(
+                "clipped", UserWarning, str(Path(strop.__file__).parent / "s.py"), 3
+            )
     err = capsys.readouterr().err
     assert "strop x: warning: FutureWarning: old API\n" in err
     assert "strop x: warning: clipped\n" in err  # strop's own: the message alone

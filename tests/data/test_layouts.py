@@ -41,7 +41,10 @@ def test_common_validation_folder_names_are_the_given_split(tmp_path, val_name):
 
 def test_test_folder_only_when_asked(tmp_path):
     root = _split_tree(tmp_path, "test")
-    with pytest.raises(ValueError, match=r"has train/ and test/ but no validation folder. Hint: pass val_folder='test'"):
+    with pytest.raises(
+        ValueError,
+        match=r"has train/ and test/ but no validation folder. Hint: pass val_folder='test'",
+    ):
         image_folder(root, image_size=12)
     train, val, _ = image_folder(root, image_size=12, val_folder="test")
     assert len(train) == 8 and len(val) == 4
@@ -56,7 +59,9 @@ def test_test_folder_beside_val_is_left_alone(tmp_path):
 
 def test_unknown_sibling_of_train_is_refused(tmp_path):
     root = _split_tree(tmp_path, "dev")
-    with pytest.raises(ValueError, match=r"has train/ and folder\(s\) dev/ that are neither a validation split"):
+    with pytest.raises(
+        ValueError, match=r"has train/ and folder\(s\) dev/ that are neither a validation split"
+    ):
         image_folder(root, image_size=12)
     assert len(image_folder(root, image_size=12, val_folder="dev")[1]) == 4
 
@@ -113,7 +118,10 @@ def test_image_size_none_refuses_mixed_sizes(tmp_path):
     save_rgb(tmp_path / "a" / "1.png", rng.integers(0, 256, (16, 16, 3)))
     save_rgb(tmp_path / "b" / "0.png", rng.integers(0, 256, (16, 24, 3)))
     save_rgb(tmp_path / "b" / "1.png", rng.integers(0, 256, (16, 16, 3)))
-    with pytest.raises(ValueError, match=r"image_size=None takes the images' own size, but .* holds 2 sizes: 16x16 .*, 24x16 .*Hint: pass image_size"):
+    with pytest.raises(
+        ValueError,
+        match=r"image_size=None takes the images' own size, but .* holds 2 sizes: 16x16 .*, 24x16 .*Hint: pass image_size",
+    ):
         image_folder(tmp_path, image_size=None)
 
 
