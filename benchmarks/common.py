@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from strop._interrupt import check_fit
+
 __all__ = [
     "Timer",
     "digits_folder",
@@ -191,13 +193,17 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_fit(config: dict[str, Any], *, data: tuple[Any, Any, int] | None = None) -> tuple[Any, dict[int, list[float]], list[tuple[float, str]]]:
+def run_fit(config: dict[str, Any], *, data: tuple[Any, Any, int] | None = None,
+            callbacks: Sequence[Any] = ()) -> tuple[Any, dict[int, list[float]], list[tuple[float, str]]]:
     """``strop.train.fit`` on ``config`` (a plain dict), timing every training step.
 
     Returns ``(result, step_times_by_epoch, log_lines)``: each step's wall time (data loading
     included) from the end of the previous batch (or the epoch's start) to its ``on_batch_end``
     hook, grouped by epoch; and the log lines fit wrote, with ``perf_counter`` stamps. ``data``
     ``(train, val, num_classes)`` replaces the folder named in the config (see ``in_memory``).
+
+    A fit stopped by SIGINT/SIGTERM raises :class:`strop._interrupt.FitInterrupted`: a benchmark
+    never reports a cut run's figures, and the script exits with 130/143 (``run_script``).
     """
     from unittest import mock
 
@@ -227,5 +233,7 @@ def run_fit(config: dict[str, Any], *, data: tuple[Any, Any, int] | None = None)
         patch = mock.patch.object(trainer_mod, "_load_data",
                                   lambda c: (train, val, [str(i) for i in range(ncls)], ncls))
     with quiet(), patch:
-        result = fit(cfg, callbacks=[StepTimer()], log=log)
+        result = fit(cfg, callbacks=[StepTimer(), *callbacks], log=log)
+    check_fit(result, what=f"the benchmark fit writing {cfg.output}",
+              resume="run the benchmark again (its report is written only when every part finished)")
     return result, times, stamps
