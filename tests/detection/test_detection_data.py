@@ -90,7 +90,7 @@ def test_the_three_formats_read_to_the_same_boxes(tmp_path, fmt):
 
 
 def test_bundled_set_has_overlaps_tiny_boxes_and_negatives(tmp_path):
-    train, val, names = detection_folder(write_shapes_detection(tmp_path, n_train=60, n_val=10, size=64))
+    train, _, names = detection_folder(write_shapes_detection(tmp_path, n_train=60, n_val=10, size=64))
     counts = [len(r.boxes) for r in train]
     assert 0 in counts and max(counts) >= 3 and len(names) == 3
     sides = [min(b[2] - b[0], b[3] - b[1]) for r in train for b in r.boxes]
@@ -114,7 +114,7 @@ def test_dataset_targets_resize_and_negatives(tmp_path):
     _image(tmp_path / "images" / "b.png")
     records, names, _ = read_detection(root)
     ds = DetectionDataset(records, names, detection_transforms(False, image_size=80))
-    (x, t), (x2, t2) = ds[0], ds[1]
+    (x, t), (_, t2) = ds[0], ds[1]
     assert x.shape == (3, 40, 80) and x.dtype == torch.float32 and float(x.max()) <= 1
     assert torch.equal(t["boxes"].as_subclass(torch.Tensor), torch.tensor([[4.0, 6.0, 24.0, 16.0]]))  # x2 scale
     assert t["labels"].tolist() == [1] and t2["boxes"].shape == (0, 4) and t2["labels"].shape == (0,)

@@ -88,7 +88,7 @@ def test_label_offset_round_trips(name, offset):
     assert all(((p["labels"] >= 0) & (p["labels"] < 3)).all() for p in preds)
     with pytest.raises(ValueError, match="classes has 2 names but the model was built for 3"):
         DetectionTask(model, CLASSES[:2])
-    with pytest.raises(ValueError, match="DetectionTask.loss: the model is in eval mode"):
+    with pytest.raises(ValueError, match=r"DetectionTask\.loss: the model is in eval mode"):
         task.loss(model.eval(), images, targets)
 
 

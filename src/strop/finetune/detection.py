@@ -80,6 +80,10 @@ DETECTORS: dict[str, tuple[str, _Family]] = {
 }
 
 
+# (builder, weights) whose FrozenBatchNorm2d run with eps=0 in torchvision
+_EPS_ZERO = {("fasterrcnn_resnet50_fpn", "COCO_V1"), ("retinanet_resnet50_fpn", "COCO_V1")}
+
+
 @dataclass(frozen=True)
 class DetectorInfo:
     """What strop built: ``num_classes`` object classes, ``label_offset`` (1 where class 0 is
@@ -206,12 +210,6 @@ def _frozen_bn(module: nn.Module) -> None:
             _frozen_bn(child)
 
 
-def _stages(blocks: list[nn.Module], kind: str) -> list[int]:
-    if kind == "vgg":
-        return [0] + [i for i, b in enumerate(blocks) if isinstance(b, nn.MaxPool2d)][:-1]
-    return [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
-
-
 def _freeze_backbone_layers(model: nn.Module, kind: str, trainable: int) -> None:
     """torchvision's rule for ``trainable_backbone_layers``: the last ``trainable`` stages train."""
     if kind == "resnet_fpn":
@@ -223,7 +221,7 @@ def _freeze_backbone_layers(model: nn.Module, kind: str, trainable: int) -> None
     if kind == "mobilenet_fpn":
         # the body keeps all 17 MobileNetV3 feature blocks under their indices
         blocks = list(model.backbone.body.children())
-        stage = [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
+        stage = [0, *[i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)], len(blocks) - 1]
         before = len(blocks) if trainable == 0 else stage[len(stage) - trainable]
         for b in blocks[:before]:
             b.requires_grad_(False)
@@ -231,7 +229,7 @@ def _freeze_backbone_layers(model: nn.Module, kind: str, trainable: int) -> None
     if kind == "vgg":
         # SSD300 splits VGG16's features at its 4th max-pool: features[:23] + extra[0][:7]
         blocks = list(model.backbone.features) + list(model.backbone.extra[0])[:7]
-        stage = [0] + [i for i, b in enumerate(blocks) if isinstance(b, nn.MaxPool2d)][:4]
+        stage = [0, *[i for i, b in enumerate(blocks) if isinstance(b, nn.MaxPool2d)][:4]]
         before = 30 if trainable == 0 else stage[len(stage) - trainable]
     else:  # ssdlite: MobileNetV3's blocks, split in two at the C4 block's expansion
         first, second = model.backbone.features
@@ -242,7 +240,7 @@ def _freeze_backbone_layers(model: nn.Module, kind: str, trainable: int) -> None
         c4_block = nn.ModuleList([first[c4], second[0]])
         c4_block._is_cn = True  # the C4 block is the last stage boundary torchvision counts
         blocks = [*first[:c4], c4_block, *second[1:]]
-        stage = [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
+        stage = [0, *[i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)], len(blocks) - 1]
         before = len(blocks) if trainable == 0 else stage[len(stage) - trainable]
     for b in blocks[:before]:
         b.requires_grad_(False)
@@ -407,6 +405,12 @@ def build_detector(
         report = _load(model, kind, family, state, where, strict)
         if family.frozen_bn:
             _frozen_bn(model.backbone.body)
+            if isinstance(source, WeightsEnum) and (name, source.name) in _EPS_ZERO:
+                # torchvision's legacy COCO_V1 checkpoints were trained with eps=0 and its builders
+                # set it back after loading (detection._utils.overwrite_eps); so does strop
+                for m in model.modules():
+                    if isinstance(m, FrozenBatchNorm2d):
+                        m.eps = 0.0
         trainable = default if trainable_backbone_layers is None else trainable_backbone_layers
         _freeze_backbone_layers(model, kind, trainable)
     loss = _set_box_loss(model, name, family, box_loss)

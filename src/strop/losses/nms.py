@@ -38,10 +38,10 @@ def _check(func: str, boxes: object, scores: object, iou_threshold: object, idxs
     if scores.shape != (boxes.shape[0],):
         fail(func, f"scores must have shape ({boxes.shape[0]},) to match boxes {tuple(boxes.shape)}; "
                    f"got {tuple(scores.shape)}")
-    if idxs is not None:
-        if not isinstance(idxs, Tensor) or idxs.shape != scores.shape or idxs.is_floating_point():
-            got = f"{idxs.dtype} {tuple(idxs.shape)}" if isinstance(idxs, Tensor) else type(idxs).__name__
-            fail(func, f"idxs must be an integer Tensor of shape ({boxes.shape[0]},); got {got}")
+    if idxs is not None and (not isinstance(idxs, Tensor) or idxs.shape != scores.shape
+                             or idxs.is_floating_point()):
+        got = f"{idxs.dtype} {tuple(idxs.shape)}" if isinstance(idxs, Tensor) else type(idxs).__name__
+        fail(func, f"idxs must be an integer Tensor of shape ({boxes.shape[0]},); got {got}")
     if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float)):
         fail(func, f"iou_threshold must be a number; got {type(iou_threshold).__name__}", exc=TypeError)
 

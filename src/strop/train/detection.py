@@ -166,18 +166,17 @@ def train_one_epoch(
         amp = MixedPrecision(resolve("fp32", torch.device(device).type))
     model.train()
     sums: dict[str, float] = {}
-    count, steps, batches = 0, 0, 0
+    count, steps = 0, 0
     optimizer.zero_grad(set_to_none=True)
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     tic = time.perf_counter()
-    for batch in loader:
+    for batches, batch in enumerate(loader, 1):
         images, targets = task.to_device(batch, device)
         with amp.autocast():
             loss, parts = task.loss(model, images, targets)
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise FloatingPointError(f"train_one_epoch: loss is {value} at batch {batches} ({parts}); stopping")
-        batches += 1
+            raise FloatingPointError(f"train_one_epoch: loss is {value} at batch {batches - 1} ({parts}); stopping")
         group = accumulation_steps
         if total is not None:
             group = min(accumulation_steps, total - ((batches - 1) // accumulation_steps) * accumulation_steps)
