@@ -52,8 +52,13 @@ def _norm_types(model):
             if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))}
 
 
-# torchvision's (default, max) trainable_backbone_layers; sweep the ends and the default
-CASES = [(n, k) for n in DETECTORS for k in dict.fromkeys([None, 0, DETECTORS[n][1].trainable[1]])]
+# every builder at torchvision's default trainable_backbone_layers, and the values that exercise
+# each freezing rule's edges: mobilenet all/none, resnet's bn1 at 5, SSD300's VGG split, SSDLite's
+CASES = [(n, None) for n in DETECTORS] + [
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", 0), ("fasterrcnn_mobilenet_v3_large_320_fpn", 6),
+    ("fasterrcnn_resnet50_fpn", 5), ("retinanet_resnet50_fpn_v2", 0), ("ssd300_vgg16", 0),
+    ("ssdlite320_mobilenet_v3_large", 0), ("ssdlite320_mobilenet_v3_large", 2),
+]
 
 
 @pytest.mark.slow
@@ -189,7 +194,7 @@ def test_retinanet_box_loss_equals_torchvisions_own(kind):
     images, targets = _retina_loss_inputs(ours)
     a = ours(images, targets)["bbox_regression"]
     b = reference(images, targets)["bbox_regression"]
-    assert torch.allclose(a, b, rtol=1e-4, atol=1e-6) and float(a) > 0
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-6) and float(a.detach()) > 0
     a.backward()
     assert ours.head.regression_head.bbox_reg.weight.grad.abs().sum() > 0
 
@@ -227,7 +232,7 @@ def test_param_groups_split_backbone_neck_head():
     assert sum(len(g["params"]) for g in groups) == len(ids)
     fpn = {id(p) for p in model.backbone.fpn.parameters()}
     assert fpn == {id(p) for g in by_name["neck"] for p in g["params"]}
-    bn = [g for g in groups if any(p is model.backbone.body[1].block[0][1].weight for p in g["params"])]
+    bn = [g for g in groups if any(p is model.backbone.body["1"].block[0][1].weight for p in g["params"])]
     assert bn and bn[0]["weight_decay"] == 0.0  # BatchNorm weights: no decay
 
 
