@@ -109,9 +109,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     info = machine()
+    n = 2_000 if args.quick else 10_000
     lines = [f"Machine: {info}; load average before: {load_average()}", "",
-             "| NMS, 10k boxes (IoU 0.5) | median ms | × torchvision.ops.nms |", "|---|---|---|"]
-    for name, ms, ratio in bench_nms(2_000 if args.quick else 10_000, 3 if args.quick else 7):
+             f"| NMS, {n:,} boxes (IoU 0.5) | median ms | × torchvision.ops.nms |", "|---|---|---|"]
+    for name, ms, ratio in bench_nms(n, 3 if args.quick else 7):
         lines.append(f"| {name} | {ms:.1f} | {ratio:.2f} |")
     if not args.no_training:
         lines += ["", "| training, fasterrcnn_mobilenet_v3_large_320_fpn, 96 px, batch 4 | images/s | × hand loop, same precision |",

@@ -65,11 +65,12 @@ class _Family:
 
 
 _RCNN = _Family(True, ("roi_heads.box_predictor",), ("smooth_l1",), "smooth_l1", (3, 5), True)
+_RCNN_MOBILE = _Family(True, _RCNN.head, ("smooth_l1",), "smooth_l1", (3, 6), True)
 _RETINA = _Family(False, ("head.classification_head.cls_logits",), BOX_LOSSES, "l1", (3, 5), True)
 _SSD = ("head.classification_head",)
 DETECTORS: dict[str, tuple[str, _Family]] = {
-    "fasterrcnn_mobilenet_v3_large_320_fpn": ("mobilenet_fpn", _RCNN),
-    "fasterrcnn_mobilenet_v3_large_fpn": ("mobilenet_fpn", _RCNN),
+    "fasterrcnn_mobilenet_v3_large_320_fpn": ("mobilenet_fpn", _RCNN_MOBILE),
+    "fasterrcnn_mobilenet_v3_large_fpn": ("mobilenet_fpn", _RCNN_MOBILE),
     "fasterrcnn_resnet50_fpn": ("resnet_fpn", _RCNN),
     "fasterrcnn_resnet50_fpn_v2": ("resnet_fpn", _Family(True, _RCNN.head, ("smooth_l1",), "smooth_l1", (3, 5), False)),
     "retinanet_resnet50_fpn": ("resnet_fpn", _RETINA),
