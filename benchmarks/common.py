@@ -56,9 +56,9 @@ def _cpu_model() -> str:
 
 def machine() -> dict[str, str]:
     """What the numbers were measured on."""
-    from strop.precision import _cpu_flags
+    from strop.precision import cpu_flags
 
-    flags = _cpu_flags()
+    flags = cpu_flags()
     isa = [label for flag, label in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"),
                                      ("avx512f", "AVX-512F"), ("avx2", "AVX2")) if flag in flags]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -202,7 +202,7 @@ def run_fit(config: dict[str, Any], *, data: tuple[Any, Any, int] | None = None)
     from unittest import mock
 
     from strop.train import config_from_dict, fit
-    from strop.train import trainer as trainer_mod
+    from strop.train import setup as setup_mod
 
     times: dict[int, list[float]] = {}
     stamps: list[tuple[float, str]] = []
@@ -224,7 +224,7 @@ def run_fit(config: dict[str, Any], *, data: tuple[Any, Any, int] | None = None)
     patch: Any = contextlib.nullcontext()
     if data is not None:
         train, val, ncls = data
-        patch = mock.patch.object(trainer_mod, "_load_data",
+        patch = mock.patch.object(setup_mod, "load_datasets",
                                   lambda c: (train, val, [str(i) for i in range(ncls)], ncls))
     with quiet(), patch:
         result = fit(cfg, callbacks=[StepTimer()], log=log)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from strop._checks import check_positive, fail
-from strop.finetune.freeze import _set_frozen
+from strop.finetune.freeze import set_frozen
 from strop.finetune.zoo import LayerGroup, layer_groups
 
 __all__ = ["GradualUnfreezing", "param_groups"]
@@ -168,7 +168,7 @@ class GradualUnfreezing:
         events = self._events(epoch, len(stages))
         trainable = {i for _, ix in events for i in ix}
         for i, g in enumerate(stages):
-            _set_frozen(g, i not in trainable, train_bn=self.train_bn, training=model.training)
+            set_frozen(g, i not in trainable, train_bn=self.train_bn, training=model.training)
         if optimizer is None:
             return []
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}

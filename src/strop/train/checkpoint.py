@@ -12,12 +12,13 @@ import contextlib
 import errno
 import os
 import pickle
-import random
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from strop._rng import capture_rng, restore_rng
 
 __all__ = ["FORMAT_VERSION", "CheckpointError", "capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
 
@@ -108,26 +109,3 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             f"{path} has format_version {data['format_version']}; this strop reads up to {FORMAT_VERSION}"
         )
     return data
-
-
-def capture_rng() -> dict[str, Any]:
-    """The RNG states that affect training (torch CPU/CUDA, Python), as weights_only-safe data."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _python_state(random.getstate())}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng`."""
-    # a checkpoint loaded with map_location="cuda" carries the states there; torch wants CPU bytes
-    torch.set_rng_state(state["torch"].cpu())
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _python_state(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]

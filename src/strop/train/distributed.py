@@ -37,10 +37,8 @@ __all__ = [
     "DistContext",
     "all_reduce_sum",
     "barrier",
-    "broadcast_object",
     "init_from_env",
     "resolve_timeout",
-    "shutdown",
     "wrap_model",
 ]
 
@@ -164,15 +162,9 @@ def wrap_model(model: nn.Module, ctx: DistContext, *, device: torch.device, sync
     if not ctx.enabled:
         return model
     if sync_batchnorm:
-        from strop.finetune.freeze import _EvalModeMixin, _EvalSyncBatchNorm
+        from strop.finetune.freeze import convert_sync_batchnorm
 
-        # conversion builds plain SyncBatchNorm layers: frozen ones must stay locked in eval mode
-        locked = {name for name, mod in model.named_modules() if isinstance(mod, _EvalModeMixin)}
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        for name, mod in model.named_modules():
-            if name in locked and type(mod) is nn.SyncBatchNorm:
-                mod.__class__ = _EvalSyncBatchNorm
-                mod.eval()
+        model = convert_sync_batchnorm(model)
     ids = [ctx.local_rank] if device.type == "cuda" else None
     # frozen backbones leave parameters without gradients: DDP must not wait for them
     has_frozen = any(not p.requires_grad for p in model.parameters())
@@ -196,23 +188,3 @@ def barrier(ctx: DistContext) -> None:
     """Wait until every process gets here (no-op when not distributed); bounded by the timeout."""
     if ctx.enabled:
         dist.barrier()
-
-
-def broadcast_object(obj: object, ctx: DistContext) -> object:
-    """Rank 0's ``obj`` on every rank (e.g. the early-stopping decision)."""
-    if not ctx.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def shutdown(ctx: DistContext) -> None:
-    """End of a ``fit``: the process group stays for the next ``fit`` in this process.
-
-    A group strop created is destroyed when the interpreter exits (registered with ``atexit``);
-    a group the caller created is theirs to destroy. Safe to call when not distributed.
-    """
-    # Re-initialising on the same torchrun store after destroy_process_group fails on the second
-    # or third try (stale rendezvous keys), so the group is kept rather than torn down here.
-    del ctx

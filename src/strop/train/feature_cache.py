@@ -1,6 +1,6 @@
 """Feature caching for frozen backbones: run the backbone once, train the head on its outputs.
 
-In the tutorial's feature-extraction recipe the backbone never changes, yet a plain loop runs it
+In the feature-extraction recipe of transfer learning the backbone never changes, yet a plain loop runs it
 again every epoch. When the backbone is frozen (BatchNorm kept in eval mode) and the training
 images are not randomly augmented, the input of the head is a fixed function of each image, so
 strop computes it once — a forward pre-hook on the head captures it — and then trains the head
@@ -78,13 +78,17 @@ def extract_features(
     head: nn.Module,
     dataset: Any,
     *,
-    engine: Any,
+    task: Any,
+    amp: Any,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
     batch_size: int,
 ) -> TensorDataset:
     """``TensorDataset(features, labels)`` of the head's inputs for every item of ``dataset``.
 
     The items are read in index order (no shuffling), so index ``i`` of the result is item ``i``
-    of ``dataset`` and any sampler over one is a sampler over the other.
+    of ``dataset`` and any sampler over one is a sampler over the other. ``task`` moves each
+    batch to ``device``; ``amp`` (a ``MixedPrecision``) gives the autocast of the run.
     """
     captured: list[Tensor] = []
 
@@ -97,9 +101,9 @@ def extract_features(
     labels: list[Tensor] = []
     try:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-        for x, y in loader:
-            x, y = engine.to_device(x, torch.as_tensor(y))
-            with engine.amp.autocast():
+        for batch in loader:
+            x, y = task.to_device(batch, device, memory_format)
+            with amp.autocast():
                 model(x)
             labels.append(y.cpu())
     finally:
