@@ -27,7 +27,11 @@ def test_blocks_do_not_import_train_or_cli(block):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.startswith(("strop.train", "strop.cli", "strop.demo"))]
+            offenders += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.startswith(("strop.train", "strop.cli", "strop.demo"))
+            ]
     assert offenders == []
 
 
@@ -37,7 +41,9 @@ def test_blocks_never_print(block):
         f"{path.name}:{node.lineno}"
         for path in _modules(block)
         for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "print"
     ]
     assert calls == []
 
@@ -60,7 +66,9 @@ def _private_imports() -> set[tuple[str, str, str]]:
     found = set()
     for path in sorted(SRC.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("strop")):
+            if not (
+                isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("strop")
+            ):
                 continue
             if any(part.startswith("_") for part in node.module.split(".")):
                 continue  # a private module (strop._checks, losses._prepare) may hand out _names
@@ -110,4 +118,6 @@ def _doc_modules() -> set[str]:
 def test_architecture_doc_names_every_module():
     files = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")}
     assert sorted(files - _doc_modules()) == [], "modules docs/architecture.md does not describe"
-    assert sorted(_doc_modules() - files) == [], "docs/architecture.md describes modules that do not exist"
+    assert sorted(_doc_modules() - files) == [], (
+        "docs/architecture.md describes modules that do not exist"
+    )

@@ -17,7 +17,10 @@ __all__ = ["capture_rng", "restore_rng"]
 def capture_rng() -> dict[str, Any]:
     """The RNG states that affect training (torch CPU/CUDA, Python), as weights_only-safe data."""
     version, internal, gauss = random.getstate()
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss]}
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(internal), gauss],
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -120,7 +120,9 @@ def _curve_figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
     return fig, ax
 
 
-def _epoch_lines(ax: Any, epochs: list[dict[str, float]], x: str, keys: Sequence[tuple[str, str]]) -> None:
+def _epoch_lines(
+    ax: Any, epochs: list[dict[str, float]], x: str, keys: Sequence[tuple[str, str]]
+) -> None:
     for key, label in keys:
         pts = [(e[x], e[key]) for e in epochs if key in e]
         if pts:
@@ -144,8 +146,15 @@ def plot_metrics(
 
     loss, ax = _curve_figure("Loss", "optimizer step", "loss")
     if steps:
-        ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], alpha=0.3, label="train (per step)")
-    _epoch_lines(ax, epochs, "step", [("train_loss", "train (epoch mean)"), ("val_loss", "validation")])
+        ax.plot(
+            [s["step"] for s in steps],
+            [s["loss"] for s in steps],
+            alpha=0.3,
+            label="train (per step)",
+        )
+    _epoch_lines(
+        ax, epochs, "step", [("train_loss", "train (epoch mean)"), ("val_loss", "validation")]
+    )
     ax.legend()
 
     metrics, ax = _curve_figure("Metrics", "epoch", "metric")

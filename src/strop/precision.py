@@ -23,8 +23,8 @@ for fp16 (a disabled scaler is a no-op, so fp32 and bf16 run the very same lines
 
 fp16 on a CPU: torch's CPU autocast and ``GradScaler("cpu")`` support it, and strop allows it when
 asked for explicitly (it is how the fp16 code path is tested without a GPU), but "auto" never
-picks it: without AVX512-FP16/AMX-FP16 the fp16 kernels are emulated — measured on this
-machine's AVX512-BF16 CPU, a 512×512 fp16 matmul is ~80× slower than fp32. ``reason`` says so.
+picks it: without AVX512-FP16/AMX-FP16 the fp16 kernels are emulated, many times slower than
+fp32 (figures in BENCHMARKS.md). ``reason`` says so.
 """
 
 from __future__ import annotations
@@ -39,7 +39,14 @@ import torch
 
 from strop._checks import did_you_mean, fail
 
-__all__ = ["MixedPrecision", "Precision", "StepResult", "cpu_flags", "resolve", "resolve_memory_format"]
+__all__ = [
+    "MixedPrecision",
+    "Precision",
+    "StepResult",
+    "cpu_flags",
+    "resolve",
+    "resolve_memory_format",
+]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -394,7 +401,9 @@ class MixedPrecision:
         stepped = self.scaler.get_scale() >= scale
         if not stepped:
             self.skipped_steps += 1
-        return StepResult(stepped=stepped, finite=True, grad_norm=norm, skipped_by_scaler=not stepped)
+        return StepResult(
+            stepped=stepped, finite=True, grad_norm=norm, skipped_by_scaler=not stepped
+        )
 
     def step(
         self,

@@ -19,12 +19,26 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 def test_lr_find_on_the_segmentation_config(tmp_path, capsys):
     root = write_shapes(tmp_path / "shapes", n=12, size=32, num_classes=2, seed=0)
     plot = tmp_path / "lr.png"
-    rc = main([
-        "lr-find", str(CONFIGS / "shapes-segmentation.yaml"),
-        "--set", f"data.root={root}", "--set", "data.image_size=32", "--set", "data.batch_size=4",
-        "--set", "precision=fp32", "--set", f"output={tmp_path / 'run'}",
-        "--num-iter", "4", "--out", str(plot),
-    ])
+    rc = main(
+        [
+            "lr-find",
+            str(CONFIGS / "shapes-segmentation.yaml"),
+            "--set",
+            f"data.root={root}",
+            "--set",
+            "data.image_size=32",
+            "--set",
+            "data.batch_size=4",
+            "--set",
+            "precision=fp32",
+            "--set",
+            f"output={tmp_path / 'run'}",
+            "--num-iter",
+            "4",
+            "--out",
+            str(plot),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "suggested lr (minimum)" in captured.out and plot.stat().st_size > 0
@@ -61,5 +75,7 @@ def test_lr_find_loss_counts_inception_aux_head_as_training_does():
     assert abs(float(expected - main_only)) > 1e-3  # the aux head moves the number: a real check
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     torch.manual_seed(1)
-    result = lr_find(model, [(x, y)], torch.nn.CrossEntropyLoss(), opt, num_iter=2, start_lr=1e-7, end_lr=1e-6)
+    result = lr_find(
+        model, [(x, y)], torch.nn.CrossEntropyLoss(), opt, num_iter=2, start_lr=1e-7, end_lr=1e-6
+    )
     assert result.raw_losses[0] == pytest.approx(float(expected), rel=1e-5)

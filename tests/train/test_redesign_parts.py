@@ -75,7 +75,9 @@ def test_evaluate_needs_no_optimizer_and_matches_a_hand_computation():
     x, y = torch.randn(10, 4), torch.randint(0, 7, (10,))
     model.train()
     stats = model[1].running_mean.clone()
-    metrics = evaluate(model, nn.CrossEntropyLoss(), _loader(x, y, 4), task="classification", num_classes=7)
+    metrics = evaluate(
+        model, nn.CrossEntropyLoss(), _loader(x, y, 4), task="classification", num_classes=7
+    )
     assert model.training  # mode restored
     assert torch.equal(model[1].running_mean, stats)  # eval mode: BatchNorm statistics untouched
     model.eval()
@@ -163,9 +165,13 @@ def test_bundled_roots_are_a_table(tmp_path, monkeypatch):
     monkeypatch.setenv("STROP_DATA", str(tmp_path))
     written = []
     monkeypatch.setitem(roots.BUNDLED, "tiny", lambda folder: written.append(folder) or folder)
-    assert roots.resolve_root("bundled:tiny") == tmp_path / "tiny" and written == [tmp_path / "tiny"]
+    assert roots.resolve_root("bundled:tiny") == tmp_path / "tiny" and written == [
+        tmp_path / "tiny"
+    ]
     assert roots.resolve_root("some/folder") == Path("some/folder")
-    with pytest.raises(ValueError, match=r"'bundled:nope' names no bundled data set; available: bundled:digits"):
+    with pytest.raises(
+        ValueError, match=r"'bundled:nope' names no bundled data set; available: bundled:digits"
+    ):
         roots.resolve_root("bundled:nope")
     from strop.train.trainer import bundled_root
 
@@ -180,9 +186,13 @@ def test_output_loss_weights_aux_heads_and_logs_the_main_parts():
     loss, got_main = output_loss(loss_fn, {"out": main, "aux": aux}, target, aux_weight=0.25)
     parts = {k: float(v) for k, v in loss_fn.parts.items()}
     assert got_main is main
-    assert float(loss) == pytest.approx(float(loss_fn(main, target) + 0.25 * loss_fn(aux, target)), rel=1e-6)
+    assert float(loss) == pytest.approx(
+        float(loss_fn(main, target) + 0.25 * loss_fn(aux, target)), rel=1e-6
+    )
     loss_fn(main, target)
-    assert parts == pytest.approx({k: float(v) for k, v in loss_fn.parts.items()})  # the main output's
+    assert parts == pytest.approx(
+        {k: float(v) for k, v in loss_fn.parts.items()}
+    )  # the main output's
 
 
 def _params_with_grads(grads):
@@ -199,7 +209,9 @@ def test_optimizer_step_clips_to_the_hand_computed_norm():
     result = MixedPrecision("fp32").optimizer_step(opt, clip_grad_norm=1.0, check_finite=True)
     assert result.stepped and result.finite and float(result.grad_norm) == pytest.approx(5.0)
     # SGD lr=1 from zero: the weights are minus the clipped gradients, i.e. g / 5
-    assert params[0].tolist() == pytest.approx([-0.6, 0.0]) and params[1].tolist() == [[0.0, pytest.approx(-0.8)]]
+    assert params[0].tolist() == pytest.approx([-0.6, 0.0]) and params[1].tolist() == [
+        [0.0, pytest.approx(-0.8)]
+    ]
 
 
 def test_optimizer_step_refuses_a_nonfinite_gradient_in_fp32():

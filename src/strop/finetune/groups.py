@@ -155,10 +155,6 @@ class GradualUnfreezing:
         count = min(n_stages, 1 + (epoch - self.head_epochs) // self.every)
         return [(self.head_epochs + j * self.every, [n_stages - 1 - j]) for j in range(count)]
 
-    def unfrozen_stages(self, epoch: int, n_stages: int) -> int:
-        """How many layer groups (from the top) are trainable during ``epoch``."""
-        return sum(len(ix) for _, ix in self._events(epoch, n_stages))
-
     def on_epoch_start(
         self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
     ) -> list[str]:

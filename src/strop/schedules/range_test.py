@@ -135,8 +135,15 @@ def _to(x: Any, device: torch.device) -> Any:
 
 
 def _check_arguments(
-    model: Any, optimizer: Any, start_lr: float, end_lr: float, num_iter: int, mode: str,
-    smooth: float, diverge: float, accumulation_steps: int,
+    model: Any,
+    optimizer: Any,
+    start_lr: float,
+    end_lr: float,
+    num_iter: int,
+    mode: str,
+    smooth: float,
+    diverge: float,
+    accumulation_steps: int,
 ) -> None:
     func = "lr_find"
     if not isinstance(model, nn.Module):
@@ -180,6 +187,51 @@ def _suggestions(lrs: list[float], smoothed: list[float]) -> dict[str, float]:
     if smoothed:
         out["minimum"] = lrs[min(range(len(smoothed)), key=smoothed.__getitem__)] / 10
     return out
+
+
+def _run(
+    model: nn.Module,
+    batches: Iterator[Any],
+    forward_loss: Callable[[nn.Module, Any], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    mp: MixedPrecision,
+    schedule: list[float],
+    *,
+    smooth: float,
+    diverge: float,
+    accumulation_steps: int,
+) -> tuple[list[float], list[float], list[float], bool]:
+    """Train one step at each LR of ``schedule``; ``(lrs, raw, smoothed, diverged)``."""
+    ratios = [
+        float(g["lr"]) / float(optimizer.param_groups[0]["lr"] or 1.0)
+        for g in optimizer.param_groups
+    ]
+    lrs: list[float] = []
+    raw: list[float] = []
+    smoothed: list[float] = []
+    avg, best = 0.0, math.inf
+    for i, lr in enumerate(schedule):
+        for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+            group["lr"] = lr * ratio
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(accumulation_steps):
+            with mp.autocast():
+                loss = forward_loss(model, next(batches))
+            mp.backward(loss / accumulation_steps)
+            total += float(loss.detach()) / accumulation_steps
+        mp.optimizer_step(optimizer)
+        lrs.append(lr)
+        raw.append(total)
+        if not math.isfinite(total):
+            return lrs, raw, smoothed, True
+        avg = (1 - smooth) * avg + smooth * total
+        value = avg / (1 - (1 - smooth) ** (i + 1))
+        smoothed.append(value)
+        best = min(best, value)
+        if value > diverge * best:
+            return lrs, raw, smoothed, True
+    return lrs, raw, smoothed, False
 
 
 def lr_find(
@@ -227,7 +279,9 @@ def lr_find(
     Afterwards the model's parameters, buffers (BatchNorm statistics), gradients and train/eval
     modes, the optimizer's state and LRs, and the RNG states are exactly as before.
     """
-    _check_arguments(model, optimizer, start_lr, end_lr, num_iter, mode, smooth, diverge, accumulation_steps)
+    _check_arguments(
+        model, optimizer, start_lr, end_lr, num_iter, mode, smooth, diverge, accumulation_steps
+    )
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -242,41 +296,19 @@ def lr_find(
             return output_loss(loss_fn, model(inputs), targets, aux_weight)[0]
 
     saved = _state(model, optimizer)
-    ratios = [
-        float(g["lr"]) / float(optimizer.param_groups[0]["lr"] or 1.0)
-        for g in optimizer.param_groups
-    ]
-    lrs: list[float] = []
-    raw: list[float] = []
-    smoothed: list[float] = []
-    avg, best, diverged = 0.0, math.inf, False
-    batches = _batches(loader)
     try:
         model.train()
-        for i in range(num_iter):
-            lr = _lr_at(i, num_iter, start_lr, end_lr, mode)
-            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-                group["lr"] = lr * ratio
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for _ in range(accumulation_steps):
-                with mp.autocast():
-                    loss = forward_loss(model, next(batches))
-                mp.backward(loss / accumulation_steps)
-                total += float(loss.detach()) / accumulation_steps
-            mp.optimizer_step(optimizer)
-            lrs.append(lr)
-            raw.append(total)
-            if not math.isfinite(total):
-                diverged = True
-                break
-            avg = (1 - smooth) * avg + smooth * total
-            value = avg / (1 - (1 - smooth) ** (i + 1))
-            smoothed.append(value)
-            best = min(best, value)
-            if value > diverge * best:
-                diverged = True
-                break
+        lrs, raw, smoothed, diverged = _run(
+            model,
+            _batches(loader),
+            forward_loss,
+            optimizer,
+            mp,
+            [_lr_at(i, num_iter, start_lr, end_lr, mode) for i in range(num_iter)],
+            smooth=smooth,
+            diverge=diverge,
+            accumulation_steps=accumulation_steps,
+        )
     finally:
         _restore(model, optimizer, saved)
 

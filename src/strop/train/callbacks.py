@@ -65,7 +65,11 @@ class ProgressBar:
 
     def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:
         if self._bar is not None:
-            self._bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_s']:.0f}")
+            self._bar.set_postfix(
+                loss=f"{logs['loss']:.4f}",
+                lr=f"{logs['lr']:.2e}",
+                img_s=f"{logs['images_per_s']:.0f}",
+            )
             self._bar.update(1)
 
     def on_epoch_end(self, state: Any, logs: dict[str, float]) -> None:
@@ -74,7 +78,10 @@ class ProgressBar:
             self._bar = None
         if self.enabled:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in logs.items() if isinstance(v, float))
-            print(f"epoch {state.epoch + 1}/{self.total_epochs}  {shown}", file=self.file or sys.stderr)
+            print(
+                f"epoch {state.epoch + 1}/{self.total_epochs}  {shown}",
+                file=self.file or sys.stderr,
+            )
 
 
 class CSVLogger:
@@ -104,13 +111,17 @@ class CSVLogger:
     def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:
         if state.step != self._last_step:  # one row per optimizer step, not per micro-batch
             self._last_step = state.step
-            self._writer.writerow({"kind": "step", "epoch": state.epoch + 1, "step": state.step, **logs})
+            self._writer.writerow(
+                {"kind": "step", "epoch": state.epoch + 1, "step": state.step, **logs}
+            )
             # flushed before the step's checkpoint is written, so the log covers what it covers,
             # and one whole row per write cannot be torn by a kill
             self._fh.flush()
 
     def on_epoch_end(self, state: Any, logs: dict[str, float]) -> None:
-        self._writer.writerow({"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, **logs})
+        self._writer.writerow(
+            {"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, **logs}
+        )
         self._fh.flush()
 
     def on_fit_end(self, state: Any) -> None:

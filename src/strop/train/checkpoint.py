@@ -20,7 +20,14 @@ import torch
 
 from strop._rng import capture_rng, restore_rng
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "capture_rng",
+    "load_checkpoint",
+    "restore_rng",
+    "save_checkpoint",
+]
 
 FORMAT_VERSION = 1
 
@@ -83,7 +90,9 @@ def _os_error(exc: BaseException) -> OSError | None:
     return None
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, *, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
@@ -91,9 +100,13 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        refused = re.search(r"(?i)unsupported (?:global: )?GLOBAL [\w.]+|unsupported operand \d+", str(exc))
+        refused = re.search(
+            r"(?i)unsupported (?:global: )?GLOBAL [\w.]+|unsupported operand \d+", str(exc)
+        )
         if refused is None:
-            raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+            raise CheckpointError(
+                f"could not read checkpoint {path}: {type(exc).__name__}: {exc}"
+            ) from exc
         # torch's own text advises weights_only=False: wrong advice for a file nobody vouched for
         raise CheckpointError(
             f"could not read checkpoint {path}: refused, it holds a Python object that loading would "
@@ -101,7 +114,9 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             "plain data, so this file was not written by strop or was altered. Nothing in it was run."
         ) from None
     except Exception as exc:  # torch raises several types for torn or foreign files
-        raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(
+            f"could not read checkpoint {path}: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(data, dict) or "format_version" not in data:
         raise CheckpointError(f"{path} is not a strop checkpoint (no format_version)")
     if data["format_version"] > FORMAT_VERSION:

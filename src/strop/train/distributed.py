@@ -85,8 +85,11 @@ def resolve_timeout(timeout_s: float | None = None) -> float:
         except ValueError:
             fail("init_from_env", f"{source} must be a number of seconds > 0; got {raw!r}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        fail("init_from_env", f"{source} must be a number of seconds; got {type(value).__name__} {value!r}",
-             exc=TypeError)
+        fail(
+            "init_from_env",
+            f"{source} must be a number of seconds; got {type(value).__name__} {value!r}",
+            exc=TypeError,
+        )
     if not (math.isfinite(value) and value > 0):
         fail("init_from_env", f"{source} must be a finite number of seconds > 0; got {value!r}")
     return float(value)
@@ -123,7 +126,12 @@ def init_from_env(device: torch.device, *, timeout_s: float | None = None) -> Di
     timeout = resolve_timeout(timeout_s)
     if dist.is_initialized():
         backend = str(dist.get_backend())
-        return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local, backend=backend)
+        return DistContext(
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            local_rank=local,
+            backend=backend,
+        )
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
         visible = torch.cuda.device_count()
@@ -137,7 +145,11 @@ def init_from_env(device: torch.device, *, timeout_s: float | None = None) -> Di
         torch.cuda.set_device(local)
     kwargs = {"device_id": torch.device("cuda", local)} if backend == "nccl" else {}
     dist.init_process_group(
-        backend=backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout), **kwargs
+        backend=backend,
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout),
+        **kwargs,
     )
     if not _owned_group:
         atexit.register(_destroy_owned_group)
@@ -152,7 +164,9 @@ def _destroy_owned_group() -> None:
     _owned_group = False
 
 
-def wrap_model(model: nn.Module, ctx: DistContext, *, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:
+def wrap_model(
+    model: nn.Module, ctx: DistContext, *, device: torch.device, sync_batchnorm: bool = False
+) -> nn.Module:
     """``DistributedDataParallel`` around ``model`` (SyncBatchNorm first when asked).
 
     DDP averages gradients over processes, so with equal per-process batches a step equals a
@@ -168,7 +182,9 @@ def wrap_model(model: nn.Module, ctx: DistContext, *, device: torch.device, sync
     ids = [ctx.local_rank] if device.type == "cuda" else None
     # frozen backbones leave parameters without gradients: DDP must not wait for them
     has_frozen = any(not p.requires_grad for p in model.parameters())
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=has_frozen)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=ids, find_unused_parameters=has_frozen
+    )
 
 
 def all_reduce_sum(t: Tensor, ctx: DistContext) -> Tensor:

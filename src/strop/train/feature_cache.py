@@ -49,14 +49,19 @@ class TensorBatches:
         return -(-n // self.batch_size)
 
 
-def cache_decision(config: Any, model: nn.Module, train_ds: Any, *, distributed: bool) -> tuple[bool, str]:
+def cache_decision(
+    config: Any, model: nn.Module, train_ds: Any, *, distributed: bool
+) -> tuple[bool, str]:
     """``(use_cache, reason)`` — the reason is logged either way."""
     from strop.finetune import is_backbone_frozen
 
     if config.feature_cache == "off":
         return False, "feature_cache is off"
     if config.task != "classification":
-        return False, "feature caching is for classification heads (segmentation heads take feature maps)"
+        return (
+            False,
+            "feature caching is for classification heads (segmentation heads take feature maps)",
+        )
     if not is_backbone_frozen(model):
         return False, "the backbone is not frozen (it changes while training)"
     if config.model.train_bn:
@@ -66,10 +71,16 @@ def cache_decision(config: Any, model: nn.Module, train_ds: Any, *, distributed:
     if not getattr(train_ds, "deterministic", False):
         return False, "training augmentation is random (features differ every epoch)"
     if distributed:
-        return False, "not used in distributed runs (each rank would cache its own shard); training uncached"
+        return (
+            False,
+            "not used in distributed runs (each rank would cache its own shard); training uncached",
+        )
     if config.compile:
         return False, "compile is on; the cached path trains an uncompiled head"
-    return True, "backbone frozen and inputs deterministic: backbone features computed once, head trained on them"
+    return (
+        True,
+        "backbone frozen and inputs deterministic: backbone features computed once, head trained on them",
+    )
 
 
 @torch.no_grad()

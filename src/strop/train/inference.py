@@ -18,7 +18,9 @@ __all__ = ["evaluate_run", "export_weights", "load_run_model", "lr_find_config",
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[nn.Module, Config, dict[str, Any]]:
+def load_run_model(
+    run_dir: str | Path, checkpoint: str = "best"
+) -> tuple[nn.Module, Config, dict[str, Any]]:
     """``(model in eval mode, config, checkpoint dict)`` from a run folder."""
     from strop import finetune
 
@@ -44,10 +46,22 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best") -> dict[str, 
     model, config, _ = load_run_model(run_dir, checkpoint)
     device = resolve_device(config.device)
     _, val_ds, _, n = load_datasets(config)
-    loader = make_loader(val_ds, batch_size=config.data.batch_size, shuffle=False, seed=config.seed,
-                         num_workers=config.data.num_workers, device=device)
-    return evaluate(model.to(device), build(config.loss), loader, task=build_task(config.task, n),
-                    precision=resolve(config.precision, device), device=device)
+    loader = make_loader(
+        val_ds,
+        batch_size=config.data.batch_size,
+        shuffle=False,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        device=device,
+    )
+    return evaluate(
+        model.to(device),
+        build(config.loss),
+        loader,
+        task=build_task(config.task, n),
+        precision=resolve(config.precision, device),
+        device=device,
+    )
 
 
 def _expand(paths: list[str]) -> list[Path]:
@@ -63,25 +77,36 @@ def _expand(paths: list[str]) -> list[Path]:
 
 
 @torch.no_grad()
-def predict_images(run_dir: str | Path, images: list[str], *, checkpoint: str = "best") -> list[dict[str, Any]]:
+def predict_images(
+    run_dir: str | Path, images: list[str], *, checkpoint: str = "best"
+) -> list[dict[str, Any]]:
     """``[{"path", "class", "probability"}]`` for each image (classification runs)."""
     from strop.data import load_image_tensor
 
     model, config, ck = load_run_model(run_dir, checkpoint)
     if config.task != "classification":
-        raise ValueError(f"predict: run {run_dir} is a {config.task} run; predict supports classification")
+        raise ValueError(
+            f"predict: run {run_dir} is a {config.task} run; predict supports classification"
+        )
     classes = ck["classes"]
     rows = []
     for path in _expand(list(images)):
         x = load_image_tensor(path, image_size=config.data.image_size)
         probs = torch.softmax(model(x[None]).float(), dim=1)[0]
         p, i = probs.max(0)
-        rows.append({"path": str(path), "class": classes[int(i)], "probability": round(float(p), 6)})
+        rows.append(
+            {"path": str(path), "class": classes[int(i)], "probability": round(float(p), 6)}
+        )
     return rows
 
 
-def export_weights(run_dir: str | Path, *, fmt: str = "safetensors", out: str | Path | None = None,
-                   checkpoint: str = "best") -> Path:
+def export_weights(
+    run_dir: str | Path,
+    *,
+    fmt: str = "safetensors",
+    out: str | Path | None = None,
+    checkpoint: str = "best",
+) -> Path:
     """Write the model's weights alone; safetensors is recommended (loading it runs no code)."""
     run_dir = Path(run_dir)
     ck = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
@@ -90,7 +115,14 @@ def export_weights(run_dir: str | Path, *, fmt: str = "safetensors", out: str | 
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(path), metadata={"model": ck["config"]["model"]["name"], "num_classes": str(ck["num_classes"])})
+        save_file(
+            state,
+            str(path),
+            metadata={
+                "model": ck["config"]["model"]["name"],
+                "num_classes": str(ck["num_classes"]),
+            },
+        )
     elif fmt == "pt":
         torch.save(state, path)
     else:
@@ -98,8 +130,15 @@ def export_weights(run_dir: str | Path, *, fmt: str = "safetensors", out: str | 
     return path
 
 
-def lr_find_config(config: Config, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
-                   mode: str = "exp", out: str | Path | None = None) -> tuple[Any, Path]:
+def lr_find_config(
+    config: Config,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_iter: int = 100,
+    mode: str = "exp",
+    out: str | Path | None = None,
+) -> tuple[Any, Path]:
     """Run :func:`strop.schedules.lr_find` on the model, data, loss and optimizer of ``config``."""
     from strop.data import make_loader
     from strop.plots import plot_lr_find
@@ -114,17 +153,34 @@ def lr_find_config(config: Config, *, start_lr: float = 1e-7, end_lr: float = 10
     task = build_task(config.task, n)
     model, loss_fn, optimizer = build_parts(config, n)
     model = model.to(device, memory_format=memory_format)
-    loader = make_loader(train_ds, batch_size=config.data.batch_size, shuffle=True, seed=config.seed,
-                         num_workers=config.data.num_workers, device=device)
+    loader = make_loader(
+        train_ds,
+        batch_size=config.data.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        device=device,
+    )
 
     def forward_loss(model: nn.Module, batch: Any) -> torch.Tensor:
         # the training forward pass of fit(): the task moves the batch and weights aux heads
         batch = task.to_device(batch, device, memory_format)
         return task.forward_loss(model, loss_fn, batch, config.model.aux_weight)[0]
 
-    result = lr_find(model, loader, loss_fn, optimizer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
-                     mode=mode, precision=precision, accumulation_steps=config.accumulation_steps, device=device,
-                     forward_loss=forward_loss)
+    result = lr_find(
+        model,
+        loader,
+        loss_fn,
+        optimizer,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        num_iter=num_iter,
+        mode=mode,
+        precision=precision,
+        accumulation_steps=config.accumulation_steps,
+        device=device,
+        forward_loss=forward_loss,
+    )
     path = Path(out) if out else Path(config.output) / "lr_find.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     plot_lr_find(result, path)

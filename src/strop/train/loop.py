@@ -81,7 +81,9 @@ def _first_bad_grad(model: nn.Module) -> str | None:
 def _optimizer_step(run: Any, state: TrainState) -> None:
     """One optimizer step at an accumulation boundary; the schedule follows every attempt."""
     config = run.config
-    result = run.amp.optimizer_step(run.optimizer, clip_grad_norm=config.clip_grad_norm, check_finite=True)
+    result = run.amp.optimizer_step(
+        run.optimizer, clip_grad_norm=config.clip_grad_norm, check_finite=True
+    )
     if not result.finite:
         if config.nonfinite == "stop":
             raise NonFiniteLossError(
@@ -97,11 +99,15 @@ def _optimizer_step(run: Any, state: TrainState) -> None:
         run.schedule.on_optimizer_step()
 
 
-def _micro_batch(run: Any, batch: Any, state: TrainState, group: int, buffers: list[Tensor]) -> tuple[float, int]:
+def _micro_batch(
+    run: Any, batch: Any, state: TrainState, group: int, buffers: list[Tensor]
+) -> tuple[float, int]:
     """Forward, loss and backward of one batch; returns ``(loss value, batch size)``."""
     saved = [b.clone() for b in buffers]
     with run.amp.autocast():
-        loss, main = run.task.forward_loss(run.module, run.loss_fn, batch, run.config.model.aux_weight)
+        loss, main = run.task.forward_loss(
+            run.module, run.loss_fn, batch, run.config.model.aux_weight
+        )
     state.batch_in_epoch += 1
     value, n = float(loss.detach()), run.task.batch_size(batch)
     sums = state.epoch_sums
@@ -203,7 +209,11 @@ def evaluate(
         if num_classes is None:
             raise ValueError(f"evaluate: num_classes is required with task={task!r}; got None")
         task = build_task(task, num_classes)
-    amp = precision if isinstance(precision, MixedPrecision) else MixedPrecision(precision, device or "cpu")
+    amp = (
+        precision
+        if isinstance(precision, MixedPrecision)
+        else MixedPrecision(precision, device or "cpu")
+    )
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")

@@ -20,9 +20,16 @@ class ResumableSampler(DistributedSampler):
     resumed run sees exactly the batches the uninterrupted one would have.
     """
 
-    def __init__(self, dataset: Any, *, ctx: DistContext, seed: int, shuffle: bool, batch_size: int):
+    def __init__(
+        self, dataset: Any, *, ctx: DistContext, seed: int, shuffle: bool, batch_size: int
+    ):
         super().__init__(
-            dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed, drop_last=False
+            dataset,
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=False,
         )
         self.batch_size = batch_size
         self.skip = 0

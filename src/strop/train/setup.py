@@ -99,9 +99,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ValueError(f"config: device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r} ({exc})") from None
+        raise ValueError(
+            f"config: device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r} ({exc})"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: 'cuda' was asked for but torch.cuda.is_available() is False; got {name!r}")
+        raise ValueError(
+            f"device: 'cuda' was asked for but torch.cuda.is_available() is False; got {name!r}"
+        )
     return device
 
 
@@ -112,9 +116,17 @@ def load_datasets(config: Config) -> tuple[Any, Any, list[str] | None, int]:
 
     d = config.data
     if d.root is None:
-        raise ValueError("config: data.root is required (a folder of images, or bundled:digits / bundled:shapes); got null")
-    common = dict(image_size=d.image_size, val_fraction=d.val_fraction, seed=config.seed, augment=d.augment,
-                  strict=d.strict, cache=None if d.cache == "none" else d.cache)
+        raise ValueError(
+            "config: data.root is required (a folder of images, or bundled:digits / bundled:shapes); got null"
+        )
+    common = dict(
+        image_size=d.image_size,
+        val_fraction=d.val_fraction,
+        seed=config.seed,
+        augment=d.augment,
+        strict=d.strict,
+        cache=None if d.cache == "none" else d.cache,
+    )
     root = resolve_root(d.root)
     classes: list[str] | None = None
     if config.task == "classification":
@@ -122,7 +134,8 @@ def load_datasets(config: Config) -> tuple[Any, Any, list[str] | None, int]:
         n = len(classes)
     else:
         train_ds, val_ds, n = sdata.segmentation_folder(
-            root, num_classes=d.num_classes, ignore_index=d.ignore_index, **common)
+            root, num_classes=d.num_classes, ignore_index=d.ignore_index, **common
+        )
     if d.num_classes is not None and d.num_classes != n:
         raise ValueError(
             f"config: data.num_classes is {d.num_classes} but {d.root} holds {n} classes"
@@ -133,7 +146,8 @@ def load_datasets(config: Config) -> tuple[Any, Any, list[str] | None, int]:
     if len(val_ds) == 0:
         raise ValueError(
             f"config: no validation images under {d.root} (data.val_fraction is {d.val_fraction} and there is "
-            "no val/ folder); best.pt, early stopping and plateau schedules need a validation set")
+            "no val/ folder); best.pt, early stopping and plateau schedules need a validation set"
+        )
     return train_ds, val_ds, classes, n
 
 
@@ -143,8 +157,14 @@ def build_parts(config: Config, num_classes: int) -> tuple[nn.Module, Any, torch
 
     m = config.model
     model = finetune.build_model(
-        m.name, num_classes=build_task(config.task, num_classes).out_channels, weights=m.weights,
-        freeze=m.freeze, train_bn=m.train_bn, strict=m.strict, sha256=m.sha256, trust_pickle=m.trust_pickle,
+        m.name,
+        num_classes=build_task(config.task, num_classes).out_channels,
+        weights=m.weights,
+        freeze=m.freeze,
+        train_bn=m.train_bn,
+        strict=m.strict,
+        sha256=m.sha256,
+        trust_pickle=m.trust_pickle,
     )
     for mod in model.modules():
         if m.dropout is not None and isinstance(mod, nn.Dropout):
@@ -166,7 +186,9 @@ def unfreeze_plan(config: Config) -> Any:
     g = config.gradual_unfreeze
     if g is None:
         return None
-    return finetune.GradualUnfreezing(head_epochs=g.head_epochs, lr_mult=g.lr_mult, train_bn=config.model.train_bn)
+    return finetune.GradualUnfreezing(
+        head_epochs=g.head_epochs, lr_mult=g.lr_mult, train_bn=config.model.train_bn
+    )
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -179,7 +201,11 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
         # linear scaling rule (Goyal et al. 2017): lr is given for a global batch of 256
         lr = lr * config.data.batch_size * config.accumulation_steps / 256
     groups = finetune.param_groups(
-        model, lr, head_lr_mult=o.head_lr_mult, layer_decay=o.layer_decay, weight_decay=o.weight_decay
+        model,
+        lr,
+        head_lr_mult=o.head_lr_mult,
+        layer_decay=o.layer_decay,
+        weight_decay=o.weight_decay,
     )
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
@@ -211,8 +237,11 @@ def build_schedule(config: Config, optimizer: Any, steps_per_epoch: int) -> Any:
             raise ValueError(
                 f"config: schedule {name!r} has mode={mode!r} but monitor {config.monitor_metric!r} is "
                 f"better when {'higher' if config.monitor_direction == 'max' else 'lower'}; drop schedule.mode "
-                "(it follows the monitor) or set monitor_mode")
-    return schedules.build(spec, optimizer, epochs=config.epochs, steps_per_epoch=steps_per_epoch, **extra)
+                "(it follows the monitor) or set monitor_mode"
+            )
+    return schedules.build(
+        spec, optimizer, epochs=config.epochs, steps_per_epoch=steps_per_epoch, **extra
+    )
 
 
 def _data(config: Config, ctx: DistContext) -> tuple[Any, Any, list[str] | None, Task]:
@@ -252,7 +281,9 @@ def _choices(run: Run, precision: Any, per_rank_batch: int) -> dict[str, Any]:
     }
 
 
-def build_run(config: Config, ctx: DistContext, device: torch.device, log: Callable[[str], None]) -> Run:
+def build_run(
+    config: Config, ctx: DistContext, device: torch.device, log: Callable[[str], None]
+) -> Run:
     """Build every part of the run ``config`` describes, for this process (see the module doc)."""
     from strop.precision import MixedPrecision, resolve, resolve_memory_format
 
@@ -260,7 +291,9 @@ def build_run(config: Config, ctx: DistContext, device: torch.device, log: Calla
     memory_format = resolve_memory_format(config.memory_format, device, precision)
     train_ds, val_ds, classes, task = _data(config, ctx)
     per_rank_batch = config.data.batch_size // ctx.world_size
-    sampler = ResumableSampler(train_ds, ctx=ctx, seed=config.seed, shuffle=True, batch_size=per_rank_batch)
+    sampler = ResumableSampler(
+        train_ds, ctx=ctx, seed=config.seed, shuffle=True, batch_size=per_rank_batch
+    )
     batches_per_epoch = math.ceil(len(sampler) / per_rank_batch)
     steps_per_epoch = math.ceil(batches_per_epoch / config.accumulation_steps)
     model, loss_fn, optimizer = build_parts(config, task.num_classes)
@@ -269,23 +302,43 @@ def build_run(config: Config, ctx: DistContext, device: torch.device, log: Calla
     early = None
     if config.early_stopping is not None:
         es = config.early_stopping
-        early = cb.EarlyStopping(config.monitor_metric, config.monitor_direction, es.patience, es.min_delta)
+        early = cb.EarlyStopping(
+            config.monitor_metric, config.monitor_direction, es.patience, es.min_delta
+        )
     run = Run(
-        config=config, ctx=ctx, device=device, memory_format=memory_format, task=task, model=model,
-        module=model, loss_fn=loss_fn, optimizer=optimizer, amp=MixedPrecision(precision),
+        config=config,
+        ctx=ctx,
+        device=device,
+        memory_format=memory_format,
+        task=task,
+        model=model,
+        module=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        amp=MixedPrecision(precision),
         schedule=build_schedule(config, optimizer, steps_per_epoch),
-        unfreeze=None if plan is None else UnfreezeProgress(plan, model, optimizer), early=early,
-        sampler=sampler, loader=None, val_loader=None, batches_per_epoch=batches_per_epoch,
-        steps_per_epoch=steps_per_epoch, classes=classes, paths=RunDir(Path(config.output)),
+        unfreeze=None if plan is None else UnfreezeProgress(plan, model, optimizer),
+        early=early,
+        sampler=sampler,
+        loader=None,
+        val_loader=None,
+        batches_per_epoch=batches_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        classes=classes,
+        paths=RunDir(Path(config.output)),
     )
     run.choices = _choices(run, precision, per_rank_batch)
-    log(f"precision: {precision.name} ({precision.reason}); memory format: {run.choices['memory_format']}")
+    log(
+        f"precision: {precision.name} ({precision.reason}); memory format: {run.choices['memory_format']}"
+    )
     train_ds, val_ds = _training_module(run, train_ds, val_ds, per_rank_batch, log)
     _loaders(run, train_ds, val_ds, per_rank_batch)
     return run
 
 
-def _training_module(run: Run, train_ds: Any, val_ds: Any, batch: int, log: Callable[[str], None]) -> tuple[Any, Any]:
+def _training_module(
+    run: Run, train_ds: Any, val_ds: Any, batch: int, log: Callable[[str], None]
+) -> tuple[Any, Any]:
     """Set ``run.module``: the head on cached features, or the model wrapped (DDP) / compiled."""
     from strop import finetune
 
@@ -295,18 +348,34 @@ def _training_module(run: Run, train_ds: Any, val_ds: Any, batch: int, log: Call
     if use_cache:
         t0 = time.perf_counter()
         head = finetune.head_module(run.model)
-        train_ds, val_ds = (extract_features(run.model, head, ds, task=run.task, amp=run.amp, device=run.device,
-                                             memory_format=run.memory_format, batch_size=batch)
-                            for ds in (train_ds, val_ds))
-        run.sampler = ResumableSampler(train_ds, ctx=run.ctx, seed=config.seed, shuffle=True, batch_size=batch)
+        train_ds, val_ds = (
+            extract_features(
+                run.model,
+                head,
+                ds,
+                task=run.task,
+                amp=run.amp,
+                device=run.device,
+                memory_format=run.memory_format,
+                batch_size=batch,
+            )
+            for ds in (train_ds, val_ds)
+        )
+        run.sampler = ResumableSampler(
+            train_ds, ctx=run.ctx, seed=config.seed, shuffle=True, batch_size=batch
+        )
         run.module = head
         choices["feature_cache"] = True
-        log(f"feature cache: used — {why} ({len(train_ds) + len(val_ds)} items in "
-            f"{time.perf_counter() - t0:.1f}s, {tuple(train_ds.tensors[0].shape[1:])} each)")
+        log(
+            f"feature cache: used — {why} ({len(train_ds) + len(val_ds)} items in "
+            f"{time.perf_counter() - t0:.1f}s, {tuple(train_ds.tensors[0].shape[1:])} each)"
+        )
         return train_ds, val_ds
     if config.feature_cache != "off":
         log(f"feature cache: not used — {why}")
-    run.module = wrap_model(run.model, run.ctx, device=run.device, sync_batchnorm=config.sync_batchnorm)
+    run.module = wrap_model(
+        run.model, run.ctx, device=run.device, sync_batchnorm=config.sync_batchnorm
+    )
     if config.compile:
         try:
             run.module = torch.compile(run.module)
@@ -323,19 +392,33 @@ def _loaders(run: Run, train_ds: Any, val_ds: Any, batch: int) -> None:
     config, ctx = run.config, run.ctx
     val_sampler = None
     if ctx.enabled:  # each rank validates its share; metrics are summed across ranks
-        val_sampler = DistributedSampler(val_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
-    if run.choices["feature_cache"]:  # cached tensors: sliced batches, no per-item indexing or collation
+        val_sampler = DistributedSampler(
+            val_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False
+        )
+    if run.choices[
+        "feature_cache"
+    ]:  # cached tensors: sliced batches, no per-item indexing or collation
         run.loader = TensorBatches(train_ds, batch_size=batch, sampler=run.sampler)
         run.val_loader = TensorBatches(val_ds, batch_size=batch, sampler=val_sampler)
         return
     run.loader = make_loader(
-        train_ds, batch_size=batch, shuffle=False, seed=config.seed, num_workers=config.data.num_workers,
-        device=run.device, sampler=run.sampler,
+        train_ds,
+        batch_size=batch,
+        shuffle=False,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        device=run.device,
+        sampler=run.sampler,
         # random augmentation in worker processes: re-fork them each epoch so that their
         # seeds follow the epoch (reseeded by the loop) and a resumed run draws the same numbers
         persistent_workers=None if getattr(train_ds, "deterministic", True) else False,
     )
     run.val_loader = make_loader(
-        val_ds, batch_size=batch, shuffle=False, seed=config.seed, num_workers=config.data.num_workers,
-        device=run.device, sampler=val_sampler,
+        val_ds,
+        batch_size=batch,
+        shuffle=False,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        device=run.device,
+        sampler=val_sampler,
     )

@@ -42,7 +42,9 @@ def upgrade_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """
     if checkpoint.get("unfreeze") is None:
         st = checkpoint["state"]
-        checkpoint["unfreeze"] = {"epochs_started": st["epoch"] + (1 if st["batch_in_epoch"] else 0)}
+        checkpoint["unfreeze"] = {
+            "epochs_started": st["epoch"] + (1 if st["batch_in_epoch"] else 0)
+        }
     return checkpoint
 
 

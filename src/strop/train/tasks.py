@@ -42,9 +42,17 @@ class Task:
 
     def metric_names(self) -> list[str]:
         """Every per-epoch metric a run of this task logs."""
-        return ["train_loss", "val_loss", *self.train_metrics[1:], *self.val_metric_names(), *PER_EPOCH]
+        return [
+            "train_loss",
+            "val_loss",
+            *self.train_metrics[1:],
+            *self.val_metric_names(),
+            *PER_EPOCH,
+        ]
 
-    def to_device(self, batch: Any, device: torch.device, memory_format: torch.memory_format) -> Any:
+    def to_device(
+        self, batch: Any, device: torch.device, memory_format: torch.memory_format
+    ) -> Any:
         """``(inputs, targets)`` on ``device``; 4-d images in ``memory_format``."""
         x, y = batch
         non_blocking = device.type == "cuda"
@@ -61,7 +69,9 @@ class Task:
         """The model's input tensor (checked for NaN when a loss is not finite)."""
         return batch[0]
 
-    def forward_loss(self, model: nn.Module, loss_fn: Any, batch: Any, aux_weight: float) -> tuple[Tensor, Tensor]:
+    def forward_loss(
+        self, model: nn.Module, loss_fn: Any, batch: Any, aux_weight: float
+    ) -> tuple[Tensor, Tensor]:
         """``(loss, main output)`` of a training forward pass (auxiliary heads weighted)."""
         x, y = batch
         return output_loss(loss_fn, model(x), y, aux_weight)
@@ -137,7 +147,9 @@ class Segmentation(Task):
         return ["val_dice", "val_iou", "val_pixel_accuracy"]
 
     def val_totals(self) -> Tensor:
-        return torch.zeros(2 + self.num_classes**2, dtype=torch.float64)  # loss·count, count, confusion
+        return torch.zeros(
+            2 + self.num_classes**2, dtype=torch.float64
+        )  # loss·count, count, confusion
 
     def val_update(self, totals: Tensor, loss: Tensor, main: Tensor, batch: Any) -> None:
         y = batch[1]

@@ -108,8 +108,13 @@ def fit(
 
     finish(run, state, history, log)
     return RunResult(
-        run_dir=run.paths.root, history=history, monitor=config.monitor_metric, best_metric=state.best_metric,
-        best_epoch=state.best_epoch, seconds=time.perf_counter() - t0, interrupted=state.interrupted,
+        run_dir=run.paths.root,
+        history=history,
+        monitor=config.monitor_metric,
+        best_metric=state.best_metric,
+        best_epoch=state.best_epoch,
+        seconds=time.perf_counter() - t0,
+        interrupted=state.interrupted,
         choices=run.choices,
     )
 
@@ -138,18 +143,34 @@ def run_epoch(run: Run, state: TrainState, cbs: list[Any], on_step: Any) -> dict
     return train_logs
 
 
-def evaluate(run: Run, loader: Any, *, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+def evaluate(
+    run: Run, loader: Any, *, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> dict[str, float]:
     """Validation metrics of a built run over ``loader`` (see :func:`strop.train.loop.evaluate`)."""
-    return evaluate_model(run.module, run.loss_fn, loader, task=run.task, precision=run.amp, device=run.device,
-                          memory_format=run.memory_format, reduce=reduce)
+    return evaluate_model(
+        run.module,
+        run.loss_fn,
+        loader,
+        task=run.task,
+        precision=run.amp,
+        device=run.device,
+        memory_format=run.memory_format,
+        reduce=reduce,
+    )
 
 
-def end_epoch(run: Run, state: TrainState, cbs: list[Any], train_logs: dict[str, float], t0: float) -> dict[str, float]:
+def end_epoch(
+    run: Run, state: TrainState, cbs: list[Any], train_logs: dict[str, float], t0: float
+) -> dict[str, float]:
     """Validate, step the epoch schedule, keep the best, log, checkpoint; returns the history row."""
     config, ctx = run.config, run.ctx
     if ctx.enabled:  # each rank trained on its shard; log the whole epoch's numbers
         train_logs = _global_train_logs(state.epoch_sums, train_logs, ctx)
-    val_logs = evaluate(run, run.val_loader, reduce=functools.partial(all_reduce_sum, ctx=ctx) if ctx.enabled else None)
+    val_logs = evaluate(
+        run,
+        run.val_loader,
+        reduce=functools.partial(all_reduce_sum, ctx=ctx) if ctx.enabled else None,
+    )
     logs = {**train_logs, **val_logs, "lr": current_lr(run.optimizer)}
     if run.schedule is not None:
         run.schedule.on_epoch_end(logs.get(config.monitor_metric))
@@ -157,8 +178,9 @@ def end_epoch(run: Run, state: TrainState, cbs: list[Any], train_logs: dict[str,
     logs["skipped_steps"] = float(state.skipped_steps)
     logs["nonfinite_batches"] = float(state.nonfinite_batches)
     # a NaN model is never saved as best, whatever its metric says
-    is_best = is_better(logs.get(config.monitor_metric), state.best_metric, config.monitor_direction) and _finite(
-        run.model)
+    is_best = is_better(
+        logs.get(config.monitor_metric), state.best_metric, config.monitor_direction
+    ) and _finite(run.model)
     if is_best:
         state.best_metric = float(logs[config.monitor_metric])
         state.best_epoch = state.epoch + 1
@@ -172,8 +194,15 @@ def end_epoch(run: Run, state: TrainState, cbs: list[Any], train_logs: dict[str,
     # best before last: a crash between the two then redoes this epoch and rewrites best.pt,
     # instead of resuming past a best.pt that was never written
     if is_best and ctx.is_main:
-        save_checkpoint({"model": run.model.state_dict(), **run.metadata(), "epoch": state.epoch, "metrics": logs},
-                        run.paths.best)
+        save_checkpoint(
+            {
+                "model": run.model.state_dict(),
+                **run.metadata(),
+                "epoch": state.epoch,
+                "metrics": logs,
+            },
+            run.paths.best,
+        )
     save_last(run, state)
     return row
 
@@ -211,12 +240,19 @@ def restore(run: Run, state: TrainState, log: Callable[[str], None]) -> None:
     ck = upgrade_checkpoint(load_checkpoint(last, map_location=run.device))
     old = ck["config"]
     if ck["state"]["batch_in_epoch"] and (old["data"]["batch_size"], old["accumulation_steps"]) != (
-            config.data.batch_size, config.accumulation_steps):
+        config.data.batch_size,
+        config.accumulation_steps,
+    ):
         raise ValueError(
             "--resume: data.batch_size/accumulation_steps changed since the mid-epoch checkpoint "
-            f"{last}; resume with the old values or from an epoch-end checkpoint")
+            f"{last}; resume with the old values or from an epoch-end checkpoint"
+        )
     restore_state(run.stateful(state), ck)
-    if run.schedule is not None and ck.get("scheduler") is not None and old["epochs"] != config.epochs:
+    if (
+        run.schedule is not None
+        and ck.get("scheduler") is not None
+        and old["epochs"] != config.epochs
+    ):
         # a fixed-horizon schedule (cosine, onecycle) is re-planned for the new length
         run.schedule.replan(epochs=config.epochs, steps_per_epoch=run.steps_per_epoch)
         log(f"schedule re-planned for {config.epochs} epochs (was {old['epochs']})")
@@ -225,7 +261,9 @@ def restore(run: Run, state: TrainState, log: Callable[[str], None]) -> None:
     # an interrupted run continues; one that early stopping ended stays ended
     state.should_stop = run.early is not None and run.early.stopped and not state.interrupted
     state.interrupted = None
-    log(f"resumed from {last} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step}")
+    log(
+        f"resumed from {last} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step}"
+    )
 
 
 def read_history(run: Run, state: TrainState) -> list[dict[str, float]]:
@@ -236,14 +274,18 @@ def read_history(run: Run, state: TrainState) -> list[dict[str, float]]:
     return [row for row in epochs if row.get("epoch", 0) <= state.epoch]
 
 
-def finish(run: Run, state: TrainState, history: list[dict[str, float]], log: Callable[[str], None]) -> None:
+def finish(
+    run: Run, state: TrainState, history: list[dict[str, float]], log: Callable[[str], None]
+) -> None:
     """Plots, and one line for each thing the user should know about the run's end."""
     if run.ctx.is_main and history:
         from strop.train.report import plot_run
 
         plot_run(run.paths.root)
     if state.interrupted:
-        log(f"interrupted by {state.interrupted}: state saved to {run.paths.last}; continue with --resume")
+        log(
+            f"interrupted by {state.interrupted}: state saved to {run.paths.last}; continue with --resume"
+        )
     if state.skipped_steps:
         log(f"fp16 scaler skipped {state.skipped_steps} optimizer step(s) (inf/NaN gradients)")
     if state.nonfinite_batches:
@@ -259,9 +301,13 @@ def _run_callbacks(run: Run) -> list[Any]:
     paths.config.write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
     paths.choices.write_text(json.dumps(run.choices, indent=2))
     # a combined loss ({dice: 1, bce: 1}) logs each part per step: loss_dice, loss_bce
-    names = run.task.metric_names() + [f"loss_{name}" for name in getattr(run.loss_fn, "losses", {})]
-    out: list[Any] = [cb.CSVLogger(paths.metrics, names),
-                      cb.ProgressBar(run.config.epochs, run.batches_per_epoch, enabled=run.config.progress)]
+    names = run.task.metric_names() + [
+        f"loss_{name}" for name in getattr(run.loss_fn, "losses", {})
+    ]
+    out: list[Any] = [
+        cb.CSVLogger(paths.metrics, names),
+        cb.ProgressBar(run.config.epochs, run.batches_per_epoch, enabled=run.config.progress),
+    ]
     try:
         import tensorboard  # noqa: F401
     except ImportError:
@@ -269,7 +315,9 @@ def _run_callbacks(run: Run) -> list[Any]:
     return [*out, cb.TensorBoardLogger(paths.root / "tensorboard")]
 
 
-def build_engine_parts(config: Config, num_classes: int, device: Any = None, precision: Any = None) -> tuple[nn.Module, Any, Any]:
+def build_engine_parts(
+    config: Config, num_classes: int, device: Any = None, precision: Any = None
+) -> tuple[nn.Module, Any, Any]:
     """Old name of :func:`strop.train.setup.build_parts` (``device``/``precision`` are ignored)."""
     return build_parts(config, num_classes)
 
@@ -282,9 +330,14 @@ def _silent(msg: str) -> None:
     pass
 
 
-def _global_train_logs(sums: dict[str, float], logs: dict[str, float], ctx: DistContext) -> dict[str, float]:
+def _global_train_logs(
+    sums: dict[str, float], logs: dict[str, float], ctx: DistContext
+) -> dict[str, float]:
     """``train_loss`` (and ``train_accuracy``) over every rank's images, not rank 0's alone."""
-    t = torch.tensor([sums.get("loss", 0.0), sums.get("correct", 0.0), sums.get("count", 0.0)], dtype=torch.float64)
+    t = torch.tensor(
+        [sums.get("loss", 0.0), sums.get("correct", 0.0), sums.get("count", 0.0)],
+        dtype=torch.float64,
+    )
     loss, correct, count = all_reduce_sum(t, ctx).tolist()
     out = {"train_loss": loss / max(count, 1.0)}
     if "train_accuracy" in logs:
@@ -298,4 +351,6 @@ def _any_rank(flag: bool, ctx: DistContext) -> bool:
 
 
 def _finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+    return all(
+        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()
+    )
