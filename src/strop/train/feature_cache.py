@@ -15,6 +15,7 @@ mode, as a feature extractor is meant to be used); set ``feature_cache: off`` to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -89,17 +90,15 @@ def extract_features(
     head: nn.Module,
     dataset: Any,
     *,
-    task: Any,
-    amp: Any,
-    device: torch.device,
-    memory_format: torch.memory_format = torch.contiguous_format,
     batch_size: int,
+    to_device: Callable[[Any], Any],
+    autocast: Callable[[], Any],
 ) -> TensorDataset:
     """``TensorDataset(features, labels)`` of the head's inputs for every item of ``dataset``.
 
     The items are read in index order (no shuffling), so index ``i`` of the result is item ``i``
-    of ``dataset`` and any sampler over one is a sampler over the other. ``task`` moves each
-    batch to ``device``; ``amp`` (a ``MixedPrecision``) gives the autocast of the run.
+    of ``dataset`` and any sampler over one is a sampler over the other. ``to_device(batch)``
+    moves a batch as training does; ``autocast()`` is the run's autocast context.
     """
     captured: list[Tensor] = []
 
@@ -113,8 +112,8 @@ def extract_features(
     try:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
         for batch in loader:
-            x, y = task.to_device(batch, device, memory_format)
-            with amp.autocast():
+            x, y = to_device(batch)
+            with autocast():
                 model(x)
             labels.append(y.cpu())
     finally:

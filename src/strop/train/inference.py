@@ -38,7 +38,6 @@ def load_run_model(
 
 def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best") -> dict[str, float]:
     """Validation metrics of a run's checkpoint (the same split the run validated on)."""
-    from strop.data import make_loader
     from strop.losses import build
     from strop.precision import resolve
     from strop.train.loop import evaluate
@@ -46,14 +45,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best") -> dict[str, 
     model, config, _ = load_run_model(run_dir, checkpoint)
     device = resolve_device(config.device)
     _, val_ds, _, n = load_datasets(config)
-    loader = make_loader(
-        val_ds,
-        batch_size=config.data.batch_size,
-        shuffle=False,
-        seed=config.seed,
-        num_workers=config.data.num_workers,
-        device=device,
-    )
+    loader = _loader(config, val_ds, device, shuffle=False)
     return evaluate(
         model.to(device),
         build(config.loss),
@@ -62,6 +54,14 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best") -> dict[str, 
         precision=resolve(config.precision, device),
         device=device,
     )
+
+
+def _loader(config: Config, dataset: Any, device: torch.device, *, shuffle: bool) -> Any:
+    from strop.data import make_loader
+
+    d = config.data
+    return make_loader(dataset, batch_size=d.batch_size, shuffle=shuffle, seed=config.seed,
+                       num_workers=d.num_workers, device=device)  # fmt: skip
 
 
 def _expand(paths: list[str]) -> list[Path]:
@@ -140,7 +140,6 @@ def lr_find_config(
     out: str | Path | None = None,
 ) -> tuple[Any, Path]:
     """Run :func:`strop.schedules.lr_find` on the model, data, loss and optimizer of ``config``."""
-    from strop.data import make_loader
     from strop.plots import plot_lr_find
     from strop.precision import resolve, resolve_memory_format
     from strop.schedules import lr_find
@@ -153,14 +152,7 @@ def lr_find_config(
     task = build_task(config.task, n)
     model, loss_fn, optimizer = build_parts(config, n)
     model = model.to(device, memory_format=memory_format)
-    loader = make_loader(
-        train_ds,
-        batch_size=config.data.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        num_workers=config.data.num_workers,
-        device=device,
-    )
+    loader = _loader(config, train_ds, device, shuffle=True)
 
     def forward_loss(model: nn.Module, batch: Any) -> torch.Tensor:
         # the training forward pass of fit(): the task moves the batch and weights aux heads

@@ -10,45 +10,40 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["RunDir", "read_metrics", "read_rows"]
+__all__ = ["LAYOUT", "RunDir", "read_metrics", "read_rows"]
+
+
+# attribute -> path inside the run folder
+LAYOUT = {
+    "checkpoints": "checkpoints",
+    "last": "checkpoints/last.pt",
+    "best": "checkpoints/best.pt",
+    "metrics": "metrics.csv",
+    "config": "config.yaml",
+    "choices": "run.json",
+    "plots": "plots",
+}
 
 
 @dataclass(frozen=True)
 class RunDir:
-    """The files of the run folder ``root``."""
+    """The files of the run folder ``root`` (attributes as in :data:`LAYOUT`)."""
 
     root: Path
+    checkpoints: Path = field(init=False)
+    last: Path = field(init=False)
+    best: Path = field(init=False)
+    metrics: Path = field(init=False)
+    config: Path = field(init=False)
+    choices: Path = field(init=False)
+    plots: Path = field(init=False)
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / "best.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.csv"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def choices(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def plots(self) -> Path:
-        return self.root / "plots"
+    def __post_init__(self) -> None:
+        for name, rel in LAYOUT.items():
+            object.__setattr__(self, name, self.root / rel)
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:

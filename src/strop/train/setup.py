@@ -70,6 +70,10 @@ class Run:
     def num_classes(self) -> int:
         return self.task.num_classes
 
+    def to_device(self, batch: Any) -> Any:
+        """``batch`` on the run's device (images in its memory format), as the task moves it."""
+        return self.task.to_device(batch, self.device, self.memory_format)
+
     def stateful(self, state: Any) -> dict[str, Any]:
         """The named objects a checkpoint saves, in the order they are restored."""
         return {
@@ -305,28 +309,16 @@ def build_run(
         early = cb.EarlyStopping(
             config.monitor_metric, config.monitor_direction, es.patience, es.min_delta
         )
+    # fmt: off
     run = Run(
-        config=config,
-        ctx=ctx,
-        device=device,
-        memory_format=memory_format,
-        task=task,
-        model=model,
-        module=model,
-        loss_fn=loss_fn,
-        optimizer=optimizer,
-        amp=MixedPrecision(precision),
-        schedule=build_schedule(config, optimizer, steps_per_epoch),
-        unfreeze=None if plan is None else UnfreezeProgress(plan, model, optimizer),
-        early=early,
-        sampler=sampler,
-        loader=None,
-        val_loader=None,
-        batches_per_epoch=batches_per_epoch,
-        steps_per_epoch=steps_per_epoch,
-        classes=classes,
-        paths=RunDir(Path(config.output)),
+        config=config, ctx=ctx, device=device, memory_format=memory_format, task=task,
+        model=model, module=model, loss_fn=loss_fn, optimizer=optimizer,
+        amp=MixedPrecision(precision), schedule=build_schedule(config, optimizer, steps_per_epoch),
+        unfreeze=None if plan is None else UnfreezeProgress(plan, model, optimizer), early=early,
+        sampler=sampler, loader=None, val_loader=None, batches_per_epoch=batches_per_epoch,
+        steps_per_epoch=steps_per_epoch, classes=classes, paths=RunDir(Path(config.output)),
     )
+    # fmt: on
     run.choices = _choices(run, precision, per_rank_batch)
     log(
         f"precision: {precision.name} ({precision.reason}); memory format: {run.choices['memory_format']}"
@@ -353,11 +345,9 @@ def _training_module(
                 run.model,
                 head,
                 ds,
-                task=run.task,
-                amp=run.amp,
-                device=run.device,
-                memory_format=run.memory_format,
                 batch_size=batch,
+                to_device=run.to_device,
+                autocast=run.amp.autocast,
             )
             for ds in (train_ds, val_ds)
         )
@@ -395,30 +385,21 @@ def _loaders(run: Run, train_ds: Any, val_ds: Any, batch: int) -> None:
         val_sampler = DistributedSampler(
             val_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False
         )
-    if run.choices[
-        "feature_cache"
-    ]:  # cached tensors: sliced batches, no per-item indexing or collation
+    if run.choices["feature_cache"]:
+        # cached tensors: sliced batches, no per-item indexing or collation
         run.loader = TensorBatches(train_ds, batch_size=batch, sampler=run.sampler)
         run.val_loader = TensorBatches(val_ds, batch_size=batch, sampler=val_sampler)
         return
+    common = dict(
+        batch_size=batch, shuffle=False, seed=config.seed, num_workers=config.data.num_workers
+    )
     run.loader = make_loader(
         train_ds,
-        batch_size=batch,
-        shuffle=False,
-        seed=config.seed,
-        num_workers=config.data.num_workers,
         device=run.device,
         sampler=run.sampler,
+        **common,
         # random augmentation in worker processes: re-fork them each epoch so that their
         # seeds follow the epoch (reseeded by the loop) and a resumed run draws the same numbers
         persistent_workers=None if getattr(train_ds, "deterministic", True) else False,
     )
-    run.val_loader = make_loader(
-        val_ds,
-        batch_size=batch,
-        shuffle=False,
-        seed=config.seed,
-        num_workers=config.data.num_workers,
-        device=run.device,
-        sampler=val_sampler,
-    )
+    run.val_loader = make_loader(val_ds, device=run.device, sampler=val_sampler, **common)
