@@ -58,11 +58,19 @@ def _cpu_model() -> str:
 
 def machine() -> dict[str, str]:
     """What the numbers were measured on."""
-    from strop.precision import _cpu_flags
+    from strop.precision import cpu_flags
 
-    flags = _cpu_flags()
-    isa = [label for flag, label in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"),
-                                     ("avx512f", "AVX-512F"), ("avx2", "AVX2")) if flag in flags]
+    flags = cpu_flags()
+    isa = [
+        label
+        for flag, label in (
+            ("amx_bf16", "AMX-BF16"),
+            ("avx512_bf16", "AVX512-BF16"),
+            ("avx512f", "AVX-512F"),
+            ("avx2", "AVX2"),
+        )
+        if flag in flags
+    ]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = {
         "cpu": _cpu_model(),
@@ -153,14 +161,18 @@ def digits_folder(root: Path, *, size: int, total: int | None = None) -> Path:
             png = pngs[i % len(pngs)]
             img = np.asarray(Image.open(png))
             dy, dx = (int(v) for v in rng.integers(-2, 3, size=2))
-            Image.fromarray(np.roll(img, (dy, dx), axis=(0, 1))).save(out / name / f"{png.stem}_j{i}.png")
+            Image.fromarray(np.roll(img, (dy, dx), axis=(0, 1))).save(
+                out / name / f"{png.stem}_j{i}.png"
+            )
             extra -= 1
         i += 1
     marker.write_text("ok")
     return out
 
 
-def in_memory(root: Path, *, size: int, n: int | None = None, val: int = 32) -> tuple[Any, Any, int]:
+def in_memory(
+    root: Path, *, size: int, n: int | None = None, val: int = 32
+) -> tuple[Any, Any, int]:
     """``(train, val, num_classes)`` as ``TensorDataset``s of normalised float images.
 
     The first ``n`` training images are repeated cyclically when ``n`` exceeds the folder (so a
@@ -193,8 +205,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_fit(config: dict[str, Any], *, data: tuple[Any, Any, int] | None = None,
-            callbacks: Sequence[Any] = ()) -> tuple[Any, dict[int, list[float]], list[tuple[float, str]]]:
+def run_fit(
+    config: dict[str, Any], *, data: tuple[Any, Any, int] | None = None, callbacks: Sequence[Any] = ()
+) -> tuple[Any, dict[int, list[float]], list[tuple[float, str]]]:
     """``strop.train.fit`` on ``config`` (a plain dict), timing every training step.
 
     Returns ``(result, step_times_by_epoch, log_lines)``: each step's wall time (data loading
@@ -208,7 +221,7 @@ def run_fit(config: dict[str, Any], *, data: tuple[Any, Any, int] | None = None,
     from unittest import mock
 
     from strop.train import config_from_dict, fit
-    from strop.train import trainer as trainer_mod
+    from strop.train import setup as setup_mod
 
     times: dict[int, list[float]] = {}
     stamps: list[tuple[float, str]] = []
@@ -230,8 +243,9 @@ def run_fit(config: dict[str, Any], *, data: tuple[Any, Any, int] | None = None,
     patch: Any = contextlib.nullcontext()
     if data is not None:
         train, val, ncls = data
-        patch = mock.patch.object(trainer_mod, "_load_data",
-                                  lambda c: (train, val, [str(i) for i in range(ncls)], ncls))
+        patch = mock.patch.object(
+            setup_mod, "load_datasets", lambda c: (train, val, [str(i) for i in range(ncls)], ncls)
+        )
     with quiet(), patch:
         result = fit(cfg, callbacks=[StepTimer(), *callbacks], log=log)
     check_fit(result, what=f"the benchmark fit writing {cfg.output}",

@@ -154,7 +154,9 @@ class Config(_Strict):
         """The metric that decides ``best`` (and early stopping)."""
         if self.monitor:
             return self.monitor
-        return "val_accuracy" if self.task == "classification" else "val_dice"
+        from strop.train.tasks import TASKS
+
+        return TASKS[self.task].default_monitor
 
     @property
     def monitor_direction(self) -> str:
