@@ -130,6 +130,7 @@ def load_datasets(config: Config) -> tuple[Any, Any, list[str] | None, int]:
         augment=d.augment,
         strict=d.strict,
         cache=None if d.cache == "none" else d.cache,
+        val_folder=d.val_folder,
     )
     root = resolve_root(d.root)
     classes: list[str] | None = None
@@ -169,6 +170,7 @@ def build_parts(config: Config, num_classes: int) -> tuple[nn.Module, Any, torch
         strict=m.strict,
         sha256=m.sha256,
         trust_pickle=m.trust_pickle,
+        keep_head=m.keep_head,
     )
     for mod in model.modules():
         if m.dropout is not None and isinstance(mod, nn.Dropout):
@@ -289,6 +291,7 @@ def build_run(
     config: Config, ctx: DistContext, device: torch.device, log: Callable[[str], None]
 ) -> Run:
     """Build every part of the run ``config`` describes, for this process (see the module doc)."""
+    from strop.finetune.build import load_summary
     from strop.precision import MixedPrecision, resolve, resolve_memory_format
 
     precision = resolve(config.precision, device)
@@ -301,6 +304,9 @@ def build_run(
     batches_per_epoch = math.ceil(len(sampler) / per_rank_batch)
     steps_per_epoch = math.ceil(batches_per_epoch / config.accumulation_steps)
     model, loss_fn, optimizer = build_parts(config, task.num_classes)
+    loaded = load_summary(model)
+    if loaded:
+        log(loaded)
     model = model.to(device, memory_format=memory_format)
     plan = unfreeze_plan(config)
     early = None
