@@ -74,6 +74,9 @@ def test_conclusion_flips_with_the_numbers():
     close = summarize(_made_up([0.60, 0.75, 0.90], [0.60, 0.70, 0.80]))
     assert conclusion(close).endswith("(+5.0 points, ahead by no more than the seed spread).")
 
+    alone = summarize({"frozen-pretrained": {5: [0.8]}})
+    assert conclusion(alone).startswith("No conclusion: the comparison needs fine-tuning")
+
 
 def test_verdicts_say_plainly_where_fine_tuning_does_not_win():
     s = summarize(_made_up([0.85, 0.86, 0.87], [0.84, 0.86, 0.88]))
