@@ -238,11 +238,29 @@ def test_interrupt_exit_codes_follow_the_shell_convention():
 
 # --- signals, with a real process -----------------------------------------------------------------
 
+# the real command in a child process; its --quick plan gets longer runs so that the signal lands
+# inside a training loop (fit's own handler) rather than between two runs (the demo's handler)
+_CHILD = """
+import dataclasses, sys
+import strop.demo as demo
+quick = demo.DemoPlan.quick
+demo.DemoPlan.quick = classmethod(lambda cls: dataclasses.replace(quick(), target_steps=60, source_epochs=3))
+from strop.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def _start_demo(tmp_path: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": SRC, "STROP_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "strop", "demo", "--quick", "--no-progress", "--out",
+    return subprocess.Popen([sys.executable, "-c", _CHILD, "demo", "--quick", "--no-progress", "--out",
                              str(tmp_path / "out")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+
+
+def _training(run_dir: Path) -> bool:
+    """True once ``run_dir``'s fit has logged an optimizer step (it is inside its training loop)."""
+    log = run_dir / "metrics.csv"
+    return log.is_file() and any(line.startswith("step,") for line in log.read_text().splitlines())
 
 
 def _wait_for(predicate, proc: subprocess.Popen[str], timeout: float = 240.0) -> None:
@@ -260,23 +278,25 @@ def _wait_for(predicate, proc: subprocess.Popen[str], timeout: float = 240.0) ->
 def test_sigterm_during_a_target_run_stops_the_whole_demo(tmp_path):
     proc = _start_demo(tmp_path)
     runs = tmp_path / "out" / "runs" / "2-per-class"
-    # the first target run has started training once its run.json is written
-    _wait_for(lambda: runs.is_dir() and any((d / "run.json").is_file() for d in runs.iterdir()), proc)
+    _wait_for(lambda: _training(runs / "fine-tune-seed0"), proc)  # the second recipe is training
     started = {d.name for d in runs.iterdir()}
+    assert started == {"frozen-pretrained-seed0", "fine-tune-seed0"}
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
     assert {d.name for d in runs.iterdir()} == started  # no further recipe was trained
     assert stdout == ""  # no table, no conclusion: nothing is reported as a result
     assert "interrupted by SIGTERM" in stderr and "again to continue" in stderr
-    results = tmp_path / "out" / "results.json"
-    assert not results.exists() or not json.loads(results.read_text())["cells"]
+    # the finished first recipe is kept for the next run; the cut one is not recorded
+    cells = json.loads((tmp_path / "out" / "results.json").read_text())["cells"]
+    assert [c["recipe"] for c in cells.values()] == ["frozen-pretrained"]
 
     # running the same command again continues: the source model is cached by then
     proc = _start_demo(tmp_path)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert "source model: cached, skipping its training" in stderr
+    assert "1 of 4 target runs already finished" in stderr
     assert "| recipe | 2 per class |" in stdout
 
 
@@ -284,10 +304,11 @@ def test_sigterm_during_a_target_run_stops_the_whole_demo(tmp_path):
 def test_sigint_during_the_source_training_exits_130_and_keeps_its_state(tmp_path):
     proc = _start_demo(tmp_path)
     demo_cache = tmp_path / "cache" / "demo"
-    _wait_for(lambda: any(demo_cache.glob("source-run-*/metrics.csv")), proc)
+    _wait_for(lambda: any(_training(d) for d in demo_cache.glob("source-run-*")), proc)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert stdout == "" and "interrupted by SIGINT" in stderr
+    assert stdout == "" and "interrupted by SIGINT while training the source model" in stderr
     assert not list(demo_cache.glob("*.pth"))  # a cut source model is never saved as the model
     assert not (tmp_path / "out" / "runs").exists()  # and no target run started from it
+    assert len(list(demo_cache.glob("source-run-*/checkpoints/last.pt"))) == 1  # resumable
