@@ -62,9 +62,9 @@ __all__ = [
 #: one-cycle schedule — its warm-up (LR/25 rising over the first 30% of the steps) keeps the new,
 #: random head's first gradients from wrecking the pretrained features, the job a head-only phase
 #: does in fastai's ``fine_tune`` — with label smoothing 0.1 and random crops (no flips: digits
-#: are not mirror-symmetric). Measured against head-first gradual unfreezing, see the README: with
-#: batches of 10 images the switch of BatchNorm from frozen to batch statistics at the unfreeze
-#: costs ~5 points that the remaining epochs do not win back.
+#: are not mirror-symmetric). Measured against head-first gradual unfreezing (README): accuracy
+#: fell ~5 points at the unfreeze, with a 0.1x or 0.02x backbone LR alike, and did not recover —
+#: most likely BatchNorm leaving its frozen source statistics for those of 10-image batches.
 FINE_TUNE: dict[str, Any] = {
     "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
     "schedule": {"name": "onecycle"},
