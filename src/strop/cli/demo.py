@@ -13,9 +13,9 @@ import sys
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="strop-demo", help="folder for data, runs and plots (default strop-demo)")
     p.add_argument("--task", default="classification", choices=["classification", "segmentation"])
-    p.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 3)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 3; classification)")
     p.add_argument("--sizes", default=None,
-                   help="labelled images per class on the target task, comma-separated (default 5,10,30)")
+                   help="labelled images per class on the target task, comma-separated (default 5,10,30; classification)")
     p.add_argument("--quick", action="store_true", help="a miniature run in seconds (plumbing check, not a result)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay)")
 
