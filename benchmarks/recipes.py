@@ -54,9 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_average, machine, markdown_table, quiet  # noqa: E402
+from common import load_average, machine, markdown_table, quiet
 
 __all__ = [
     "ABLATIONS",
@@ -149,29 +147,25 @@ def _docs(name: str, **change: Any) -> Candidate:
 #: One factor at a time from the docs' recipe (``--ablation``); ``None`` removes a key.
 ABLATIONS: list[Candidate] = [
     _docs("docs"),
-    _docs("docs, no gradual unfreeze", gradual_unfreeze=None),
-    _docs("docs, no warmup", schedule={"name": "cosine"}),
-    _docs("docs, head_lr_mult 1", optimizer={"head_lr_mult": 1.0}),
+    _docs("docs, batch 8", data={"batch_size": 8}),
+    _docs("docs, adamw lr 3e-4", optimizer={"lr": 3e-4}),
     _docs("docs, adamw lr 1e-3", optimizer={"lr": 1e-3}),
-    _docs("docs, adamw lr 1e-3, head x1, no unfreeze", optimizer={"lr": 1e-3, "head_lr_mult": 1.0},
-          gradual_unfreeze=None),
-    _docs("docs, unfreeze lr_mult 1", gradual_unfreeze={"lr_mult": 1.0}),
+    _docs("docs, no warmup", schedule={"name": "cosine"}),
+    _docs("docs, no gradual unfreeze", gradual_unfreeze=None),
+    _docs("docs, head_lr_mult 1", optimizer={"head_lr_mult": 1.0}),
     _docs("docs, train_bn", model={"train_bn": True}),
-    _docs("docs, bn_momentum 0.01", model={"bn_momentum": 0.01}),
     _docs("docs, weight_decay 0.05", optimizer={"weight_decay": 0.05}),
     _docs("docs, augment crop", data={"augment": "crop"}),
     _docs("docs, label smoothing 0.1", loss={"name": "cross_entropy", "label_smoothing": 0.1}),
-    _docs("docs, batch 16", data={"batch_size": 16}),
     _docs("docs, onecycle", schedule={"name": "onecycle"}),
+    _docs("docs, bn_momentum 0.01", model={"bn_momentum": 0.01}),
     strop_candidate("sgd 0.01 cosine (plain loop's recipe)", **BEST),
+    strop_candidate("sgd 0.01 cosine, batch 8", **_merge(BEST, {"data": {"batch_size": 8}})),
+    strop_candidate("sgd 0.03 cosine", **_merge(BEST, {"optimizer": {"lr": 0.03}})),
+    strop_candidate("sgd 0.003 cosine", **_merge(BEST, {"optimizer": {"lr": 0.003}})),
     strop_candidate("sgd 0.01 cosine + warmup 1", **_merge(BEST, {"schedule": {"warmup_epochs": 1}})),
     strop_candidate("sgd 0.01 cosine + gradual unfreeze", **_merge(BEST, {"gradual_unfreeze": {"head_epochs": 1}})),
-    strop_candidate("sgd 0.05 cosine", **_merge(BEST, {"optimizer": {"lr": 0.05}})),
-    strop_candidate("sgd 0.003 cosine", **_merge(BEST, {"optimizer": {"lr": 0.003}})),
     strop_candidate("sgd 0.01 cosine, head x10", **_merge(BEST, {"optimizer": {"head_lr_mult": 10.0}})),
-    strop_candidate("sgd 0.01 cosine, augment crop", **_merge(BEST, {"data": {"augment": "crop"}})),
-    strop_candidate("sgd 0.01 cosine, label smoothing 0.1",
-                    **_merge(BEST, {"loss": {"name": "cross_entropy", "label_smoothing": 0.1}})),
     strop_candidate("sgd 0.01 cosine, bf16 (precision auto)", **_merge(BEST, {"precision": "auto"})),
 ]
 
@@ -409,8 +403,12 @@ def _run_strop(cand: Candidate, root: Path, weights: Path, *, image_size: int, e
 # -- the benchmark ------------------------------------------------------------------------------
 def run(candidates: Sequence[Candidate], *, shots: Sequence[int], seeds: Sequence[int], epochs: int,
         image_size: int, out: Path, source_epochs: int = 8, per_class: int | None = None, batch_size: int = 32,
-        threads: int = 1, log: Callable[[str], None] = print) -> list[Run]:
-    """Every candidate on every (shots, seed); raises :class:`BenchInterrupted` on SIGINT/SIGTERM."""
+        threads: int = 1, keep_runs: bool = False, log: Callable[[str], None] = print) -> list[Run]:
+    """Every candidate on every (shots, seed); raises :class:`BenchInterrupted` on SIGINT/SIGTERM.
+
+    strop's run folders are ``out/runs/<shots>shots-seed<seed>-<name>``, deleted after each run
+    (checkpoints are 45 MB) unless ``keep_runs``.
+    """
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     runs: list[Run] = []
@@ -424,11 +422,12 @@ def run(candidates: Sequence[Candidate], *, shots: Sequence[int], seeds: Sequenc
                 for cand in candidates:
                     kw: dict[str, Any] = {"epochs": epochs, "seed": seed}
                     if cand.kind == "strop":
-                        run_dir = out / "runs" / f"{n}shots-seed{seed}-{_slug(cand.name)}"
+                        run_dir = out / "runs" / run_dir_name(n, seed, cand.name)
                         shutil.rmtree(run_dir, ignore_errors=True)
                         trace, seconds, _ = _run_strop(cand, root, weights, image_size=image_size,
                                                        output=run_dir, **kw)
-                        shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints: 45 MB each
+                        if not keep_runs:
+                            shutil.rmtree(run_dir, ignore_errors=True)
                     elif cand.kind == "plain":
                         trace, seconds = _run_plain(cand, data, weights, batch_size=batch_size, **kw)
                     elif cand.kind == "fastai":
@@ -441,6 +440,11 @@ def run(candidates: Sequence[Candidate], *, shots: Sequence[int], seeds: Sequenc
                     log(f"  {n:>3} shots  seed {seed}  {cand.name:<44} best {r.best:.3f}  last {r.last:.3f}  "
                         f"{r.seconds:6.1f} s")
     return runs
+
+
+def run_dir_name(shots: int, seed: int, candidate: str) -> str:
+    """The folder (under ``out/runs``) of a strop candidate's run."""
+    return f"{shots}shots-seed{seed}-{_slug(candidate)}"
 
 
 def _slug(name: str) -> str:
