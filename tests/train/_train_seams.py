@@ -27,6 +27,6 @@ def run_evaluate(model: torch.nn.Module, loss_fn: Any, loader: Any, *, task: str
     from strop.precision import MixedPrecision
     from strop.train.loop import Engine, evaluate
 
-    engine = Engine(model=model, loss_fn=loss_fn, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+    engine = Engine(model=model, loss_fn=loss_fn, optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0),
                     amp=MixedPrecision(precision), device=torch.device("cpu"), task=task, num_classes=num_classes)
     return evaluate(engine, loader)
