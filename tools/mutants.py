@@ -157,7 +157,7 @@ MUTANTS: list[Mutant] = [
            PREC_TESTS, "Ampere (8.0) gets fp16"),
     Mutant("bf16-cuda-check", "precision.py", '        if name == "bf16" and cap < (8, 0):',
            '        if name == "bf16" and cap < (7, 0):', PREC_TESTS, "bf16 allowed on Volta"),
-    Mutant("scaler-unscale", "precision.py", "            self.scaler.unscale_(optimizer)\n", "", PREC_TESTS + (FIT,),
+    Mutant("scaler-unscale", "precision.py", "            self.scaler.unscale_(optimizer)\n", "", (*PREC_TESTS, FIT),
            "clipping before the fp16 unscale"),
     Mutant("scaler-skip-count", "precision.py", "stepped = self.scaler.get_scale() >= scale",
            "stepped = True", PREC_TESTS, "skipped fp16 steps not counted"),

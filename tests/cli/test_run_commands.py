@@ -35,9 +35,13 @@ def test_eval_prints_the_val_metrics(tiny_run, capsys):
     assert main(["eval", str(base / "run")]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert set(metrics) == {"val_loss", "val_accuracy"} and 0.0 <= metrics["val_accuracy"] <= 1.0
-    # the same number the run logged for its best epoch
-    logged = json.loads((base / "run" / "run.json").read_text())
-    assert logged["world_size"] == 1
+    # exactly the numbers the run logged for its best epoch (same split, weights, batches)
+    from strop.train import load_checkpoint
+
+    best_epoch = load_checkpoint(base / "run" / "checkpoints" / "best.pt")["epoch"]
+    with (base / "run" / "metrics.csv").open() as fh:
+        row = next(r for r in csv.DictReader(fh) if r["kind"] == "epoch" and int(r["epoch"]) == best_epoch)
+    assert metrics == {"val_loss": float(row["val_loss"]), "val_accuracy": float(row["val_accuracy"])}
 
 
 @pytest.mark.slow
