@@ -47,8 +47,7 @@ LOSS_TESTS = ("tests/losses/test_losses_values.py", "tests/losses/test_reduction
 FOCAL_TESTS = ("tests/losses/test_losses_values.py", "tests/losses/test_fused.py", "tests/losses/test_losses_reference.py")
 SCHED_TESTS = ("tests/schedules/test_scheduler.py", "tests/schedules/test_torch_equivalence.py",
                "tests/schedules/test_custom.py")
-FT_TESTS = ("tests/finetune/test_heads_forward.py", "tests/finetune/test_finetune_models.py",
-            "tests/finetune/test_finetune_freeze_groups.py")
+FT_TESTS = ("tests/finetune/test_heads_forward.py", "tests/finetune/test_finetune_freeze_groups.py")
 WEIGHTS_TESTS = ("tests/finetune/test_finetune_weights.py",)
 DATA_TESTS = ("tests/data/test_folders.py", "tests/data/test_make_loader.py", "tests/data/test_bundled.py")
 PREC_TESTS = ("tests/test_precision.py",)

@@ -102,59 +102,6 @@ class _SnapshotEachEpoch:
         self.epochs.append(copy.deepcopy(self.models[0].state_dict()))
 
 
-# -------------------------------------------------------------------------------- a run that learns
-
-LEARNS = {"model": {"name": "resnet18", "bn_momentum": 0.5}, "optimizer": {"name": "adam", "lr": 1e-3},
-          "data": {"batch_size": 8, "val_fraction": 0.25}}
-
-
-@pytest.fixture(scope="module")
-def learned_run(digits_root, tmp_path_factory):
-    """resnet18 on 3 digit classes, 2 epochs: well above chance (1/3).
-
-    BatchNorm momentum 0.5 lets the running statistics catch up within the 6 steps of an epoch
-    (torchvision's 0.1 leaves them near their initial values and validation at chance).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        res = fit(_config(digits_root, tmp_path_factory.mktemp("learn") / "run", **LEARNS), log=_quiet)
-    finally:
-        torch.set_num_threads(threads)
-    return res
-
-
-@pytest.mark.slow
-def test_the_fixture_learns(learned_run):
-    # caught: a no-op optimizer step, gradients zeroed before the step, evaluate in train mode
-    accs = [h["val_accuracy"] for h in learned_run.history]
-    assert max(accs) >= 0.8, accs  # chance is 1/3
-    assert learned_run.history[-1]["train_loss"] < learned_run.history[0]["train_loss"]
-    assert learned_run.best_epoch == 1 + accs.index(max(accs))
-
-
-@pytest.mark.slow
-def test_logged_val_metrics_equal_an_independent_eval_of_best_pt(learned_run, digits_root):
-    """Catches evaluate in train mode (BatchNorm batch statistics, running stats moved by the
-    validation data) and a wrong loss/accuracy average."""
-    from strop.finetune import build_model
-
-    ck = load_checkpoint(learned_run.run_dir / "checkpoints" / "best.pt")
-    model = build_model("resnet18", num_classes=3)
-    model.load_state_dict(ck["model"])
-    model.eval()
-    _, val_ds, _ = image_folder(digits_root, image_size=32, val_fraction=0.25, seed=0)
-    xs = torch.stack([val_ds[i][0] for i in range(len(val_ds))])
-    ys = torch.tensor([val_ds[i][1] for i in range(len(val_ds))])
-    with torch.no_grad():
-        logits = model(xs)
-    loss = F.cross_entropy(logits, ys).item()
-    acc = (logits.argmax(1) == ys).double().mean().item()
-    logged = learned_run.history[ck["epoch"] - 1]
-    assert logged["val_accuracy"] == pytest.approx(acc, abs=1e-12)
-    assert logged["val_loss"] == pytest.approx(loss, rel=1e-4)
-
-
 # --------------------------------------------------------------- best.pt / early stopping direction
 
 @pytest.mark.slow
@@ -383,3 +330,56 @@ def test_aux_heads_add_weighted_losses(digits_root, tmp_path, captured_models, m
     logged = float(_rows(res.run_dir, "step")[0]["loss"])
     assert logged == pytest.approx(float(expected), rel=1e-6)
     assert math.isfinite(logged)
+
+
+# ------------------------------------------------ a run that learns (last: its fixture costs ~10 s)
+
+LEARNS = {"model": {"name": "resnet18", "bn_momentum": 0.5}, "optimizer": {"name": "adam", "lr": 1e-3},
+          "data": {"batch_size": 8, "val_fraction": 0.25}}
+
+
+@pytest.fixture(scope="module")
+def learned_run(digits_root, tmp_path_factory):
+    """resnet18 on 3 digit classes, 2 epochs: well above chance (1/3).
+
+    BatchNorm momentum 0.5 lets the running statistics catch up within the 6 steps of an epoch
+    (torchvision's 0.1 leaves them near their initial values and validation at chance).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = fit(_config(digits_root, tmp_path_factory.mktemp("learn") / "run", **LEARNS), log=_quiet)
+    finally:
+        torch.set_num_threads(threads)
+    return res
+
+
+@pytest.mark.slow
+def test_the_fixture_learns(learned_run):
+    # caught: a no-op optimizer step, gradients zeroed before the step, evaluate in train mode
+    accs = [h["val_accuracy"] for h in learned_run.history]
+    assert max(accs) >= 0.8, accs  # chance is 1/3
+    assert learned_run.history[-1]["train_loss"] < learned_run.history[0]["train_loss"]
+    assert learned_run.best_epoch == 1 + accs.index(max(accs))
+
+
+@pytest.mark.slow
+def test_logged_val_metrics_equal_an_independent_eval_of_best_pt(learned_run, digits_root):
+    """Catches evaluate in train mode (BatchNorm batch statistics, running stats moved by the
+    validation data) and a wrong loss/accuracy average."""
+    from strop.finetune import build_model
+
+    ck = load_checkpoint(learned_run.run_dir / "checkpoints" / "best.pt")
+    model = build_model("resnet18", num_classes=3)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    _, val_ds, _ = image_folder(digits_root, image_size=32, val_fraction=0.25, seed=0)
+    xs = torch.stack([val_ds[i][0] for i in range(len(val_ds))])
+    ys = torch.tensor([val_ds[i][1] for i in range(len(val_ds))])
+    with torch.no_grad():
+        logits = model(xs)
+    loss = F.cross_entropy(logits, ys).item()
+    acc = (logits.argmax(1) == ys).double().mean().item()
+    logged = learned_run.history[ck["epoch"] - 1]
+    assert logged["val_accuracy"] == pytest.approx(acc, abs=1e-12)
+    assert logged["val_loss"] == pytest.approx(loss, rel=1e-4)
