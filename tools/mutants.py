@@ -80,8 +80,14 @@ MUTANTS: list[Mutant] = [
     if reduction == "none":""", LOSS_TESTS, "reduction='none' keeps ignored elements"),
     Mutant("reduce-mean-all", "losses/_prepare.py", "return total / count.clamp_min(1).to(total.dtype)",
            "return total / loss.numel()", LOSS_TESTS, "masked mean divides by all elements"),
-    Mutant("probs-sigmoid-multiclass", "losses/_prepare.py", "            return torch.softmax(self.input, dim=1)",
-           "            return torch.sigmoid(self.input)", LOSS_TESTS, "multiclass uses sigmoid"),
+    # (Prepared.probs has no caller today — a mutant there is dead code; the fused overlap is the path)
+    Mutant("probs-sigmoid-multiclass", "losses/_fused.py", """    elif mode == "multiclass":
+        probs = torch.softmax(x, dim=1)
+    else:""", """    elif mode == "multiclass":
+        probs = torch.sigmoid(x)
+    else:""", LOSS_TESTS, "multiclass overlap uses sigmoid"),
+    Mutant("fused-tp-multiclass", "losses/_fused.py", "        probs = torch.softmax(x, dim=1)\n        p_label",
+           "        probs = torch.sigmoid(x)\n        p_label", LOSS_TESTS, "fused multiclass TP from sigmoid"),
     Mutant("onehot-ignore", "losses/_prepare.py", """        if self.valid is not None:
             out.mul_(self.valid)
         return out""", """        return out""", LOSS_TESTS, "ignored pixels stay in the one-hot target"),
@@ -202,6 +208,16 @@ MUTANTS: list[Mutant] = [
            "accuracy divided by N - 1"),
     Mutant("shuffle-epoch", "train/trainer.py", "        self.set_epoch(epoch)\n", "", (FIT,),
            "every epoch sees the same order"),
+    Mutant("step-noop", "train/loop.py",
+           "stepped = engine.amp.step(engine.optimizer, clip_grad_norm=clip, parameters=engine.model.parameters())",
+           "stepped = True", (f"{FIT}::test_the_fixture_learns",), "the optimizer never steps"),
+    Mutant("eval-fit-train-mode", "train/loop.py", "    was_training = model.training\n    model.eval()",
+           "    was_training = model.training", (f"{FIT}::test_logged_val_metrics_equal_an_independent_eval_of_best_pt",),
+           "evaluate in train mode, seen through fit's logged metrics"),
+    Mutant("eval-run-batches", "train/inference.py", "loader = make_loader(val_ds, batch_size=config.data.batch_size,",
+           "loader = make_loader(val_ds, batch_size=max(1, config.data.batch_size // 2),",
+           ("tests/cli/test_run_commands.py::test_eval_prints_the_val_metrics",),
+           "strop eval batches differently from the run (numbers drift from the logged epoch)"),
     Mutant("resume-rng", "train/trainer.py", '            restore_rng(ck["rng"])\n', "", (FIT,),
            "RNG not restored on resume"),
 ]

@@ -72,3 +72,27 @@ def test_ignored_pixels_leave_none_and_sum():
 def test_focal_tversky_gamma_per_class_before_the_sum():
     got = _call(tversky_loss, "sum", alpha=0.3, beta=0.7, gamma=2.0).item()
     assert got == pytest.approx(TVERSKY_37[0] ** 2 + TVERSKY_37[1] ** 2)
+
+
+def test_elementwise_losses_with_none_are_zero_where_ignored():
+    # caught by: reduction="none" returning the loss before the ignore mask is applied
+    import torchvision
+    from torch.nn import functional as F
+
+    from strop.losses import cross_entropy, focal_loss
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 3, 4, generator=g, dtype=torch.float64)
+    t = (torch.rand(2, 1, 3, 4, generator=g) > 0.5).double()
+    t[0, 0, 0, :2] = 255
+    got = focal_loss(x, t, ignore_index=255, reduction="none")
+    keep = t != 255
+    ref = torchvision.ops.sigmoid_focal_loss(x, t.masked_fill(~keep, 0), alpha=0.25, gamma=2.0, reduction="none")
+    torch.testing.assert_close(got, ref * keep)
+    assert (got[~keep] == 0).all() and (got[keep] > 0).all()
+
+    logits = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (2, 4, 4), generator=g)
+    y[1, :2] = 255
+    torch.testing.assert_close(cross_entropy(logits, y, ignore_index=255, reduction="none"),
+                               F.cross_entropy(logits, y, ignore_index=255, reduction="none"))
