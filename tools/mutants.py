@@ -238,8 +238,11 @@ def _run_tests(work: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool
         proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return False, time.perf_counter() - t0, "timeout"
-    tail = (proc.stdout + proc.stderr).strip().splitlines()
-    return proc.returncode == 0, time.perf_counter() - t0, tail[-1] if tail else ""
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    summary = lines[-1] if lines else ""
+    # the test that caught the mutant (pytest's short summary, -ra): "FAILED path::test - reason"
+    failed = next((ln.split()[1] for ln in lines if ln.startswith(("FAILED ", "ERROR ")) and len(ln.split()) > 1), "")
+    return proc.returncode == 0, time.perf_counter() - t0, f"{summary}  {failed.split('/')[-1]}".strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,9 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{status:9s} {m.id:28s} {secs:6.1f}s  {tail}", flush=True)
     applicable = [r for r in rows if r[1] != "n/a"]
     killed = [r for r in applicable if r[1] == "killed"]
-    print("\n| mutant | file | breaks | result | seconds |\n|---|---|---|---|---|")
-    for m, status, secs, _ in rows:
-        print(f"| {m.id} | {m.path} | {m.note} | {status} | {secs:.0f} |")
+    print("\n| mutant | file | breaks | result | caught by / why |\n|---|---|---|---|---|")
+    for m, status, _secs, tail in rows:
+        print(f"| {m.id} | {m.path} | {m.note} | {status} | {tail} |")
     rate = 100.0 * len(killed) / max(len(applicable), 1)
     print(f"\nkilled {len(killed)} of {len(applicable)} applicable ({rate:.0f}%); "
           f"{len(applicable) - len(killed)} survived; {len(rows) - len(applicable)} not applicable")
