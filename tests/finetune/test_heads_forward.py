@@ -1,8 +1,9 @@
 """Head replacement on every family with a distinct head: each output layer keeps the input width
 torchvision gives it, has the new class count, and the model runs forward on the CPU.
 
-The paths and the reference widths come from torchvision's own 1000-class builders (built on the
-meta device: no memory, no time), not from strop's zoo table.
+Each case starts from torchvision's own 1000-class model and calls ``strop.finetune.replace_head``
+(what a fine-tuning run does to pretrained weights); the layer paths are written here, not read
+from strop's zoo table.
 """
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.models import get_model
 
-from strop.finetune import build_model
+from strop.finetune import build_model, replace_head
 
 NUM_CLASSES = 3
 
@@ -39,29 +40,33 @@ def _out(layer):
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
+def _reference(name):
+    kwargs = {"aux_logits": True, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    torch.manual_seed(0)
+    return get_model(name, weights=None, **kwargs)  # torchvision's 1000-class model
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "layers", "size"), CASES, ids=[c[0] for c in CASES])
 def test_replaced_heads_keep_their_input_width_and_run(name, layers, size):
     # caught by: a head rebuilt with a guessed width, aux heads left at 1000 classes, the
     # squeezenet conv head turned into a Linear or given a new kernel, a missing bias
-    kwargs = {"aux_logits": True, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
-    try:
-        with torch.device("meta"):
-            ref = get_model(name, weights=None, **kwargs)
-    except NotImplementedError:  # regnet's init copies tensors: build it for real (it is small)
-        ref = get_model(name, weights=None, **kwargs)
-    torch.manual_seed(0)
-    model = build_model(name, num_classes=NUM_CLASSES)
+    model = _reference(name)
+    old = {path: model.get_submodule(path) for path in layers}
+    assert all(_out(layer) == 1000 for layer in old.values())
+    for p in model.parameters():  # a frozen model: the new head must be trainable all the same
+        p.requires_grad_(False)
+    assert replace_head(model, NUM_CLASSES) is model
     for path in layers:
-        old, new = ref.get_submodule(path), model.get_submodule(path)
-        assert type(new) is type(old), path
-        assert _width(new) == _width(old), path
+        new = model.get_submodule(path)
+        assert new is not old[path] and type(new) is type(old[path]), path
+        assert _width(new) == _width(old[path]), path
         assert _out(new) == NUM_CLASSES, path
-        assert (new.bias is None) == (old.bias is None), path
-        if isinstance(old, nn.Conv2d):
-            assert new.kernel_size == old.kernel_size, path
+        assert (new.bias is None) == (old[path].bias is None), path
+        if isinstance(new, nn.Conv2d):
+            assert new.kernel_size == old[path].kernel_size, path
         assert all(p.requires_grad for p in new.parameters()), path
-    if hasattr(ref, "num_classes"):  # squeezenet keeps the class count as a plain attribute
+    if hasattr(model, "num_classes"):  # squeezenet/vit keep the class count as a plain attribute
         assert model.num_classes == NUM_CLASSES
     model.eval()
     with torch.no_grad():
@@ -72,7 +77,20 @@ def test_replaced_heads_keep_their_input_width_and_run(name, layers, size):
 
 @pytest.mark.slow
 def test_googlenet_aux_heads_run_in_training_with_the_new_class_count():
-    torch.manual_seed(0)
-    model = build_model("googlenet", num_classes=NUM_CLASSES).train()
+    model = replace_head(_reference("googlenet"), NUM_CLASSES).train()
     out = model(torch.randn(2, 3, 32, 32))
+    assert [t.shape for t in out] == [(2, NUM_CLASSES)] * 3
+
+
+@pytest.mark.slow
+def test_build_model_from_1000_class_weights_resets_the_head_and_runs(tmp_path):
+    # the path a fine-tuning run takes: ImageNet-shaped weights into a 3-class model
+    ref = _reference("googlenet")
+    path = tmp_path / "googlenet.pth"
+    torch.save(ref.state_dict(), path)
+    model = build_model("googlenet", num_classes=NUM_CLASSES, weights=path)
+    assert set(model._strop_load_report.head_reset) >= {"fc.weight", "aux1.fc2.weight", "aux2.fc2.weight"}
+    assert torch.equal(model.conv1.conv.weight, ref.conv1.conv.weight)
+    assert model.fc.in_features == ref.fc.in_features and model.fc.out_features == NUM_CLASSES
+    out = model.train()(torch.randn(2, 3, 32, 32))
     assert [t.shape for t in out] == [(2, NUM_CLASSES)] * 3
