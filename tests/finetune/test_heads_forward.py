@@ -94,3 +94,19 @@ def test_build_model_from_1000_class_weights_resets_the_head_and_runs(tmp_path):
     assert model.fc.in_features == ref.fc.in_features and model.fc.out_features == NUM_CLASSES
     out = model.train()(torch.randn(2, 3, 32, 32))
     assert [t.shape for t in out] == [(2, NUM_CLASSES)] * 3
+
+
+def test_replace_head_keeps_bias_and_kernel_of_a_modified_head():
+    # torchvision's heads all have a bias and 1x1 conv heads; the documented rule ("layers keep
+    # their input size, bias, dtype") must hold for a head without a bias or with a 3x3 kernel too
+    resnet = get_model("resnet18", weights=None)
+    resnet.fc = nn.Linear(512, 1000, bias=False).double()
+    replace_head(resnet, NUM_CLASSES)
+    assert resnet.fc.bias is None and resnet.fc.weight.dtype == torch.float64
+    assert (resnet.fc.in_features, resnet.fc.out_features) == (512, NUM_CLASSES)
+    squeeze = get_model("squeezenet1_1", weights=None)
+    squeeze.classifier[1] = nn.Conv2d(512, 1000, kernel_size=3, padding=1)
+    replace_head(squeeze, NUM_CLASSES)
+    conv = squeeze.classifier[1]
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding) == (512, NUM_CLASSES, (3, 3), (1, 1))
+    assert squeeze.eval()(torch.randn(1, 3, 64, 64)).shape == (1, NUM_CLASSES)
