@@ -80,12 +80,13 @@ MUTANTS: list[Mutant] = [
     if reduction == "none":""", LOSS_TESTS, "reduction='none' keeps ignored elements"),
     Mutant("reduce-mean-all", "losses/_prepare.py", "return total / count.clamp_min(1).to(total.dtype)",
            "return total / loss.numel()", LOSS_TESTS, "masked mean divides by all elements"),
-    # (Prepared.probs has no caller today — a mutant there is dead code; the fused overlap is the path)
+    # (Prepared.probs has no caller today — a mutant there is dead code. overlap_plain's softmax is
+    # reached only as the fused path's reference in test_fused.py, hence FOCAL_TESTS)
     Mutant("probs-sigmoid-multiclass", "losses/_fused.py", """    elif mode == "multiclass":
         probs = torch.softmax(x, dim=1)
     else:""", """    elif mode == "multiclass":
         probs = torch.sigmoid(x)
-    else:""", LOSS_TESTS, "multiclass overlap uses sigmoid"),
+    else:""", FOCAL_TESTS, "plain (reference) overlap uses sigmoid for multiclass"),
     Mutant("fused-tp-multiclass", "losses/_fused.py", "        probs = torch.softmax(x, dim=1)\n        p_label",
            "        probs = torch.sigmoid(x)\n        p_label", LOSS_TESTS, "fused multiclass TP from sigmoid"),
     Mutant("onehot-ignore", "losses/_prepare.py", """        if self.valid is not None:
