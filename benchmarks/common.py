@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from strop._interrupt import check_fit
+
 __all__ = [
     "Timer",
     "digits_folder",
@@ -56,11 +58,19 @@ def _cpu_model() -> str:
 
 def machine() -> dict[str, str]:
     """What the numbers were measured on."""
-    from strop.precision import _cpu_flags
+    from strop.precision import cpu_flags
 
-    flags = _cpu_flags()
-    isa = [label for flag, label in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"),
-                                     ("avx512f", "AVX-512F"), ("avx2", "AVX2")) if flag in flags]
+    flags = cpu_flags()
+    isa = [
+        label
+        for flag, label in (
+            ("amx_bf16", "AMX-BF16"),
+            ("avx512_bf16", "AVX512-BF16"),
+            ("avx512f", "AVX-512F"),
+            ("avx2", "AVX2"),
+        )
+        if flag in flags
+    ]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = {
         "cpu": _cpu_model(),
@@ -151,14 +161,18 @@ def digits_folder(root: Path, *, size: int, total: int | None = None) -> Path:
             png = pngs[i % len(pngs)]
             img = np.asarray(Image.open(png))
             dy, dx = (int(v) for v in rng.integers(-2, 3, size=2))
-            Image.fromarray(np.roll(img, (dy, dx), axis=(0, 1))).save(out / name / f"{png.stem}_j{i}.png")
+            Image.fromarray(np.roll(img, (dy, dx), axis=(0, 1))).save(
+                out / name / f"{png.stem}_j{i}.png"
+            )
             extra -= 1
         i += 1
     marker.write_text("ok")
     return out
 
 
-def in_memory(root: Path, *, size: int, n: int | None = None, val: int = 32) -> tuple[Any, Any, int]:
+def in_memory(
+    root: Path, *, size: int, n: int | None = None, val: int = 32
+) -> tuple[Any, Any, int]:
     """``(train, val, num_classes)`` as ``TensorDataset``s of normalised float images.
 
     The first ``n`` training images are repeated cyclically when ``n`` exceeds the folder (so a
@@ -191,18 +205,23 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_fit(config: dict[str, Any], *, data: tuple[Any, Any, int] | None = None) -> tuple[Any, dict[int, list[float]], list[tuple[float, str]]]:
+def run_fit(
+    config: dict[str, Any], *, data: tuple[Any, Any, int] | None = None, callbacks: Sequence[Any] = ()
+) -> tuple[Any, dict[int, list[float]], list[tuple[float, str]]]:
     """``strop.train.fit`` on ``config`` (a plain dict), timing every training step.
 
     Returns ``(result, step_times_by_epoch, log_lines)``: each step's wall time (data loading
     included) from the end of the previous batch (or the epoch's start) to its ``on_batch_end``
     hook, grouped by epoch; and the log lines fit wrote, with ``perf_counter`` stamps. ``data``
     ``(train, val, num_classes)`` replaces the folder named in the config (see ``in_memory``).
+
+    A fit stopped by SIGINT/SIGTERM raises :class:`strop._interrupt.FitInterrupted`: a benchmark
+    never reports a cut run's figures, and the script exits with 130/143 (``run_script``).
     """
     from unittest import mock
 
     from strop.train import config_from_dict, fit
-    from strop.train import trainer as trainer_mod
+    from strop.train import setup as setup_mod
 
     times: dict[int, list[float]] = {}
     stamps: list[tuple[float, str]] = []
@@ -224,8 +243,11 @@ def run_fit(config: dict[str, Any], *, data: tuple[Any, Any, int] | None = None)
     patch: Any = contextlib.nullcontext()
     if data is not None:
         train, val, ncls = data
-        patch = mock.patch.object(trainer_mod, "_load_data",
-                                  lambda c: (train, val, [str(i) for i in range(ncls)], ncls))
+        patch = mock.patch.object(
+            setup_mod, "load_datasets", lambda c: (train, val, [str(i) for i in range(ncls)], ncls)
+        )
     with quiet(), patch:
-        result = fit(cfg, callbacks=[StepTimer()], log=log)
+        result = fit(cfg, callbacks=[StepTimer(), *callbacks], log=log)
+    check_fit(result, what=f"the benchmark fit writing {cfg.output}",
+              resume="run the benchmark again (its report is written only when every part finished)")
     return result, times, stamps

@@ -96,4 +96,7 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    print(main(sys.argv[1:]))
+    from strop._interrupt import run_script
+
+    # a signal during one of the fits stops the whole script (exit 130/143), nothing reported
+    sys.exit(run_script(lambda: print(main(sys.argv[1:])), name="benchmarks/data_pipeline.py"))

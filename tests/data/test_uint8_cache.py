@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-import strop.data.folders as folders
+import strop.data.classification as folders  # where ImageFolderDataset decodes
 from strop.data import SampleCache, image_folder, make_loader, segmentation_folder
 
 

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torchvision.models import get_model_weights
 
 from strop.finetune import UnsafeWeightsError, build_model, load_weights, read_state_dict
+from strop.finetune.build import load_summary
 from strop.finetune.weights import file_sha256, hub_cache_path
 
 
@@ -70,15 +71,54 @@ def test_weights_round_trip(tutorial_models, tmp_path, monkeypatch, name, fmt):
         assert model.transform_input  # torchvision's setting for pretrained weights
 
 
-def test_same_class_count_keeps_the_head_and_checkpoint_dicts_are_unwrapped(tutorial_models, tmp_path):
+def test_keep_head_loads_a_same_class_count_head_and_checkpoint_dicts_are_unwrapped(tutorial_models, tmp_path):
     source = tutorial_models["resnet18"]
     state = source.state_dict()
     path = tmp_path / "ckpt.pt"
     # a DDP checkpoint inside a training checkpoint dict
     torch.save({"epoch": 3, "model": {f"module.{k}": v for k, v in state.items()}, "best": 0.5}, path)
-    model = build_model("resnet18", num_classes=NUM_CLASSES, weights=path)
+    model = build_model("resnet18", num_classes=NUM_CLASSES, weights=path, keep_head=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     assert model._strop_load_report.head_reset == ()
+    assert load_summary(model) == (
+        f"weights {str(path)!r}: {len(state)} tensors loaded; head loaded from the source (same class count)"
+    )
+
+
+def test_fine_tuning_starts_from_a_new_head_even_with_the_same_class_count(tutorial_models, tmp_path):
+    # the trap: a 5-class source fine-tuned to a 5-class target silently kept the source's head
+    state = {k: v.clone() for k, v in tutorial_models["resnet18"].state_dict().items()}
+    state["fc.weight"].fill_(0.5)  # a source head no fresh initialisation can produce
+    state["fc.bias"].fill_(0.5)
+    path = tmp_path / "source.pth"
+    torch.save(state, path)
+    torch.manual_seed(7)
+    model = build_model("resnet18", num_classes=NUM_CLASSES, weights=path)
+    torch.manual_seed(7)
+    fresh = build_model("resnet18", num_classes=NUM_CLASSES)  # torchvision's init, same draws
+    got = model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in state.items() if not k.startswith("fc."))
+    for k in ("fc.weight", "fc.bias"):
+        assert torch.equal(got[k], fresh.state_dict()[k]) and not torch.equal(got[k], state[k])
+    report = model._strop_load_report
+    assert report.ok and report.head_reset == ("fc.weight", "fc.bias")
+    assert report.loaded == len(state) - 2
+    assert load_summary(model) == (
+        f"weights {str(path)!r}: {len(state) - 2} tensors loaded; new head (keep_head=False), "
+        "2 tensors left as initialised"
+    )
+    assert "head re-initialised (keep_head=False): fc.weight, fc.bias" in str(report)
+    with pytest.raises(TypeError, match="build_model: keep_head must be a bool; got str 'yes'"):
+        build_model("resnet18", num_classes=NUM_CLASSES, weights=path, keep_head="yes")
+
+
+def test_load_weights_keeps_a_fitting_head_by_default(tutorial_models):
+    # load_weights is a loader, not a fine-tuning recipe: a head that fits is loaded
+    state = tutorial_models["resnet18"].state_dict()
+    model = build_model("resnet18", num_classes=NUM_CLASSES)
+    report = load_weights(model, state)
+    assert report.head_reset == () and torch.equal(model.fc.weight, state["fc.weight"])
+    assert load_summary(build_model("resnet18", num_classes=NUM_CLASSES)) is None
 
 
 def test_sha256_checked_before_loading(tutorial_models, tmp_path):

@@ -11,9 +11,9 @@ import strop.losses as L
 def test_public_api_is_pinned():
     assert L.__all__ == [
         "LOSSES", "BCEWithLogitsLoss", "BoxIoULoss", "CombinedLoss", "CrossEntropyLoss", "DiceBCELoss",
-        "DiceLoss", "FocalLoss", "JaccardLoss", "LovaszLoss", "MSELoss", "TverskyLoss", "bce", "box_iou",
-        "box_iou_loss", "build", "cross_entropy", "dice_bce_loss", "dice_loss", "focal_loss", "jaccard_loss",
-        "lovasz_loss", "mse_loss", "set_value_checks", "tversky_loss", "value_checks", "value_checks_enabled",
+        "DiceLoss", "FocalLoss", "JaccardLoss", "LovaszLoss", "MSELoss", "TverskyLoss", "batched_nms", "bce",
+        "box_iou", "box_iou_loss", "build", "cross_entropy", "dice_bce_loss", "dice_loss", "focal_loss",
+        "jaccard_loss", "lovasz_loss", "mse_loss", "nms", "set_value_checks", "tversky_loss", "value_checks", "value_checks_enabled",
     ]
     for name in L.__all__:
         obj = getattr(L, name)

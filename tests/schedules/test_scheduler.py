@@ -2,6 +2,7 @@
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
@@ -251,11 +252,8 @@ def test_errors_name_the_problem():
         build(3, opt)
     with pytest.raises(TypeError, match=r"build: optimizer must be a torch\.optim\.Optimizer"):
         build("cosine", [1, 2], epochs=3)
-    with pytest.raises(
-        ValueError,
-        match="build: schedule 'CosineAnnealingLR': warmup \\(20 steps\\) leaves no room",
-    ):
-        build("cosine", opt, epochs=2, steps_per_epoch=10, warmup_steps=20, interval="step")
+    with pytest.raises(ValueError, match="build: warmup_steps must be >= 0; got -1"):
+        build("cosine", opt, epochs=2, steps_per_epoch=10, warmup_steps=-1)
 
 
 def test_plateau_without_metric_says_so():
@@ -284,3 +282,108 @@ def test_load_state_dict_checks():
         ValueError, match="load_state_dict: the state has 2 parameter groups; the optimizer has 1"
     ):
         build("step", make_optimizer(lrs=(0.1,)), step_size=1).load_state_dict(state)
+
+
+# -- short runs: a warmup as long as the run or longer is clipped, not refused --------------
+
+
+def _linear_ramp(t, warmup, start=0.01):
+    """torch LinearLR's multiplier at step ``t`` (hand formula, docs/schedules.md)."""
+    return start + (1 - start) * min(t, warmup) / warmup
+
+
+def test_smoke_run_with_warmup_epoch_warns_once_and_ramps():
+    # `strop train cfg --set epochs=1` with schedule {name: cosine, warmup_epochs: 1}
+    opt = make_optimizer(lrs=(0.1,))
+    with pytest.warns(UserWarning) as caught:
+        sched = build({"name": "cosine", "warmup_epochs": 1}, opt, epochs=1, steps_per_epoch=5)
+    assert len(caught) == 1
+    assert "the warmup fills the run (1 epochs); the schedule after it never runs" in str(
+        caught[0].message
+    )
+    lrs = drive(sched, opt, epochs=1, steps_per_epoch=5)
+    assert [lr[0] for lr in lrs] == pytest.approx([0.1 * _linear_ramp(t, 5) for t in range(5)])
+
+
+def test_warmup_longer_than_run_is_clipped_to_the_run():
+    opt = make_optimizer(lrs=(0.1,))
+    with pytest.warns(
+        UserWarning, match=r"warmup \(30 optimizer steps\) is longer than the run \(20"
+    ):
+        sched = build("cosine", opt, epochs=2, steps_per_epoch=10, warmup_steps=30, interval="step")
+    assert sched.warmup_steps == 20
+    lrs = drive(sched, opt, epochs=2, steps_per_epoch=10)
+    assert [lr[0] for lr in lrs] == pytest.approx([0.1 * _linear_ramp(t, 20) for t in range(20)])
+
+
+def test_transformers_style_warmup_is_clipped_like_transformers():
+    # transformers: get_cosine_schedule_with_warmup(num_warmup_steps=5, num_training_steps=5)
+    # gives lr0 * t / 5 for t < 5
+    opt = make_optimizer(lrs=(0.1,))
+    with pytest.warns(UserWarning, match="clipped to 5, so the whole run is warmup"):
+        sched = build("warmup_cosine", opt, epochs=1, steps_per_epoch=5, warmup_steps=8)
+    lrs = drive(sched, opt, epochs=1, steps_per_epoch=5)
+    assert [lr[0] for lr in lrs] == pytest.approx([0.1 * t / 5 for t in range(5)])
+
+
+def test_warmup_shorter_than_run_does_not_warn():
+    opt = make_optimizer(lrs=(0.1,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build({"name": "cosine", "warmup_epochs": 1}, opt, epochs=2, steps_per_epoch=5)
+
+
+# -- step(): torch's single call where it is unambiguous -------------------------------------
+
+
+def test_step_of_a_step_schedule_is_torchs_onecycle():
+    opt, ref_opt = make_optimizer(lrs=(0.1,)), make_optimizer(lrs=(0.1,))
+    sched = build("onecycle", opt, epochs=2, steps_per_epoch=5)
+    ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=0.1, total_steps=10)
+    for _ in range(10):
+        assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"])
+        opt.step()
+        ref_opt.step()
+        sched.step()
+        ref.step()
+    assert sched.steps == 10
+    with pytest.raises(TypeError, match="step: schedule 'OneCycleLR' steps per optimizer step"):
+        sched.step(0.5)
+
+
+def test_step_of_an_epoch_schedule_is_one_epoch():
+    opt, ref_opt = make_optimizer(lrs=(0.1,)), make_optimizer(lrs=(0.1,))
+    sched = build("cosine", opt, epochs=4)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=4)
+    for _ in range(4):
+        opt.step()
+        ref_opt.step()
+        sched.step()
+        ref.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"])
+    assert sched.epochs == 4
+
+
+def test_step_of_plateau_takes_the_metric():
+    opt, ref_opt = make_optimizer(lrs=(0.1,)), make_optimizer(lrs=(0.1,))
+    sched = build("plateau", opt, patience=0, factor=0.5)
+    ref = torch.optim.lr_scheduler.ReduceLROnPlateau(ref_opt, patience=0, factor=0.5)
+    for metric in METRICS:
+        sched.step(metric)
+        ref.step(metric)
+        assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"])
+    assert opt.param_groups[0]["lr"] < 0.1  # it did cut
+    with pytest.raises(ValueError, match="needs it; got metric=None"):
+        sched.step()
+
+
+def test_step_of_an_epoch_schedule_with_warmup_names_the_two_calls():
+    opt = make_optimizer(lrs=(0.1,))
+    sched = build("cosine", opt, epochs=4, steps_per_epoch=5, warmup_steps=3)
+    with pytest.raises(
+        RuntimeError,
+        match=r"step: schedule 'CosineAnnealingLR' counts epochs but has a warmup of 3 .*"
+        r"sched\.on_optimizer_step\(\) after every optimizer step and sched\.on_epoch_end\(metric\)",
+    ):
+        sched.step()
+    assert sched.steps == 0 and sched.epochs == 0  # nothing moved

@@ -98,3 +98,36 @@ def test_shipped_example_configs_validate():
     for path in configs:
         c = load_config(path)
         assert c.data.root and c.output.startswith("runs/"), path.name
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"data": {"augment": "flip"}},
+            "invalid config (dict): data.augment: expected true/false, or one of 'none', "
+            "'standard', 'crop'; got 'flip'",
+        ),
+        (
+            {"data": {"num_workers": "many"}},
+            "invalid config (dict): data.num_workers: expected an integer, or 'auto'; got 'many'",
+        ),
+        (
+            {"schedule": 3},
+            "invalid config (dict): schedule: expected a string, or a mapping, or null; got 3",
+        ),
+    ],
+)
+def test_union_typed_key_says_once_what_it_accepts(data, message):
+    with pytest.raises(ValueError) as info:
+        config_from_dict(data)
+    assert str(info.value) == message  # one line for the key, no per-branch noise (".bool:")
+
+
+def test_union_message_keeps_other_errors():
+    with pytest.raises(ValueError) as info:
+        config_from_dict({"data": {"augment": "flip", "image_sise": 3}, "epochs": 0})
+    text = str(info.value)
+    assert text.count("data.augment") == 1 and "augment.bool" not in text
+    assert "unknown key 'data.image_sise'; did you mean 'image_size'?" in text
+    assert "epochs: Input should be greater than 0; got 0" in text

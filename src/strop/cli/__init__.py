@@ -10,7 +10,11 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
 
 from strop import __version__
 
@@ -56,8 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     module = importlib.import_module(args._module)
+    from strop._interrupt import FitInterrupted
+
     try:
-        return int(module.run(args) or 0)
+        with warnings_as_lines(f"strop {args.command}"):
+            return int(module.run(args) or 0)
+    except FitInterrupted as exc:
+        # one of several fits was stopped by a signal: the whole command stops, nothing partial
+        print(f"strop {args.command}: {exc.message()}", file=sys.stderr)
+        return exc.exit_code
     except (ValueError, TypeError, OSError) as exc:
         # library errors already name the function, argument, expectation and value; OSError
         # covers a missing file and an output folder that cannot be created
@@ -76,3 +87,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Ctrl-C before training installed its handler (imports, data, model): nothing to save
         print(f"strop {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+_STROP_DIR = str(Path(__file__).resolve().parents[1])
+
+
+@contextmanager
+def warnings_as_lines(prefix: str, stream: TextIO | None = None) -> Iterator[None]:
+    """Show warnings as one line each, ``"{prefix}: warning: {message}"``, while the block runs.
+
+    Python's format (``file.py:123: BadFilesWarning: ...`` and the echoed source line) is for
+    developers; a CLI user gets the message. Warnings from outside strop keep their category
+    (``... warning: UserWarning: ...``). Only the display changes: filters, the warning classes
+    and ``warnings.catch_warnings(record=True)`` in library code behave as before.
+    """
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        ours = category.__module__.startswith("strop") or str(Path(filename).resolve()).startswith(_STROP_DIR)
+        text = str(message).strip()
+        if not ours:
+            text = f"{category.__name__}: {text}"
+        print(f"{prefix}: warning: {text}", file=stream or file or sys.stderr)
+
+    old: Any = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = old

@@ -30,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     result = fit(config, resume=args.resume)
     if result.interrupted:
-        return 130
+        # fit saved last.pt and said how to continue; the shell's status for the signal
+        from strop._interrupt import exit_code
+
+        return exit_code(result.interrupted)
     if result.best_metric is not None and os.environ.get("RANK", "0") == "0":
         print(f"best {result.monitor}: {result.best_metric:.4f} (epoch {result.best_epoch}); run folder: {result.run_dir}")
     return 0

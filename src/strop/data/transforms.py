@@ -40,7 +40,9 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 #: Names accepted by ``augment=`` (``True`` means ``"standard"``, ``False`` means ``"none"``).
-AUGMENTATIONS = ("none", "standard", "crop")
+AUGMENTATIONS = (
+    "none", "flip", "standard", "crop", "trivialaugment", "randaugment", "autoaugment", "augmix"
+)
 
 Augment = bool | str | Callable[..., object]
 
@@ -158,31 +160,131 @@ def _check_augment(func: str, augment: Augment) -> str | Callable[..., object]:
     )
 
 
+def _check_jitter(func: str, color_jitter: float | Sequence[float] | None) -> tuple[float, ...] | None:
+    if color_jitter is None:
+        return None
+    if isinstance(color_jitter, (int, float)) and not isinstance(color_jitter, bool):
+        values: tuple[float, ...] = (float(color_jitter),) * 3
+    elif (
+        isinstance(color_jitter, Sequence)
+        and len(color_jitter) in (3, 4)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in color_jitter)
+    ):
+        values = tuple(float(v) for v in color_jitter)
+    else:
+        fail(
+            func,
+            "color_jitter must be a number (brightness = contrast = saturation) or "
+            f"(brightness, contrast, saturation[, hue]); got {color_jitter!r}",
+            exc=TypeError,
+        )
+    if min(values) < 0 or (len(values) == 4 and values[3] > 0.5):
+        fail(func, f"color_jitter values must be >= 0 (hue <= 0.5); got {color_jitter!r}")
+    return values if any(values) else None
+
+
+class _Paired:
+    """Segmentation augmentation: ``geometric`` moves the image and its ``tv_tensors.Mask``
+    together; ``photometric`` changes the image only (colour, erasing)."""
+
+    def __init__(self, geometric: v2.Transform | None, photometric: v2.Transform | None) -> None:
+        self.geometric = geometric
+        self.photometric = photometric
+
+    def __call__(self, image: Tensor, mask: Tensor | None = None) -> object:
+        if self.geometric is not None:
+            image, mask = (self.geometric(image, mask) if mask is not None
+                           else (self.geometric(image), None))
+        if self.photometric is not None:
+            image = self.photometric(image)
+        return image if mask is None else (image, mask)
+
+    def __repr__(self) -> str:
+        return f"_Paired(geometric={self.geometric!r}, photometric={self.photometric!r})"
+
+
 def augmentation(
-    func: str, augment: Augment, size: tuple[int, int]
+    func: str,
+    augment: Augment,
+    size: tuple[int, int],
+    *,
+    task: str = "classification",
+    hflip: bool = True,
+    color_jitter: float | Sequence[float] | None = None,
+    random_erasing: float = 0.0,
 ) -> Callable[..., object] | None:
     """The random training transform for ``augment`` (``None`` when there is none).
 
+    Presets (torchvision transforms v2 only), applied to the resized ``uint8`` image:
+
+    - ``"none"`` (``False``): no augmentation (unless ``color_jitter``/``random_erasing`` is set).
+    - ``"flip"``: ``RandomHorizontalFlip()`` only.
     - ``"standard"`` (``True``): ``RandomResizedCrop(size, scale=(0.7, 1.0))`` and
       ``RandomHorizontalFlip()`` — the usual fine-tuning recipe, milder than ImageNet's
       ``scale=(0.08, 1)`` because the image is already resized to the model's input.
-    - ``"crop"``: the crop only, no flip — for digits, text and anything a mirror changes.
+    - ``"crop"``: the crop only, no flip — the preset for digits, text and anything a mirror
+      changes (the same as ``"standard"`` with ``hflip=False``).
+    - ``"trivialaugment"`` / ``"randaugment"`` / ``"autoaugment"`` / ``"augmix"``: ``"standard"``
+      followed by ``TrivialAugmentWide()``, ``RandAugment()`` (2 ops, magnitude 9),
+      ``AutoAugment(IMAGENET)`` or ``AugMix()`` at torchvision's defaults (timm's order: crop,
+      flip, auto-augment, then erasing). Classification only: their geometric ops (shear,
+      rotate, translate) do not move a ``tv_tensors.Mask`` in torchvision, so segmentation
+      refuses them.
     - a callable: applied as is to the ``uint8`` image tensor (classification) or to
       ``(tv_tensors.Image, tv_tensors.Mask)`` (segmentation); it is treated as random.
-    - ``"none"`` (``False``): no augmentation.
 
-    The v2 transforms move a ``tv_tensors.Mask`` with its image (same crop and flip, nearest
-    resampling for the mask), so the same transform serves classification and segmentation.
+    Options: ``hflip=False`` drops the flip from every preset; ``color_jitter`` adds
+    ``ColorJitter(brightness, contrast, saturation[, hue])`` (a number ``s`` means ``(s, s, s)``,
+    timm's ``--color-jitter``); ``random_erasing=p`` adds ``RandomErasing(p, value=0)`` last
+    (the erased box is black in the ``uint8`` image, i.e. ``-mean/std`` after normalisation).
+
+    Segmentation (``task="segmentation"``): the geometric part (crop, flip) is applied to the
+    image and the mask together (nearest resampling for the mask), the photometric part (colour
+    jitter, erasing) to the image only. Randomness comes from torch's global generator, so the
+    output is a function of the seed (the loader reseeds it per epoch and worker).
     """
     kind = _check_augment(func, augment)
+    check_choice(func, "task", task, ("classification", "segmentation"))
+    if not isinstance(hflip, bool):
+        fail(func, f"hflip must be a bool; got {type(hflip).__name__} {hflip!r}", exc=TypeError)
+    jitter = _check_jitter(func, color_jitter)
+    if isinstance(random_erasing, bool) or not isinstance(random_erasing, (int, float)) or not 0 <= random_erasing <= 1:
+        fail(func, f"random_erasing must be a probability in [0, 1]; got {random_erasing!r}")
     if callable(kind):
         return kind
-    if kind == "none":
+    if task == "segmentation" and kind in _POLICIES:
+        fail(
+            func,
+            f"augment={kind!r} is for classification only: torchvision applies its shear/rotate/"
+            "translate ops to the image but cannot apply them to a tv_tensors.Mask",
+            hint="use augment='standard' (or 'crop') with color_jitter for segmentation",
+        )
+    geometric: list[v2.Transform] = []
+    if kind in ("standard", "crop", *_POLICIES):
+        geometric.append(v2.RandomResizedCrop(list(size), scale=(0.7, 1.0), antialias=True))
+    if kind in ("flip", "standard", *_POLICIES) and hflip:
+        geometric.append(v2.RandomHorizontalFlip())
+    photometric: list[v2.Transform] = []
+    if kind in _POLICIES:
+        photometric.append(_POLICIES[kind]())
+    if jitter is not None:
+        photometric.append(v2.ColorJitter(*jitter))
+    if random_erasing > 0:
+        photometric.append(v2.RandomErasing(p=float(random_erasing), value=0))
+    if not geometric and not photometric:
         return None
-    steps: list[v2.Transform] = [v2.RandomResizedCrop(list(size), scale=(0.7, 1.0), antialias=True)]
-    if kind == "standard":
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps)
+    if task == "classification":
+        return v2.Compose(geometric + photometric)
+    return _Paired(v2.Compose(geometric) if geometric else None,
+                   v2.Compose(photometric) if photometric else None)
+
+
+_POLICIES: dict[str, Callable[[], v2.Transform]] = {
+    "trivialaugment": v2.TrivialAugmentWide,
+    "randaugment": v2.RandAugment,
+    "autoaugment": v2.AutoAugment,
+    "augmix": v2.AugMix,
+}
 
 
 def is_deterministic(func: str, augment: Augment) -> bool:

@@ -14,7 +14,7 @@ from strop.finetune.freeze import freeze as _freeze
 from strop.finetune.weights import LoadReport, load_weights
 from strop.finetune.zoo import build_architecture, resolve_name
 
-__all__ = ["build_model", "resolve_weights"]
+__all__ = ["build_model", "load_summary", "resolve_weights"]
 
 _FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".pkl", ".safetensors")
 
@@ -61,6 +61,7 @@ def build_model(
     sha256: str | None = None,
     aux_logits: bool = True,
     trust_pickle: bool = False,
+    keep_head: bool = False,
 ) -> nn.Module:
     """A torchvision model ready to fine-tune for ``num_classes`` classes (on CPU).
 
@@ -74,8 +75,11 @@ def build_model(
       (``$TORCH_HOME/hub/checkpoints``; downloaded only when not cached); a local ``.pth``/``.pt``
       (state dict or checkpoint dict) or ``.safetensors`` file. See :func:`load_weights` for the
       checks (``strict``, ``sha256``; pickles are loaded with ``weights_only=True``). The head is
-      built for ``num_classes``; pretrained head weights of another class count are dropped and
-      the new head keeps torchvision's fresh initialisation.
+      built for ``num_classes`` and keeps torchvision's fresh initialisation: transfer learning
+      starts from a new output layer ("the output layer is not reused"), also when the source
+      has as many classes as the target. ``keep_head=True`` loads a source head of the same
+      shape instead (timm's ``pretrained=True`` with a matching ``num_classes`` does that; use it
+      to continue training a model on its own task, or to use an ImageNet head as is).
     - ``freeze``: ``None``, ``"backbone"``, a layer-group name (freeze up to it) or a number of
       layer groups, see :func:`freeze`; frozen BatchNorm stays in eval mode unless ``train_bn``.
     - ``aux_logits``: inception_v3/googlenet keep their auxiliary classifiers (replaced for
@@ -86,12 +90,13 @@ def build_model(
       refuses (a pickle can run code on load); see :func:`load_weights`.
 
     The returned model records its architecture name (``model._strop_arch``) and, when weights
-    were loaded, the :class:`LoadReport` (``model._strop_load_report``).
+    were loaded, the :class:`LoadReport` (``model._strop_load_report``; one line:
+    :func:`load_summary`).
     """
     name = resolve_name("build_model", name)
     check_positive("build_model", "num_classes", num_classes, integer=True)
     for arg, value in (("train_bn", train_bn), ("strict", strict), ("aux_logits", aux_logits),
-                       ("trust_pickle", trust_pickle)):
+                       ("trust_pickle", trust_pickle), ("keep_head", keep_head)):
         if not isinstance(value, bool):
             fail("build_model", f"{arg} must be a bool; got {type(value).__name__} {value!r}", exc=TypeError)
     source = None if weights is None else resolve_weights(name, weights)
@@ -105,8 +110,18 @@ def build_model(
         name, num_classes=num_classes, pretrained=source is not None, aux_logits=aux_logits, **extra
     )
     if source is not None:
-        report: LoadReport = load_weights(model, source, strict=strict, sha256=sha256, trust_pickle=trust_pickle)
+        report: LoadReport = load_weights(
+            model, source, strict=strict, sha256=sha256, trust_pickle=trust_pickle, keep_head=keep_head
+        )
         model._strop_load_report = report
     if freeze is not None:
         _freeze(model, freeze, train_bn=train_bn)
     return model
+
+
+def load_summary(model: nn.Module) -> str | None:
+    """The one-line summary of the weights :func:`build_model` loaded into ``model`` (``None``
+    when it loaded none), e.g. ``weights source.pth: 120 tensors loaded; new head
+    (keep_head=False), 2 tensors left as initialised``."""
+    report = getattr(model, "_strop_load_report", None)
+    return None if report is None else report.summary()

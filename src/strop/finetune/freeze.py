@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from strop._checks import did_you_mean, fail
 from strop.finetune.zoo import LayerGroup, layer_groups
 
-__all__ = ["freeze", "is_backbone_frozen", "unfreeze"]
+__all__ = ["convert_sync_batchnorm", "freeze", "is_backbone_frozen", "set_frozen", "unfreeze"]
 
 
 class _EvalModeMixin:
@@ -97,7 +97,7 @@ def _bn_param_ids(group: LayerGroup) -> set[int]:
     return {id(p) for bn in _bn_layers(group) for p in bn.parameters(recurse=False)}
 
 
-def _set_frozen(group: LayerGroup, frozen: bool, *, train_bn: bool, training: bool) -> None:
+def set_frozen(group: LayerGroup, frozen: bool, *, train_bn: bool, training: bool) -> None:
     bn_ids = _bn_param_ids(group) if frozen and train_bn else set()
     for _, p in group.params:
         p.requires_grad_(not frozen or id(p) in bn_ids)
@@ -158,7 +158,7 @@ def freeze(model: nn.Module, what: str | int | None, *, train_bn: bool = False) 
         layer_groups(model)  # still validates the model
         return
     for group in _stages("freeze", model, what, first=True):
-        _set_frozen(group, True, train_bn=train_bn, training=model.training)
+        set_frozen(group, True, train_bn=train_bn, training=model.training)
 
 
 def unfreeze(model: nn.Module, what: str | int | None = "all") -> None:
@@ -180,7 +180,7 @@ def unfreeze(model: nn.Module, what: str | int | None = "all") -> None:
                 _unlock_bn(m, model.training)
         return
     for group in _stages("unfreeze", model, what, first=False):
-        _set_frozen(group, False, train_bn=False, training=model.training)
+        set_frozen(group, False, train_bn=False, training=model.training)
 
 
 def is_backbone_frozen(model: nn.Module) -> bool:
@@ -193,3 +193,18 @@ def is_backbone_frozen(model: nn.Module) -> bool:
     groups = layer_groups(model)
     params = [p for g in groups[:-1] for _, p in g.params]
     return bool(params) and not any(p.requires_grad for p in params)
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm(model)``, keeping frozen BatchNorm locked.
+
+    The conversion builds plain ``SyncBatchNorm`` layers; those that replace a frozen (locked)
+    BatchNorm are locked again, so they stay in eval mode across ``model.train()``.
+    """
+    locked = {name for name, mod in model.named_modules() if isinstance(mod, _EvalModeMixin)}
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, mod in model.named_modules():
+        if name in locked and type(mod) is nn.SyncBatchNorm:
+            mod.__class__ = _EvalSyncBatchNorm
+            mod.eval()
+    return model

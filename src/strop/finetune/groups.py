@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from strop._checks import check_positive, fail
-from strop.finetune.freeze import _set_frozen
+from strop.finetune.freeze import set_frozen
 from strop.finetune.zoo import LayerGroup, layer_groups
 
 __all__ = ["GradualUnfreezing", "param_groups"]
@@ -155,10 +155,6 @@ class GradualUnfreezing:
         count = min(n_stages, 1 + (epoch - self.head_epochs) // self.every)
         return [(self.head_epochs + j * self.every, [n_stages - 1 - j]) for j in range(count)]
 
-    def unfrozen_stages(self, epoch: int, n_stages: int) -> int:
-        """How many layer groups (from the top) are trainable during ``epoch``."""
-        return sum(len(ix) for _, ix in self._events(epoch, n_stages))
-
     def on_epoch_start(
         self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
     ) -> list[str]:
@@ -168,7 +164,7 @@ class GradualUnfreezing:
         events = self._events(epoch, len(stages))
         trainable = {i for _, ix in events for i in ix}
         for i, g in enumerate(stages):
-            _set_frozen(g, i not in trainable, train_bn=self.train_bn, training=model.training)
+            set_frozen(g, i not in trainable, train_bn=self.train_bn, training=model.training)
         if optimizer is None:
             return []
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}

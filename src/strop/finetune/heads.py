@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from strop._checks import check_positive, fail
 from strop.finetune.zoo import spec_of
 
-__all__ = ["head_module", "replace_head", "split_outputs"]
+__all__ = ["head_module", "output_loss", "replace_head", "split_outputs"]
 
 
 def head_module(model: nn.Module) -> nn.Module:
@@ -89,3 +89,24 @@ def split_outputs(output: Any) -> tuple[Tensor, list[Tensor]]:
         f"output must be a Tensor, a (main, *aux) tuple or a dict with 'out'; got {type(output).__name__}",
         exc=TypeError,
     )
+
+
+def output_loss(
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    output: Any,
+    target: Any,
+    aux_weight: float = 0.4,
+) -> tuple[Tensor, Tensor]:
+    """``(loss, main)``: ``loss_fn(main, target) + aux_weight * sum(loss_fn(a, target) for a in aux)``
+    over the parts :func:`split_outputs` finds in ``output``.
+
+    ``aux_weight=0.4`` is torchvision's reference recipe for inception_v3/googlenet and the
+    segmentation models' auxiliary heads. ``main`` is returned for metrics (accuracy, IoU).
+    """
+    main, aux = split_outputs(output)
+    # the auxiliary losses first: a combined loss's ``parts`` then describe the main output
+    aux_losses = [loss_fn(a, target) for a in aux]
+    loss = loss_fn(main, target)
+    for a in aux_losses:
+        loss = loss + aux_weight * a
+    return loss, main

@@ -55,9 +55,11 @@ class LoadReport:
 
     ``loaded``: tensors copied. ``missing``: model keys the source lacks. ``unexpected``: source
     keys the model lacks. ``mismatched``: ``(key, model shape, source shape)`` outside the head.
-    ``head_reset``: head keys dropped because the class count differs (the new head keeps its
-    fresh initialisation). ``ignored``: keys of auxiliary heads the model was built without.
-    ``ok`` is true when nothing is missing, unexpected or mismatched.
+    ``head_reset``: head keys not loaded, so the model's head keeps its fresh initialisation:
+    because the class count differs, or the file has no head, or (``head_reason ==
+    "keep_head=False"``) because fine-tuning asked for a new head. ``ignored``: keys of auxiliary
+    heads the model was built without. ``ok`` is true when nothing is missing, unexpected or
+    mismatched. :meth:`summary` is the one line to print.
     """
 
     source: str
@@ -67,6 +69,7 @@ class LoadReport:
     mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
     head_reset: tuple[str, ...] = ()
     ignored: tuple[str, ...] = field(default=())
+    head_reason: str = "the class count differs"
 
     @property
     def ok(self) -> bool:
@@ -86,10 +89,21 @@ class LoadReport:
             shown = ", ".join(f"{k} model {tuple(a)} vs source {tuple(b)}" for k, a, b in self.mismatched[:5])
             lines.append(f"shape mismatch ({len(self.mismatched)}): {shown}")
         if self.head_reset:
-            lines.append(f"head re-initialised for the new class count: {few(self.head_reset)}")
+            why = "for the new class count" if self.head_reason == "the class count differs" else f"({self.head_reason})"
+            lines.append(f"head re-initialised {why}: {few(self.head_reset)}")
         if self.ignored:
             lines.append(f"ignored (aux heads not built): {len(self.ignored)} tensors")
         return "; ".join(lines)
+
+    def summary(self) -> str:
+        """One line for a log: what was loaded and whether the head is the source's or new."""
+        if self.head_reset:
+            head = f"new head ({self.head_reason}), {len(self.head_reset)} tensors left as initialised"
+        else:
+            head = "head loaded from the source (same class count)"
+        text = f"weights {self.source}: {self.loaded} tensors loaded; {head}"
+        problems = len(self.missing) + len(self.unexpected) + len(self.mismatched)
+        return text + (f"; {problems} keys did not fit (partial load)" if problems else "")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -248,7 +262,9 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def _match(model: nn.Module, state: Mapping[str, Tensor], source: str) -> tuple[dict[str, Tensor], LoadReport]:
+def _match(
+    model: nn.Module, state: Mapping[str, Tensor], source: str, keep_head: bool = True
+) -> tuple[dict[str, Tensor], LoadReport]:
     spec = spec_of("load_weights", model)
     family = _FAMILIES[type(model).__name__]
     own = model.state_dict()
@@ -270,6 +286,8 @@ def _match(model: nn.Module, state: Mapping[str, Tensor], source: str) -> tuple[
                 head_reset.append(key)
             else:
                 mismatched.append((key, tuple(own[key].shape), tuple(value.shape)))
+        elif not keep_head and _under(key, heads):
+            head_reset.append(key)  # fine-tuning: the source's classifier is not the new task's
         else:
             to_load[key] = value
     missing = []
@@ -288,8 +306,18 @@ def _match(model: nn.Module, state: Mapping[str, Tensor], source: str) -> tuple[
         mismatched=tuple(mismatched),
         head_reset=tuple(head_reset),
         ignored=tuple(ignored),
+        head_reason=_head_reason(state, own, heads, keep_head),
     )
     return to_load, report
+
+
+def _head_reason(state: Mapping[str, Tensor], own: Mapping[str, Tensor], heads: tuple[str, ...], keep_head: bool) -> str:
+    in_file = [k for k in own if _under(k, heads) and k in state]
+    if not in_file:
+        return "the source has no head"
+    if any(state[k].shape != own[k].shape for k in in_file):
+        return "the class count differs"
+    return "keep_head=False"
 
 
 def load_weights(
@@ -299,6 +327,7 @@ def load_weights(
     strict: bool = True,
     sha256: str | None = None,
     trust_pickle: bool = False,
+    keep_head: bool = True,
 ) -> LoadReport:
     """Load weights into ``model`` in place and return a :class:`LoadReport`.
 
@@ -307,7 +336,8 @@ def load_weights(
     ``WeightsEnum`` member (e.g. ``ResNet18_Weights.IMAGENET1K_V1``; read from the hub cache).
 
     Head keys whose shape differs (another class count) are dropped and the model's new head
-    keeps its initialisation; keys of aux heads the model was built without are ignored. Any other
+    keeps its initialisation; ``keep_head=False`` drops the head's keys of the same shape too
+    (what fine-tuning wants, see :func:`~strop.finetune.build_model`); keys of aux heads the model was built without are ignored. Any other
     missing, unexpected or shape-mismatched key raises ``ValueError`` with the report and loads
     nothing, unless ``strict=False``: then the fitting tensors are loaded and a ``UserWarning``
     carries the report. A source that shares no tensor with the model always raises.
@@ -319,7 +349,9 @@ def load_weights(
     if not isinstance(model, nn.Module):
         fail("load_weights", f"model must be a torch.nn.Module; got {type(model).__name__}", exc=TypeError)
     state, where = _resolve_source("load_weights", source, sha256=sha256, trust_pickle=trust_pickle)
-    to_load, report = _match(model, state, where)
+    if not isinstance(keep_head, bool):
+        fail("load_weights", f"keep_head must be a bool; got {type(keep_head).__name__} {keep_head!r}", exc=TypeError)
+    to_load, report = _match(model, state, where, keep_head)
     if not to_load:
         fail(
             "load_weights",

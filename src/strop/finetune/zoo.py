@@ -22,7 +22,7 @@ from torchvision.models import get_model_builder, get_model_weights, list_models
 
 from strop._checks import check_positive, fail
 
-__all__ = ["LayerGroup", "ModelSpec", "available_models", "build_architecture", "layer_groups", "model_spec"]
+__all__ = ["FAMILIES", "LayerGroup", "ModelSpec", "available_models", "build_architecture", "layer_groups", "model_spec"]
 
 Task = Literal["classification", "segmentation"]
 
@@ -44,7 +44,7 @@ class _Family:
 
 _SEQ = ("features", "classifier")
 # keyed by the model's class name, so that a model built outside strop is recognised too
-_FAMILIES: dict[str, _Family] = {
+FAMILIES: dict[str, _Family] = {
     "ResNet": _Family("fc"),
     "RegNet": _Family("fc", expand=("trunk_output",)),
     "ShuffleNetV2": _Family("fc"),
@@ -75,6 +75,8 @@ _FAMILIES: dict[str, _Family] = {
         "segmentation",
     ),
 }
+# the old private name, still imported by weights.py: remove once that import says FAMILIES
+_FAMILIES = FAMILIES
 
 _CLASSIFICATION = tuple(list_models(module=torchvision.models))
 _SEGMENTATION = tuple(list_models(module=torchvision.models.segmentation))
@@ -163,9 +165,9 @@ def build_architecture(
 
 
 def _family(func: str, model: nn.Module) -> _Family:
-    family = _FAMILIES.get(type(model).__name__)
+    family = FAMILIES.get(type(model).__name__)
     if family is None:
-        known = ", ".join(sorted(_FAMILIES))
+        known = ", ".join(sorted(FAMILIES))
         fail(
             func,
             f"model must be a torchvision classification or segmentation architecture; got {type(model).__name__}",

@@ -12,6 +12,8 @@ function           module           what
 ``lovasz_loss``    ``LovaszLoss``   Lovász hinge / Lovász-softmax
 ``box_iou``        —                pairwise IoU (``denominator="min"``: tutorial's isMin)
 ``box_iou_loss``   ``BoxIoULoss``   1 - IoU / GIoU / DIoU / CIoU, element-wise
+``nms``            —                greedy NMS; ``denominator="min"``: tutorial's isMin
+``batched_nms``    —                NMS per category
 ``cross_entropy``  ``CrossEntropyLoss``   ``F.cross_entropy`` with validation
 ``bce``            ``BCEWithLogitsLoss``  ``F.binary_cross_entropy_with_logits`` with validation
 =================  ===============  ===================================================
@@ -39,6 +41,7 @@ from strop.losses.modules import (
     MSELoss,
     TverskyLoss,
 )
+from strop.losses.nms import batched_nms, nms
 from strop.losses.registry import LOSSES, CombinedLoss, build
 from strop.losses.segmentation import dice_bce_loss, dice_loss, jaccard_loss, tversky_loss
 
@@ -55,6 +58,7 @@ __all__ = [
     "LovaszLoss",
     "MSELoss",
     "TverskyLoss",
+    "batched_nms",
     "bce",
     "box_iou",
     "box_iou_loss",
@@ -66,6 +70,7 @@ __all__ = [
     "jaccard_loss",
     "lovasz_loss",
     "mse_loss",
+    "nms",
     "set_value_checks",
     "tversky_loss",
     "value_checks",

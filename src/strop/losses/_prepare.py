@@ -206,6 +206,31 @@ def prepare(
     for shape mismatches, unknown modes and (value checks on) out-of-range targets. Messages start
     with ``func``.
     """
+    _check_arguments(func, input, target, mode, from_logits, ignore_index)
+    x = input.to(compute_dtype(input.dtype))
+    checks: list[tuple[str, Tensor, float, float]] = []
+    if not from_logits:
+        checks.append(("input (probabilities, from_logits=False)", x.detach(), 0.0, 1.0))
+    if mode == "multiclass":
+        return _prepare_multiclass(func, x, target, from_logits, ignore_index, checks)
+    if mode == "multilabel":
+        _check_multilabel_shape(func, input, target)
+        n, c, pixels = input.shape[0], input.shape[1], math.prod(input.shape[2:])
+    else:
+        _check_binary_shape(func, input, target)
+        n, c, pixels = input.shape[0], 1, math.prod(input.shape[1:])
+    t, valid = _float_target(target.reshape(n, c, pixels).to(x.dtype), ignore_index)
+    what = "target" + (f" (other than ignore_index={ignore_index})" if ignore_index is not None else "")
+    if target.dtype != torch.bool:
+        checks.append((f"{what} for mode={mode!r}", t, 0.0, 1.0))
+    _check_values(func, checks)
+    return Prepared(x.reshape(n, c, pixels), t, None, valid, mode, from_logits, input.shape)
+
+
+def _check_arguments(
+    func: str, input: Tensor, target: Tensor, mode: str, from_logits: bool, ignore_index: int | None
+) -> None:
+    """Types, devices and options, for every mode."""
     check_mode(func, mode)
     check_tensor(func, "input", input, floating=True)
     check_tensor(func, "target", target)
@@ -217,80 +242,82 @@ def prepare(
              hint="move both to the same device")
     if target.is_complex():
         fail(func, f"target must be a real tensor; got {target.dtype}", exc=TypeError)
-    dtype = compute_dtype(input.dtype)
-    x = input.to(dtype)
-    checks: list[tuple[str, Tensor, float, float]] = []
-    if not from_logits:
-        checks.append(("input (probabilities, from_logits=False)", x.detach(), 0.0, 1.0))
 
-    if mode == "multiclass":
-        if input.dim() < 2:
-            fail(func, f"input must have shape (N, C, ...) for mode='multiclass'; got {_shape(input.shape)}")
-        n, c = input.shape[:2]
-        if c < 2:
-            fail(func, f"input must have C >= 2 channels for mode='multiclass'; got {_shape(input.shape)}",
-                 hint="use mode='binary' for a single-channel output")
-        expected = (n, *input.shape[2:])
-        if tuple(target.shape) != expected:
-            hint = None
-            if target.shape == input.shape:
-                hint = "use mode='multilabel' for one-hot targets"
-            elif target.dim() == input.dim() and target.shape[1] == 1:
-                hint = "drop the channel dimension: target[:, 0]"
-            fail(func, f"target must have shape (N, ...)={_shape(expected)} for mode='multiclass' with "
-                       f"input (N, C, ...)={_shape(input.shape)}; got {_shape(target.shape)}", hint=hint)
-        if target.is_floating_point() or target.dtype == torch.bool:
-            fail(func, f"target must hold integer class ids for mode='multiclass'; got {target.dtype}",
-                 hint="call target.long(); for one-hot or soft targets use mode='multilabel'", exc=TypeError)
-        pixels = math.prod(input.shape[2:])
-        labels = target.reshape(n, pixels).long()
-        valid = None
-        if ignore_index is not None:
-            keep = labels != ignore_index
-            labels = labels.masked_fill(~keep, 0)
-            valid = keep.unsqueeze(1)
-        what = "target class ids" + (f" (other than ignore_index={ignore_index})" if ignore_index is not None else "")
-        checks.append((what, labels, 0, c - 1))
-        _check_values(func, checks)
-        return Prepared(x.reshape(n, c, pixels), None, labels, valid, mode, from_logits, target.shape)
 
-    if mode == "multilabel":
-        if input.dim() < 2:
-            fail(func, f"input must have shape (N, C, ...) for mode='multilabel'; got {_shape(input.shape)}")
-        if target.shape != input.shape:
-            hint = ("integer class-id targets go with mode='multiclass'"
-                    if tuple(target.shape) == (input.shape[0], *input.shape[2:]) else None)
-            fail(func, f"target must have the shape of input {_shape(input.shape)} for mode='multilabel'; "
-                       f"got {_shape(target.shape)}", hint=hint)
-        n, c = input.shape[:2]
-        pixels = math.prod(input.shape[2:])
-    else:  # binary
-        if input.dim() < 1:
-            fail(func, "input must have shape (N, ...) for mode='binary'; got a 0-d tensor",
-                 hint="add a batch dimension: input[None]")
-        squeezed = input.dim() >= 2 and input.shape[1] == 1 and tuple(target.shape) == (input.shape[0], *input.shape[2:])
-        if target.shape != input.shape and not squeezed:
-            also = f" or {_shape((input.shape[0], *input.shape[2:]))}" if input.dim() >= 2 and input.shape[1] == 1 else ""
-            hint = None
-            if input.dim() >= 2 and input.shape[1] > 1 and tuple(target.shape) == (input.shape[0], *input.shape[2:]):
-                hint = f"for C={input.shape[1]} classes with integer targets use mode='multiclass'"
-            fail(func, f"target must have the shape of input {_shape(input.shape)}{also} for mode='binary'; "
-                       f"got {_shape(target.shape)}", hint=hint)
-        n, c = input.shape[0], 1
-        pixels = math.prod(input.shape[1:])
-    t = target.reshape(n, c, pixels)
-    t = t.to(dtype)
+def _prepare_multiclass(
+    func: str,
+    x: Tensor,
+    target: Tensor,
+    from_logits: bool,
+    ignore_index: int | None,
+    checks: list[tuple[str, Tensor, float, float]],
+) -> Prepared:
+    """``(N, C, *)`` logits with ``(N, *)`` integer class ids: labels ``(N, P)``, no one-hot."""
+    if x.dim() < 2:
+        fail(func, f"input must have shape (N, C, ...) for mode='multiclass'; got {_shape(x.shape)}")
+    n, c = x.shape[:2]
+    if c < 2:
+        fail(func, f"input must have C >= 2 channels for mode='multiclass'; got {_shape(x.shape)}",
+             hint="use mode='binary' for a single-channel output")
+    expected = (n, *x.shape[2:])
+    if tuple(target.shape) != expected:
+        hint = None
+        if target.shape == x.shape:
+            hint = "use mode='multilabel' for one-hot targets"
+        elif target.dim() == x.dim() and target.shape[1] == 1:
+            hint = "drop the channel dimension: target[:, 0]"
+        fail(func, f"target must have shape (N, ...)={_shape(expected)} for mode='multiclass' with "
+                   f"input (N, C, ...)={_shape(x.shape)}; got {_shape(target.shape)}", hint=hint)
+    if target.is_floating_point() or target.dtype == torch.bool:
+        fail(func, f"target must hold integer class ids for mode='multiclass'; got {target.dtype}",
+             hint="call target.long(); for one-hot or soft targets use mode='multilabel'", exc=TypeError)
+    pixels = math.prod(x.shape[2:])
+    labels = target.reshape(n, pixels).long()
     valid = None
     if ignore_index is not None:
-        keep = t != ignore_index
-        t = t.masked_fill(~keep, 0)
-        # binary: one class, so the mask is the target's; multilabel keeps a per-channel mask
-        valid = keep
-    what = "target" + (f" (other than ignore_index={ignore_index})" if ignore_index is not None else "")
-    if target.dtype != torch.bool:
-        checks.append((f"{what} for mode={mode!r}", t, 0.0, 1.0))
+        keep = labels != ignore_index
+        labels = labels.masked_fill(~keep, 0)
+        valid = keep.unsqueeze(1)
+    what = "target class ids" + (f" (other than ignore_index={ignore_index})" if ignore_index is not None else "")
+    checks.append((what, labels, 0, c - 1))
     _check_values(func, checks)
-    return Prepared(x.reshape(n, c, pixels), t, None, valid, mode, from_logits, input.shape)
+    return Prepared(x.reshape(n, c, pixels), None, labels, valid, "multiclass", from_logits, target.shape)
+
+
+def _check_multilabel_shape(func: str, input: Tensor, target: Tensor) -> None:
+    if input.dim() < 2:
+        fail(func, f"input must have shape (N, C, ...) for mode='multilabel'; got {_shape(input.shape)}")
+    if target.shape != input.shape:
+        hint = ("integer class-id targets go with mode='multiclass'"
+                if tuple(target.shape) == (input.shape[0], *input.shape[2:]) else None)
+        fail(func, f"target must have the shape of input {_shape(input.shape)} for mode='multilabel'; "
+                   f"got {_shape(target.shape)}", hint=hint)
+
+
+def _check_binary_shape(func: str, input: Tensor, target: Tensor) -> None:
+    """The target has the input's shape, or ``(N, *)`` for an ``(N, 1, *)`` input."""
+    if input.dim() < 1:
+        fail(func, "input must have shape (N, ...) for mode='binary'; got a 0-d tensor",
+             hint="add a batch dimension: input[None]")
+    spatial = (input.shape[0], *input.shape[2:])
+    one_channel = input.dim() >= 2 and input.shape[1] == 1
+    if target.shape == input.shape or (one_channel and tuple(target.shape) == spatial):
+        return
+    also = f" or {_shape(spatial)}" if one_channel else ""
+    hint = None
+    if input.dim() >= 2 and input.shape[1] > 1 and tuple(target.shape) == spatial:
+        hint = f"for C={input.shape[1]} classes with integer targets use mode='multiclass'"
+    fail(func, f"target must have the shape of input {_shape(input.shape)}{also} for mode='binary'; "
+               f"got {_shape(target.shape)}", hint=hint)
+
+
+def _float_target(t: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor | None]:
+    """``(target with ignored elements set to 0, mask of the kept ones or None)``."""
+    if ignore_index is None:
+        return t, None
+    keep = t != ignore_index
+    # binary: one class, so the mask is the target's; multilabel keeps a per-channel mask
+    return t.masked_fill(~keep, 0), keep
 
 
 def reduce(loss: Tensor, reduction: str, valid: Tensor | None = None) -> Tensor:

@@ -187,95 +187,136 @@ def _box_loss_fused(p: Tensor, t: Tensor, kind: str, *, with_grad: bool) -> tupl
     side; ``clamp_min`` passes the gradient only where its input is ``> min``; the ``den`` of
     ``_safe_div`` gets no gradient where it was clamped (``den == 0``).
     """
-    shape = p.shape[:-1]
-    px1, py1, px2, py2 = p.reshape(-1, 4).unbind(1)
-    tx1, ty1, tx2, ty2 = t.reshape(-1, 4).unbind(1)
-    tiny = torch.finfo(p.dtype).tiny
-    wp, hp, wt, ht = px2 - px1, py2 - py1, tx2 - tx1, ty2 - ty1
-    iw_raw = torch.minimum(px2, tx2) - torch.maximum(px1, tx1)
-    ih_raw = torch.minimum(py2, ty2) - torch.maximum(py1, ty1)
-    iw, ih = iw_raw.clamp_min(0), ih_raw.clamp_min(0)
-    inter = iw * ih
-    union = torch.addcmul(wt * ht, wp, hp).sub_(inter)
-    union_c = union.clamp_min(tiny)
-    iou = inter / union_c
-    loss = torch.rsub(iou, 1)
-    if kind != "iou":
-        cw = torch.maximum(px2, tx2) - torch.minimum(px1, tx1)
-        ch = torch.maximum(py2, ty2) - torch.minimum(py1, ty1)
-        if kind == "giou":
-            area_c = cw * ch
-            area_cc = area_c.clamp_min(tiny)
-            extra = (area_c - union) / area_cc
-            loss.add_(extra)
-        else:
-            diag2 = torch.addcmul(cw * cw, ch, ch)
-            diag2_c = diag2.clamp_min(tiny)
-            dx = (px1 + px2 - tx1 - tx2) / 2
-            dy = (py1 + py2 - ty1 - ty2) / 2
-            rho2 = torch.addcmul(dx * dx, dy, dy)
-            dist = rho2 / diag2_c
-            loss.add_(dist)
-            if kind == "ciou":
-                at_p, hp_safe = _aspect_cols(wp, hp)
-                delta = _aspect_cols(wt, ht)[0].sub_(at_p)
-                v = delta.square().mul_(4 / math.pi**2)
-                alpha = v / (torch.rsub(iou, 1).add_(v)).clamp_min_(tiny)
-                loss.addcmul_(alpha, v)
-    loss = loss.view(shape)
+    f = _BoxTerms(p.reshape(-1, 4).unbind(1), t.reshape(-1, 4).unbind(1), torch.finfo(p.dtype).tiny)
+    loss = f.iou_loss()
+    if kind == "giou":
+        loss.add_(f.giou_penalty())
+    elif kind in ("diou", "ciou"):
+        loss.add_(f.distance_penalty())
+        if kind == "ciou":
+            loss.addcmul_(*f.aspect_penalty())
+    loss = loss.view(p.shape[:-1])
     if not with_grad:
         return loss, None
+    return loss, f.gradient(kind)
 
-    # dL/dunion and dL/dinter (the latter also through union = |A| + |B| - inter)
-    g_union = (iou / union_c).mul_(union > tiny)
-    g_inter = torch.reciprocal(union_c).neg_()
-    if kind == "giou":
-        g_union.sub_(torch.reciprocal(area_cc))
-    g_inter.sub_(g_union)
-    g_iw = (g_inter * ih).mul_(iw_raw > 0)
-    g_ih = (g_inter * iw).mul_(ih_raw > 0)
-    # the gradient goes straight into one (4, n) buffer (contiguous rows); backward's multiplication
-    # by the incoming gradient writes it back in (n, 4) order
-    grad = torch.empty(4, px1.shape[0], dtype=p.dtype, device=p.device)
-    gx1, gy1, gx2, gy2 = grad.unbind(0)
-    # d(min(p2, t2) - max(p1, t1)): p2 counts where p2 < t2, p1 where p1 > t1
-    torch.mul(g_iw, _first_weight(px2, tx2), out=gx2)
-    torch.mul(g_iw, _first_weight(tx1, px1), out=gx1).neg_()
-    torch.mul(g_ih, _first_weight(py2, ty2), out=gy2)
-    torch.mul(g_ih, _first_weight(ty1, py1), out=gy1).neg_()
-    g_wp, g_hp = g_union * hp, g_union * wp  # |A| = wp·hp
-    if kind != "iou":
+
+class _BoxTerms:
+    """The columns and intermediate terms of one box-loss evaluation, kept for its gradient."""
+
+    def __init__(self, pred: tuple[Tensor, ...], target: tuple[Tensor, ...], tiny: float) -> None:
+        self.p, self.t, self.tiny = pred, target, tiny
+        px1, py1, px2, py2 = pred
+        tx1, ty1, tx2, ty2 = target
+        self.wp, self.hp, self.wt, self.ht = px2 - px1, py2 - py1, tx2 - tx1, ty2 - ty1
+        self.iw_raw = torch.minimum(px2, tx2) - torch.maximum(px1, tx1)
+        self.ih_raw = torch.minimum(py2, ty2) - torch.maximum(py1, ty1)
+        self.iw, self.ih = self.iw_raw.clamp_min(0), self.ih_raw.clamp_min(0)
+        self.inter = self.iw * self.ih
+        self.union = torch.addcmul(self.wt * self.ht, self.wp, self.hp).sub_(self.inter)
+        self.union_c = self.union.clamp_min(tiny)
+        self.iou = self.inter / self.union_c
+
+    # -- forward terms -----------------------------------------------------------------------
+    def iou_loss(self) -> Tensor:
+        return torch.rsub(self.iou, 1)
+
+    def _enclosing(self) -> None:
+        (px1, py1, px2, py2), (tx1, ty1, tx2, ty2) = self.p, self.t
+        self.cw = torch.maximum(px2, tx2) - torch.minimum(px1, tx1)
+        self.ch = torch.maximum(py2, ty2) - torch.minimum(py1, ty1)
+
+    def giou_penalty(self) -> Tensor:
+        """``(|C| - |A ∪ B|) / |C|``, C the smallest enclosing box."""
+        self._enclosing()
+        self.area_c = self.cw * self.ch
+        self.area_cc = self.area_c.clamp_min(self.tiny)
+        self.extra = (self.area_c - self.union) / self.area_cc
+        return self.extra
+
+    def distance_penalty(self) -> Tensor:
+        """``ρ² / c²``: squared centre distance over the enclosing box's squared diagonal."""
+        self._enclosing()
+        (px1, py1, px2, py2), (tx1, ty1, tx2, ty2) = self.p, self.t
+        self.diag2 = torch.addcmul(self.cw * self.cw, self.ch, self.ch)
+        self.diag2_c = self.diag2.clamp_min(self.tiny)
+        self.dx = (px1 + px2 - tx1 - tx2) / 2
+        self.dy = (py1 + py2 - ty1 - ty2) / 2
+        self.dist = torch.addcmul(self.dx * self.dx, self.dy, self.dy) / self.diag2_c
+        return self.dist
+
+    def aspect_penalty(self) -> tuple[Tensor, Tensor]:
+        """``(alpha, v)`` of CIoU's ``alpha·v``, alpha held constant as in the paper."""
+        at_p, self.hp_safe = _aspect_cols(self.wp, self.hp)
+        self.delta = _aspect_cols(self.wt, self.ht)[0].sub_(at_p)
+        v = self.delta.square().mul_(4 / math.pi**2)
+        self.alpha = v / (torch.rsub(self.iou, 1).add_(v)).clamp_min_(self.tiny)
+        return self.alpha, v
+
+    # -- gradient ----------------------------------------------------------------------------
+    def gradient(self, kind: str) -> Tensor:
+        """``dL/dp`` as ``(4, n)`` (rows x1, y1, x2, y2), after the forward terms of ``kind``."""
+        (px1, py1, px2, py2), (tx1, ty1, tx2, ty2) = self.p, self.t
+        # dL/dunion and dL/dinter (the latter also through union = |A| + |B| - inter)
+        g_union = (self.iou / self.union_c).mul_(self.union > self.tiny)
+        g_inter = torch.reciprocal(self.union_c).neg_()
         if kind == "giou":
-            g_c = torch.reciprocal(area_cc).sub_((extra / area_cc).mul_(area_c > tiny))
-            g_cw, g_ch = g_c * ch, g_c * cw
-        else:
-            g_diag2 = (dist / diag2_c).mul_(diag2 > tiny).mul_(-2)
-            g_cw, g_ch = g_diag2 * cw, g_diag2 * ch
-            g_rho2 = torch.reciprocal(diag2_c)
-            # dρ²/dp1 = dρ²/dp2 = 2·d/2 = d; added to |A|'s term, which enters p2 with + and p1 with -
-            g_dx, g_dy = g_rho2 * dx, g_rho2 * dy
-            gx1.add_(g_dx)
-            gx2.add_(g_dx)
-            gy1.add_(g_dy)
-            gy2.add_(g_dy)
-            if kind == "ciou":
-                # v = k·(atan2(wt, ht) - atan2(wp, hp))², alpha constant: dv/dat_p = -2k·delta
-                g_at = alpha.mul_(delta).mul_(-8 / math.pi**2)
-                norm = torch.addcmul(wp * wp, hp_safe, hp_safe)
-                g_at.div_(norm)
-                g_wp.addcmul_(g_at, hp_safe)
-                # a point box takes atan2(0, 1): its height gets no gradient
-                g_hp.sub_(g_at.mul_(wp).mul_(hp_safe == hp))
-        # d(max(p2, t2) - min(p1, t1))
-        gx2.addcmul_(g_cw, _first_weight(tx2, px2))
-        gx1.sub_(g_cw.mul_(_first_weight(px1, tx1)))
-        gy2.addcmul_(g_ch, _first_weight(ty2, py2))
-        gy1.sub_(g_ch.mul_(_first_weight(py1, ty1)))
-    gx2.add_(g_wp)
-    gx1.sub_(g_wp)
-    gy2.add_(g_hp)
-    gy1.sub_(g_hp)
-    return loss, grad
+            g_union.sub_(torch.reciprocal(self.area_cc))
+        g_inter.sub_(g_union)
+        g_iw = (g_inter * self.ih).mul_(self.iw_raw > 0)
+        g_ih = (g_inter * self.iw).mul_(self.ih_raw > 0)
+        # the gradient goes straight into one (4, n) buffer (contiguous rows); backward's
+        # multiplication by the incoming gradient writes it back in (n, 4) order
+        grad = torch.empty(4, px1.shape[0], dtype=px1.dtype, device=px1.device)
+        gx1, gy1, gx2, gy2 = grad.unbind(0)
+        # d(min(p2, t2) - max(p1, t1)): p2 counts where p2 < t2, p1 where p1 > t1
+        torch.mul(g_iw, _first_weight(px2, tx2), out=gx2)
+        torch.mul(g_iw, _first_weight(tx1, px1), out=gx1).neg_()
+        torch.mul(g_ih, _first_weight(py2, ty2), out=gy2)
+        torch.mul(g_ih, _first_weight(ty1, py1), out=gy1).neg_()
+        g_wp, g_hp = g_union * self.hp, g_union * self.wp  # |A| = wp·hp
+        if kind != "iou":
+            if kind == "giou":
+                g_c = torch.reciprocal(self.area_cc).sub_(
+                    (self.extra / self.area_cc).mul_(self.area_c > self.tiny)
+                )
+                g_cw, g_ch = g_c * self.ch, g_c * self.cw
+            else:
+                g_cw, g_ch = self._distance_grad(grad)
+                if kind == "ciou":
+                    self._aspect_grad(g_wp, g_hp)
+            # d(max(p2, t2) - min(p1, t1))
+            gx2.addcmul_(g_cw, _first_weight(tx2, px2))
+            gx1.sub_(g_cw.mul_(_first_weight(px1, tx1)))
+            gy2.addcmul_(g_ch, _first_weight(ty2, py2))
+            gy1.sub_(g_ch.mul_(_first_weight(py1, ty1)))
+        gx2.add_(g_wp)
+        gx1.sub_(g_wp)
+        gy2.add_(g_hp)
+        gy1.sub_(g_hp)
+        return grad
+
+    def _distance_grad(self, grad: Tensor) -> tuple[Tensor, Tensor]:
+        """Add ``d(ρ²/c²)`` through ρ² to ``grad``; return its parts through ``cw`` and ``ch``."""
+        g_diag2 = (self.dist / self.diag2_c).mul_(self.diag2 > self.tiny).mul_(-2)
+        g_rho2 = torch.reciprocal(self.diag2_c)
+        # dρ²/dp1 = dρ²/dp2 = 2·d/2 = d
+        g_dx, g_dy = g_rho2 * self.dx, g_rho2 * self.dy
+        gx1, gy1, gx2, gy2 = grad.unbind(0)
+        gx1.add_(g_dx)
+        gx2.add_(g_dx)
+        gy1.add_(g_dy)
+        gy2.add_(g_dy)
+        return g_diag2 * self.cw, g_diag2 * self.ch
+
+    def _aspect_grad(self, g_wp: Tensor, g_hp: Tensor) -> None:
+        """Add CIoU's ``d(alpha·v)`` to the width/height gradients (in place)."""
+        # v = k·(atan2(wt, ht) - atan2(wp, hp))², alpha constant: dv/dat_p = -2k·delta
+        g_at = self.alpha.mul_(self.delta).mul_(-8 / math.pi**2)
+        g_at.div_(torch.addcmul(self.wp * self.wp, self.hp_safe, self.hp_safe))
+        g_wp.addcmul_(g_at, self.hp_safe)
+        # a point box takes atan2(0, 1): its height gets no gradient
+        g_hp.sub_(g_at.mul_(self.wp).mul_(self.hp_safe == self.hp))
 
 
 def _first_weight(a: Tensor, b: Tensor) -> Tensor:

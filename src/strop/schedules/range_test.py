@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from strop._checks import check_choice, check_positive, fail
+from strop._rng import capture_rng, restore_rng
+from strop.finetune.heads import output_loss
 from strop.precision import MixedPrecision, Precision, resolve
 
 __all__ = ["LRFindResult", "lr_find", "suggest_steepest", "suggest_valley"]
@@ -99,8 +101,7 @@ def _state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]
         "grads": [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()],
         "training": {name: m.training for name, m in model.named_modules()},
         "optimizer": copy.deepcopy(optimizer.state_dict()),
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "rng": capture_rng(),
     }
 
 
@@ -111,9 +112,7 @@ def _restore(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str
     for name, m in model.named_modules():
         m.training = saved["training"][name]
     optimizer.load_state_dict(saved["optimizer"])
-    torch.set_rng_state(saved["rng"])
-    if saved["cuda_rng"] is not None:
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    restore_rng(saved["rng"])
 
 
 def _batches(loader: Iterable[Any]) -> Iterator[Any]:
@@ -135,44 +134,17 @@ def _to(x: Any, device: torch.device) -> Any:
     return x
 
 
-def lr_find(
-    model: nn.Module,
-    loader: Iterable[Any],
-    loss_fn: Callable[..., torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    *,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    num_iter: int = 100,
-    mode: str = "exp",
-    smooth: float = 0.05,
-    diverge: float = 5.0,
-    precision: str | Precision = "fp32",
-    accumulation_steps: int = 1,
-    device: str | torch.device | None = None,
-) -> LRFindResult:
-    """Run the LR range test and restore ``model`` and ``optimizer`` exactly.
-
-    Step ``i`` (0-based, of ``num_iter``) trains with ``lr_i = start_lr * (end_lr /
-    start_lr) ** (i / (num_iter - 1))`` (``mode="exp"``) or ``start_lr + (end_lr - start_lr) *
-    i / (num_iter - 1)`` (``"linear"``); every group's LR is ``lr_i × (its LR ÷ group 0's
-    LR)``, so discriminative ratios are kept and ``lrs`` refer to group 0. Each step
-    accumulates ``accumulation_steps`` batches ``(inputs, targets)`` from ``loader`` (cycled as
-    needed), each loss divided by ``accumulation_steps``, under ``precision`` (autocast and the
-    fp16 GradScaler through :class:`strop.precision.MixedPrecision`).
-
-    Smoothing: ``avg = (1 - smooth) * avg + smooth * loss``, reported bias-corrected as
-    ``avg / (1 - (1 - smooth) ** (i + 1))``. The test stops when the smoothed loss exceeds
-    ``diverge ×`` its best value, or a loss is not finite.
-
-    Suggestions (computed, as fastai does, without the first tenth and last 5 points when
-    there are at least 20): ``"steepest"`` (the fastest fall of the smoothed loss against
-    ``log lr`` before its minimum; the primary ``suggestion``), ``"valley"`` (fastai's rule),
-    ``"minimum"`` (a tenth of the LR at the lowest loss).
-
-    Afterwards the model's parameters, buffers (BatchNorm statistics), gradients and train/eval
-    modes, the optimizer's state and LRs, and torch's RNG state are exactly as before.
-    """
+def _check_arguments(
+    model: Any,
+    optimizer: Any,
+    start_lr: float,
+    end_lr: float,
+    num_iter: int,
+    mode: str,
+    smooth: float,
+    diverge: float,
+    accumulation_steps: int,
+) -> None:
     func = "lr_find"
     if not isinstance(model, nn.Module):
         fail(func, f"model must be an nn.Module; got {type(model).__name__}", exc=TypeError)
@@ -195,6 +167,121 @@ def lr_find(
         fail(func, f"smooth must be in (0, 1]; got {smooth}")
     check_positive(func, "diverge", diverge)
     check_positive(func, "accumulation_steps", accumulation_steps, integer=True)
+
+
+def _lr_at(i: int, num_iter: int, start_lr: float, end_lr: float, mode: str) -> float:
+    t = i / (num_iter - 1)
+    if mode == "exp":
+        return start_lr * (end_lr / start_lr) ** t
+    return start_lr + (end_lr - start_lr) * t
+
+
+def _suggestions(lrs: list[float], smoothed: list[float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    steep = suggest_steepest(lrs, smoothed)
+    if steep is not None:
+        out["steepest"] = steep
+    valley = suggest_valley(lrs, smoothed)
+    if valley is not None:
+        out["valley"] = valley
+    if smoothed:
+        out["minimum"] = lrs[min(range(len(smoothed)), key=smoothed.__getitem__)] / 10
+    return out
+
+
+def _run(
+    model: nn.Module,
+    batches: Iterator[Any],
+    forward_loss: Callable[[nn.Module, Any], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    mp: MixedPrecision,
+    schedule: list[float],
+    *,
+    smooth: float,
+    diverge: float,
+    accumulation_steps: int,
+) -> tuple[list[float], list[float], list[float], bool]:
+    """Train one step at each LR of ``schedule``; ``(lrs, raw, smoothed, diverged)``."""
+    ratios = [
+        float(g["lr"]) / float(optimizer.param_groups[0]["lr"] or 1.0)
+        for g in optimizer.param_groups
+    ]
+    lrs: list[float] = []
+    raw: list[float] = []
+    smoothed: list[float] = []
+    avg, best = 0.0, math.inf
+    for i, lr in enumerate(schedule):
+        for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+            group["lr"] = lr * ratio
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(accumulation_steps):
+            with mp.autocast():
+                loss = forward_loss(model, next(batches))
+            mp.backward(loss / accumulation_steps)
+            total += float(loss.detach()) / accumulation_steps
+        mp.optimizer_step(optimizer)
+        lrs.append(lr)
+        raw.append(total)
+        if not math.isfinite(total):
+            return lrs, raw, smoothed, True
+        avg = (1 - smooth) * avg + smooth * total
+        value = avg / (1 - (1 - smooth) ** (i + 1))
+        smoothed.append(value)
+        best = min(best, value)
+        if value > diverge * best:
+            return lrs, raw, smoothed, True
+    return lrs, raw, smoothed, False
+
+
+def lr_find(
+    model: nn.Module,
+    loader: Iterable[Any],
+    loss_fn: Callable[..., torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_iter: int = 100,
+    mode: str = "exp",
+    smooth: float = 0.05,
+    diverge: float = 5.0,
+    precision: str | Precision = "fp32",
+    accumulation_steps: int = 1,
+    device: str | torch.device | None = None,
+    aux_weight: float = 0.4,
+    forward_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+) -> LRFindResult:
+    """Run the LR range test and restore ``model`` and ``optimizer`` exactly.
+
+    Step ``i`` (0-based, of ``num_iter``) trains with ``lr_i = start_lr * (end_lr /
+    start_lr) ** (i / (num_iter - 1))`` (``mode="exp"``) or ``start_lr + (end_lr - start_lr) *
+    i / (num_iter - 1)`` (``"linear"``); every group's LR is ``lr_i × (its LR ÷ group 0's
+    LR)``, so discriminative ratios are kept and ``lrs`` refer to group 0. Each step
+    accumulates ``accumulation_steps`` batches from ``loader`` (cycled as needed), each loss
+    divided by ``accumulation_steps``, under ``precision`` (autocast and the fp16 GradScaler
+    through :meth:`strop.precision.MixedPrecision.optimizer_step`, as training does).
+
+    The loss of a batch ``(inputs, targets)`` (moved to ``device``) is
+    :func:`strop.finetune.heads.output_loss`: the main output's loss plus ``aux_weight`` × each
+    auxiliary head's (inception_v3, googlenet, segmentation models' ``{"out", "aux"}``). Any
+    other batch: pass ``forward_loss(model, batch) -> loss``, which then also moves the batch.
+
+    Smoothing: ``avg = (1 - smooth) * avg + smooth * loss``, reported bias-corrected as
+    ``avg / (1 - (1 - smooth) ** (i + 1))``. The test stops when the smoothed loss exceeds
+    ``diverge ×`` its best value, or a loss is not finite.
+
+    Suggestions (computed, as fastai does, without the first tenth and last 5 points when
+    there are at least 20): ``"steepest"`` (the fastest fall of the smoothed loss against
+    ``log lr`` before its minimum; the primary ``suggestion``), ``"valley"`` (fastai's rule),
+    ``"minimum"`` (a tenth of the LR at the lowest loss).
+
+    Afterwards the model's parameters, buffers (BatchNorm statistics), gradients and train/eval
+    modes, the optimizer's state and LRs, and the RNG states are exactly as before.
+    """
+    _check_arguments(
+        model, optimizer, start_lr, end_lr, num_iter, mode, smooth, diverge, accumulation_steps
+    )
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -202,67 +289,36 @@ def lr_find(
     mp = MixedPrecision(
         precision if isinstance(precision, Precision) else resolve(precision, device)
     )
+    if forward_loss is None:
+
+        def forward_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+            inputs, targets = _to(batch, device)
+            return output_loss(loss_fn, model(inputs), targets, aux_weight)[0]
 
     saved = _state(model, optimizer)
-    group_ratios = [
-        float(g["lr"]) / float(optimizer.param_groups[0]["lr"] or 1.0)
-        for g in optimizer.param_groups
-    ]
-    lrs: list[float] = []
-    raw: list[float] = []
-    smoothed: list[float] = []
-    avg, best, diverged = 0.0, math.inf, False
-    batches = _batches(loader)
     try:
         model.train()
-        for i in range(num_iter):
-            t = i / (num_iter - 1)
-            lr = (
-                start_lr * (end_lr / start_lr) ** t
-                if mode == "exp"
-                else start_lr + (end_lr - start_lr) * t
-            )
-            for group, ratio in zip(optimizer.param_groups, group_ratios, strict=True):
-                group["lr"] = lr * ratio
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for _ in range(accumulation_steps):
-                inputs, targets = _to(next(batches), device)
-                with mp.autocast():
-                    loss = loss_fn(model(inputs), targets)
-                mp.backward(loss / accumulation_steps)
-                total += float(loss.detach()) / accumulation_steps
-            mp.step(optimizer)
-            lrs.append(lr)
-            raw.append(total)
-            if not math.isfinite(total):
-                diverged = True
-                break
-            avg = (1 - smooth) * avg + smooth * total
-            value = avg / (1 - (1 - smooth) ** (i + 1))
-            smoothed.append(value)
-            best = min(best, value)
-            if value > diverge * best:
-                diverged = True
-                break
+        lrs, raw, smoothed, diverged = _run(
+            model,
+            _batches(loader),
+            forward_loss,
+            optimizer,
+            mp,
+            [_lr_at(i, num_iter, start_lr, end_lr, mode) for i in range(num_iter)],
+            smooth=smooth,
+            diverge=diverge,
+            accumulation_steps=accumulation_steps,
+        )
     finally:
         _restore(model, optimizer, saved)
 
     lrs = lrs[: len(smoothed)]
-    suggestions: dict[str, float] = {}
-    steep = suggest_steepest(lrs, smoothed)
-    if steep is not None:
-        suggestions["steepest"] = steep
-    valley = suggest_valley(lrs, smoothed)
-    if valley is not None:
-        suggestions["valley"] = valley
-    if smoothed:
-        suggestions["minimum"] = lrs[min(range(len(smoothed)), key=smoothed.__getitem__)] / 10
+    suggestions = _suggestions(lrs, smoothed)
     return LRFindResult(
         lrs=lrs,
         losses=smoothed,
         raw_losses=raw[: len(smoothed)],
-        suggestion=steep,
+        suggestion=suggestions.get("steepest"),
         suggestions=suggestions,
         diverged=diverged,
     )

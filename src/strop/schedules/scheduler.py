@@ -134,7 +134,8 @@ class StropScheduler:
     """A torch LR scheduler plus the rule for when it steps.
 
     Built by :func:`build`; the trainer calls :meth:`on_optimizer_step` after every attempted
-    optimizer step and :meth:`on_epoch_end` after validation. Attributes: ``name`` (canonical),
+    optimizer step and :meth:`on_epoch_end` after validation (:meth:`step` is torch's single
+    call, for the schedules where it is unambiguous). Attributes: ``name`` (canonical),
     ``interval`` (``"step"`` or ``"epoch"``: what the main schedule counts; warmup always counts
     optimizer steps), ``needs_metric`` (plateau), ``scheduler`` (the torch scheduler),
     ``warmup`` (a warmup scheduler stepped per optimizer step in front of an epoch schedule,
@@ -213,6 +214,39 @@ class StropScheduler:
         elif self.steps >= self.warmup_steps:
             # warmup ended during this epoch: the next epoch is the schedule's epoch 0
             self._main_started = True
+
+    def step(self, metric: float | torch.Tensor | None = None) -> None:
+        """torch's one call, where it is unambiguous: what torch users call ``scheduler.step()``.
+
+        - ``interval="step"`` (OneCycle, the transformers-style schedules, any schedule with
+          ``interval="step"``): call it after every optimizer step; same as
+          :meth:`on_optimizer_step`.
+        - ``interval="epoch"`` without warmup (``StepLR``, ``cosine``, ``plateau``, ...): call it
+          once per epoch, after validation; same as :meth:`on_epoch_end` (``metric`` feeds
+          ``ReduceLROnPlateau``, as in ``scheduler.step(val_loss)``).
+        - an epoch schedule with a warmup in front runs on two clocks (the warmup per optimizer
+          step, the schedule per epoch), which one call cannot serve: it raises ``RuntimeError``
+          naming the two calls to make instead.
+        """
+        if self.interval == "step":
+            if metric is not None:
+                fail(
+                    "step",
+                    f"schedule {self.name!r} steps per optimizer step and takes no metric; got {metric!r}",
+                    exc=TypeError,
+                )
+            self.on_optimizer_step()
+        elif self.warmup is None:
+            self.on_epoch_end(metric)
+        else:
+            fail(
+                "step",
+                f"schedule {self.name!r} counts epochs but has a warmup of {self.warmup_steps} "
+                "optimizer steps in front, so one step() cannot say which clock moved",
+                hint="call sched.on_optimizer_step() after every optimizer step and "
+                "sched.on_epoch_end(metric) after every epoch",
+                exc=RuntimeError,
+            )
 
     def get_last_lr(self) -> list[float]:
         """The current LR of every parameter group."""
@@ -408,6 +442,200 @@ def _warmup_steps(
     return round(epochs * steps_per_epoch)
 
 
+@dataclass
+class _Warmup:
+    steps: int  # optimizer steps (epochs for a transformers-style schedule with interval='epoch')
+    kind: str  # "linear" | "exponential"
+    start: float  # LR multiplier at the first step
+
+
+def _check_build_args(optimizer: Any, epochs: int | None, steps_per_epoch: int | None) -> None:
+    if not isinstance(optimizer, Optimizer):
+        fail(
+            "build",
+            f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}",
+            exc=TypeError,
+        )
+    for arg, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
+        if value is not None:
+            check_positive("build", arg, value, integer=True)
+
+
+def _lookup(spec: Any) -> tuple[str, _Entry, dict[str, Any]]:
+    """``(canonical name, registry entry, the spec's options)``."""
+    name, spec_options = _parse_spec(spec)
+    try:
+        canonical = SCHEDULES.canonical(name)
+    except ValueError as exc:
+        fail("build", str(exc))
+    return canonical, SCHEDULES.get(canonical), spec_options
+
+
+def _pop_interval(entry: _Entry, where: str, options: dict[str, Any]) -> str:
+    interval = options.pop("interval", entry.interval)
+    check_choice("build", "interval", interval, ("step", "epoch"))
+    if entry.cls is tls.ReduceLROnPlateau and interval != "epoch":
+        fail(
+            "build",
+            f"{where} steps on a validation metric, i.e. per epoch; got interval={interval!r}",
+        )
+    return interval
+
+
+def _pop_warmup(
+    entry: _Entry, options: dict[str, Any], steps_per_epoch: int | None, interval: str
+) -> _Warmup:
+    steps = _warmup_steps("build", options, steps_per_epoch, interval, entry.family)
+    kind = options.pop("warmup_type", "linear")
+    check_choice("build", "warmup_type", kind, ("linear", "exponential"))
+    start = options.pop("warmup_start_factor", None)
+    if start is None:
+        start = 0.0 if entry.family == "transformers" and kind == "linear" else 0.01
+    return _Warmup(steps, kind, start)
+
+
+def _check_options(
+    entry: _Entry, where: str, options: dict[str, Any]
+) -> dict[str, inspect.Parameter]:
+    """Refuse an option the schedule does not take; return the ones it takes."""
+    allowed = _options_of(entry)
+    for key in options:
+        if key not in allowed:
+            known = [*allowed, *_STROP_OPTIONS]
+            fail(
+                "build",
+                f"unknown option {key!r} for {where}{did_you_mean(key, known)} options: {', '.join(known)}",
+            )
+    return allowed
+
+
+def _clip_warmup(
+    where: str,
+    warmup: _Warmup,
+    interval: str,
+    family: str,
+    epochs: int | None,
+    steps_per_epoch: int | None,
+) -> bool:
+    """Clip a warmup longer than the run to the run (in place), with one warning; ``True`` if so.
+
+    A smoke run (``epochs=1``) of a config with ``warmup_epochs=1`` is what users try first;
+    transformers' and timm's schedules accept it (the run is then warmup only), so strop does too.
+    """
+    if epochs is None or warmup.steps == 0:
+        return False
+    if family == "transformers" and interval == "epoch":
+        run, unit = epochs, "epochs"
+    elif steps_per_epoch is None:
+        return False
+    else:
+        run, unit = epochs * steps_per_epoch, "optimizer steps"
+    if warmup.steps <= run:
+        return False
+    warnings.warn(
+        f"build: {where}: the warmup ({warmup.steps} {unit}) is longer than the run "
+        f"({run} {unit}); clipped to {run}, so the whole run is warmup",
+        stacklevel=3,
+    )
+    warmup.steps = run
+    return True
+
+
+def _fill_horizon(
+    entry: _Entry,
+    where: str,
+    options: dict[str, Any],
+    warmup: _Warmup,
+    interval: str,
+    epochs: int | None,
+    steps_per_epoch: int | None,
+    *,
+    clipped: bool,
+) -> None:
+    """Set the schedule's horizon (``T_max``, ``total_steps``) from the run, minus a warmup in
+    front of it, unless given; a transformers-style schedule gets the warmup as options."""
+    if interval == "step":
+        known = epochs is not None and steps_per_epoch is not None
+        horizon = epochs * steps_per_epoch if known else None  # type: ignore[operator]
+        in_front: int | None = warmup.steps
+    else:
+        horizon = epochs
+        in_front = 0
+        if warmup.steps and entry.family != "transformers":
+            in_front = math.ceil(warmup.steps / steps_per_epoch) if steps_per_epoch else None
+    if entry.family == "transformers":
+        in_front = 0  # their warmup is part of the formula, inside the horizon
+        options.update(
+            warmup_steps=warmup.steps, warmup_start_factor=warmup.start, warmup_type=warmup.kind
+        )
+    if entry.horizon is None or entry.horizon in options or horizon is None or in_front is None:
+        return
+    left = horizon - in_front
+    if left < 1 and not clipped:
+        unit = "optimizer steps" if interval == "step" else "epochs"
+        warnings.warn(
+            f"build: {where}: the warmup fills the run ({horizon} {unit}); "
+            f"the schedule after it never runs",
+            stacklevel=3,
+        )
+    # a run that is all warmup never reaches the schedule; torch still needs a horizon >= 1
+    options[entry.horizon] = max(1, left)
+
+
+def _check_missing(
+    entry: _Entry,
+    where: str,
+    options: dict[str, Any],
+    allowed: dict[str, inspect.Parameter],
+    interval: str,
+) -> None:
+    missing = [
+        k
+        for k, p in allowed.items()
+        if k not in options
+        and (p.default is inspect.Parameter.empty or (k == entry.horizon and p.default is None))
+    ]
+    if not missing:
+        return
+    hint = None
+    if entry.horizon in missing:
+        unit = "steps" if interval == "step" else "epochs"
+        hint = f"pass {entry.horizon}=<{unit}> or build(..., epochs=..., steps_per_epoch=...) so strop can compute it"
+    fail("build", f"{where} needs option(s) {', '.join(missing)}", hint=hint)
+
+
+def _construct(
+    entry: _Entry,
+    where: str,
+    optimizer: Optimizer,
+    options: dict[str, Any],
+    warmup: _Warmup,
+    interval: str,
+) -> tuple[Any, Any]:
+    """``(scheduler, warmup scheduler stepped separately or None)``, torch's errors named."""
+    try:
+        scheduler = entry.cls(optimizer, **options)
+        if not warmup.steps or entry.family == "transformers":
+            return scheduler, None
+        if warmup.kind == "linear":
+            check_positive("build", "warmup_start_factor", warmup.start)
+            ramp = tls.LinearLR(
+                optimizer, start_factor=warmup.start, end_factor=1.0, total_iters=warmup.steps
+            )
+        else:
+            ramp = custom.ExponentialWarmupLR(
+                optimizer, start_factor=warmup.start, total_iters=warmup.steps
+            )
+        if interval == "step":
+            # same clock for both: torch's SequentialLR hands over at the milestone
+            return tls.SequentialLR(optimizer, [ramp, scheduler], milestones=[warmup.steps]), None
+        return scheduler, ramp
+    except (ValueError, TypeError, KeyError) as exc:
+        if str(exc).startswith("build:"):
+            raise
+        fail("build", f"{where}: {exc}")
+
+
 def build(
     spec: str | Mapping[str, Any],
     optimizer: Optimizer,
@@ -429,7 +657,8 @@ def build(
             multiplier at the first step; default 0 for the transformers-style schedules, 0.01
             in front of the others), ``warmup_type`` (``"linear"`` or ``"exponential"``) and
             ``interval`` (``"step"`` or ``"epoch"``: override what the schedule counts).
-            Options given here override those in a mapping ``spec``.
+            Options given here override those in a mapping ``spec``. A warmup longer than the
+            run (``epochs`` x ``steps_per_epoch``) is clipped to the run with a warning.
 
     Returns:
         A :class:`StropScheduler`; the optimizer's LRs are set to the first step's.
@@ -439,129 +668,31 @@ def build(
             missing option (naming it), or an argument torch rejects (with the schedule's name).
         TypeError: ``spec`` is neither a string nor a mapping.
     """
-    func = "build"
-    if not isinstance(optimizer, Optimizer):
-        fail(
-            func,
-            f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}",
-            exc=TypeError,
-        )
-    for arg, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
-        if value is not None:
-            check_positive(func, arg, value, integer=True)
-    name, spec_options = _parse_spec(spec)
-    try:
-        canonical = SCHEDULES.canonical(name)
-    except ValueError as exc:
-        fail(func, str(exc))
-    entry = SCHEDULES.get(canonical)
+    _check_build_args(optimizer, epochs, steps_per_epoch)
+    canonical, entry, spec_options = _lookup(spec)
     options = {**spec_options, **options}
-    plan = {
-        "spec": canonical,
-        "options": dict(options),
-        "epochs": epochs,
-        "steps_per_epoch": steps_per_epoch,
-    }
+    plan = {"spec": canonical, "options": dict(options)}
+    plan.update(epochs=epochs, steps_per_epoch=steps_per_epoch)
     configured_lrs = _group_lrs(optimizer)
     where = f"schedule {canonical!r}"
 
-    interval = options.pop("interval", entry.interval)
-    check_choice(func, "interval", interval, ("step", "epoch"))
-    if entry.cls is tls.ReduceLROnPlateau and interval != "epoch":
-        fail(
-            func, f"{where} steps on a validation metric, i.e. per epoch; got interval={interval!r}"
-        )
-    warmup_steps = _warmup_steps(func, options, steps_per_epoch, interval, entry.family)
-    warmup_type = options.pop("warmup_type", "linear")
-    check_choice(func, "warmup_type", warmup_type, ("linear", "exponential"))
-    start = options.pop("warmup_start_factor", None)
-    if start is None:
-        start = 0.0 if entry.family == "transformers" and warmup_type == "linear" else 0.01
-
-    allowed = _options_of(entry)
-    for key in options:
-        if key not in allowed:
-            listed = ", ".join([*allowed, *_STROP_OPTIONS])
-            fail(
-                func,
-                f"unknown option {key!r} for {where}{did_you_mean(key, [*allowed, *_STROP_OPTIONS])} options: {listed}",
-            )
+    interval = _pop_interval(entry, where, options)
+    warmup = _pop_warmup(entry, options, steps_per_epoch, interval)
+    allowed = _check_options(entry, where, options)
     if entry.defaults is not None:
         for key, value in entry.defaults(optimizer).items():
             options.setdefault(key, value)
-
-    # the horizon in the schedule's own units; warmup in front of it shortens it
-    if interval == "step":
-        horizon = (
-            epochs * steps_per_epoch if epochs is not None and steps_per_epoch is not None else None
-        )
-        in_front = warmup_steps
-    else:
-        horizon = epochs
-        in_front = 0
-        if warmup_steps and entry.family != "transformers":
-            in_front = math.ceil(warmup_steps / steps_per_epoch) if steps_per_epoch else None
-    if entry.family == "transformers":
-        in_front = 0  # their warmup is part of the formula, inside the horizon
-        options.update(
-            warmup_steps=warmup_steps, warmup_start_factor=start, warmup_type=warmup_type
-        )
-    if (
-        entry.horizon is not None
-        and entry.horizon not in options
-        and horizon is not None
-        and in_front is not None
-    ):
-        options[entry.horizon] = horizon - in_front
-        if options[entry.horizon] <= 0:
-            fail(
-                func,
-                f"{where}: warmup ({warmup_steps} steps) leaves no room in {epochs} epochs of {steps_per_epoch} steps",
-            )
-
-    missing = [
-        k
-        for k, p in allowed.items()
-        if k not in options
-        and (p.default is inspect.Parameter.empty or (k == entry.horizon and p.default is None))
-    ]
-    if missing:
-        hint = None
-        if entry.horizon in missing:
-            unit = "steps" if interval == "step" else "epochs"
-            hint = f"pass {entry.horizon}=<{unit}> or build(..., epochs=..., steps_per_epoch=...) so strop can compute it"
-        fail(func, f"{where} needs option(s) {', '.join(missing)}", hint=hint)
-
-    try:
-        scheduler = entry.cls(optimizer, **options)
-        warmup = None
-        if warmup_steps and entry.family != "transformers":
-            if warmup_type == "linear":
-                check_positive(func, "warmup_start_factor", start)
-                warmup = tls.LinearLR(
-                    optimizer, start_factor=start, end_factor=1.0, total_iters=warmup_steps
-                )
-            else:
-                warmup = custom.ExponentialWarmupLR(
-                    optimizer, start_factor=start, total_iters=warmup_steps
-                )
-            if interval == "step":
-                # same clock for both: torch's SequentialLR hands over at the milestone
-                scheduler = tls.SequentialLR(
-                    optimizer, [warmup, scheduler], milestones=[warmup_steps]
-                )
-                warmup = None
-    except (ValueError, TypeError, KeyError) as exc:
-        if str(exc).startswith(f"{func}:"):
-            raise
-        fail(func, f"{where}: {exc}")
+    clipped = _clip_warmup(where, warmup, interval, entry.family, epochs, steps_per_epoch)
+    _fill_horizon(entry, where, options, warmup, interval, epochs, steps_per_epoch, clipped=clipped)
+    _check_missing(entry, where, options, allowed, interval)
+    scheduler, ramp = _construct(entry, where, optimizer, options, warmup, interval)
     return StropScheduler(
         optimizer,
         scheduler,
         name=canonical,
         interval=interval,
-        warmup=warmup,
-        warmup_steps=warmup_steps if entry.family != "transformers" else 0,
+        warmup=ramp,
+        warmup_steps=warmup.steps if entry.family != "transformers" else 0,
         plan=plan,
         configured_lrs=configured_lrs,
     )

@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from strop.train.metrics import is_better
+from strop.train.rundir import read_rows
+
 __all__ = ["CSVLogger", "EarlyStopping", "ProgressBar", "TensorBoardLogger", "call"]
 
 
@@ -62,7 +65,11 @@ class ProgressBar:
 
     def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:
         if self._bar is not None:
-            self._bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['images_per_s']:.0f}")
+            self._bar.set_postfix(
+                loss=f"{logs['loss']:.4f}",
+                lr=f"{logs['lr']:.2e}",
+                img_s=f"{logs['images_per_s']:.0f}",
+            )
             self._bar.update(1)
 
     def on_epoch_end(self, state: Any, logs: dict[str, float]) -> None:
@@ -71,7 +78,10 @@ class ProgressBar:
             self._bar = None
         if self.enabled:
             shown = "  ".join(f"{k}={v:.4f}" for k, v in logs.items() if isinstance(v, float))
-            print(f"epoch {state.epoch + 1}/{self.total_epochs}  {shown}", file=self.file or sys.stderr)
+            print(
+                f"epoch {state.epoch + 1}/{self.total_epochs}  {shown}",
+                file=self.file or sys.stderr,
+            )
 
 
 class CSVLogger:
@@ -86,12 +96,7 @@ class CSVLogger:
         self.fields = ["kind", "epoch", "step", "lr", "loss", *metric_names]
 
     def on_fit_start(self, state: Any) -> None:
-        rows: list[dict[str, str]] = []
-        if self.path.exists():
-            with open(self.path, newline="") as fh:
-                for row in csv.DictReader(fh):
-                    if _row_done(row, state):
-                        rows.append(row)
+        rows = [row for row in read_rows(self.path) if _row_done(row, state)]
         # rewrite beside and swap: a kill during the rewrite must not lose the log
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", newline="") as fh:
@@ -106,24 +111,26 @@ class CSVLogger:
     def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:
         if state.step != self._last_step:  # one row per optimizer step, not per micro-batch
             self._last_step = state.step
-            self._writer.writerow({"kind": "step", "epoch": state.epoch + 1, "step": state.step, **logs})
+            self._writer.writerow(
+                {"kind": "step", "epoch": state.epoch + 1, "step": state.step, **logs}
+            )
             # flushed before the step's checkpoint is written, so the log covers what it covers,
             # and one whole row per write cannot be torn by a kill
             self._fh.flush()
 
     def on_epoch_end(self, state: Any, logs: dict[str, float]) -> None:
-        self._writer.writerow({"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, **logs})
+        self._writer.writerow(
+            {"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, **logs}
+        )
         self._fh.flush()
 
     def on_fit_end(self, state: Any) -> None:
         self._fh.close()
 
 
-def _row_done(row: dict[str, str | None], state: Any) -> bool:
-    """True for a whole row at or before ``state``; a row torn by a crash (missing or partial
-    fields) is dropped rather than failing the resume."""
-    if None in row.values() or None in row:  # too few fields, or too many
-        return False
+def _row_done(row: dict[str, str], state: Any) -> bool:
+    """True for a row at or before ``state``; one whose step or epoch is not a number (cut by a
+    crash) is dropped rather than failing the resume."""
     try:
         if row["kind"] == "epoch":
             return int(row["epoch"] or "") <= state.epoch
@@ -142,17 +149,18 @@ class EarlyStopping:
         self.best = -math.inf if mode == "max" else math.inf
         self.bad_epochs = 0
 
+    @property
+    def stopped(self) -> bool:
+        """True once ``patience`` epochs in a row brought no improvement."""
+        return self.bad_epochs >= self.patience
+
     def on_epoch_end(self, state: Any, logs: dict[str, float]) -> None:
         value = logs.get(self.metric)
-        if value is None or not math.isfinite(value):
-            self.bad_epochs += 1
+        if is_better(value, self.best, self.mode, self.min_delta):
+            self.best, self.bad_epochs = float(value), 0  # type: ignore[arg-type]
         else:
-            better = value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
-            if better:
-                self.best, self.bad_epochs = value, 0
-            else:
-                self.bad_epochs += 1
-        if self.bad_epochs >= self.patience:
+            self.bad_epochs += 1
+        if self.stopped:
             state.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:

@@ -12,14 +12,22 @@ import contextlib
 import errno
 import os
 import pickle
-import random
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+from strop._rng import capture_rng, restore_rng
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "capture_rng",
+    "load_checkpoint",
+    "restore_rng",
+    "save_checkpoint",
+]
 
 FORMAT_VERSION = 1
 
@@ -82,7 +90,9 @@ def _os_error(exc: BaseException) -> OSError | None:
     return None
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, *, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
@@ -90,9 +100,13 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        refused = re.search(r"(?i)unsupported (?:global: )?GLOBAL [\w.]+|unsupported operand \d+", str(exc))
+        refused = re.search(
+            r"(?i)unsupported (?:global: )?GLOBAL [\w.]+|unsupported operand \d+", str(exc)
+        )
         if refused is None:
-            raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+            raise CheckpointError(
+                f"could not read checkpoint {path}: {type(exc).__name__}: {exc}"
+            ) from exc
         # torch's own text advises weights_only=False: wrong advice for a file nobody vouched for
         raise CheckpointError(
             f"could not read checkpoint {path}: refused, it holds a Python object that loading would "
@@ -100,7 +114,9 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             "plain data, so this file was not written by strop or was altered. Nothing in it was run."
         ) from None
     except Exception as exc:  # torch raises several types for torn or foreign files
-        raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(
+            f"could not read checkpoint {path}: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(data, dict) or "format_version" not in data:
         raise CheckpointError(f"{path} is not a strop checkpoint (no format_version)")
     if data["format_version"] > FORMAT_VERSION:
@@ -108,26 +124,3 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             f"{path} has format_version {data['format_version']}; this strop reads up to {FORMAT_VERSION}"
         )
     return data
-
-
-def capture_rng() -> dict[str, Any]:
-    """The RNG states that affect training (torch CPU/CUDA, Python), as weights_only-safe data."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _python_state(random.getstate())}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng`."""
-    # a checkpoint loaded with map_location="cuda" carries the states there; torch wants CPU bytes
-    torch.set_rng_state(state["torch"].cpu())
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _python_state(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]

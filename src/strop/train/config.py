@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -58,6 +58,9 @@ class DataConfig(_Strict):
     strict: bool = False
     ignore_index: int = 255
     num_classes: int | None = Field(None, gt=0, description="checked against the data when given")
+    val_folder: str | None = Field(
+        None, description="validation folder beside train/ (default: val/, valid/ or validation/; 'test' only when named)"
+    )
 
 
 class ModelConfig(_Strict):
@@ -75,6 +78,9 @@ class ModelConfig(_Strict):
         None, gt=0.0, le=1.0, description="override every BatchNorm's momentum (timm's bn_momentum)"
     )
     trust_pickle: bool = Field(False, description="UNSAFE: load legacy pickled weights that can run code")
+    keep_head: bool = Field(
+        False, description="load the source's head when it fits (default: fine-tune from a new head)"
+    )
 
 
 class OptimizerConfig(_Strict):
@@ -148,7 +154,9 @@ class Config(_Strict):
         """The metric that decides ``best`` (and early stopping)."""
         if self.monitor:
             return self.monitor
-        return "val_accuracy" if self.task == "classification" else "val_dice"
+        from strop.train.tasks import TASKS
+
+        return TASKS[self.task].default_monitor
 
     @property
     def monitor_direction(self) -> str:
@@ -179,9 +187,58 @@ def _fields_at(loc: Sequence[Any]) -> list[str]:
     return list(model.model_fields)
 
 
+def _leaf(loc: Sequence[Any]) -> tuple[tuple[Any, ...], Any] | None:
+    """``(path, annotation)`` of the config key that ``loc`` points into, or None (top level)."""
+    model: Any = Config
+    for i, part in enumerate(loc):
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        sections = [a for a in (field.annotation, *get_args(field.annotation))
+                    if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not sections or i == len(loc) - 1:
+            return tuple(loc[: i + 1]), field.annotation
+        model = sections[0]
+    return None
+
+
+def _accepts(annotation: Any) -> str:
+    """What a union-typed key accepts, in YAML words: ``true/false, or one of 'none', 'crop'``."""
+    words = {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+             type(None): "null", dict: "a mapping"}
+    parts: list[str] = []
+    for arg in get_args(annotation) or (annotation,):
+        if get_origin(arg) is Literal:
+            values = [repr(v) for v in get_args(arg)]
+            parts.append(values[0] if len(values) == 1 else "one of " + ", ".join(values))
+        elif isinstance(arg, type) and issubclass(arg, BaseModel):
+            parts.append("a section (mapping)")
+        else:
+            parts.append(words.get(get_origin(arg) or arg, getattr(arg, "__name__", str(arg))))
+    return ", or ".join(dict.fromkeys(parts))
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
+    """One line per wrong key; a union-typed key says once what it accepts, not each branch."""
+    lines: list[str] = []
+    unions: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+    errors = err.errors()
+    for e in errors:
+        leaf = _leaf(e["loc"])
+        if leaf is None or e["type"] == "extra_forbidden":
+            continue
+        branches = [x for x in errors if x["type"] != "extra_forbidden" and _leaf(x["loc"]) == leaf]
+        if len(branches) > 1 and len(get_args(leaf[1])) > 1:
+            unions.setdefault(leaf[0], (leaf[1], e.get("input")))
+    done: set[tuple[Any, ...]] = set()
+    for e in errors:
+        leaf = _leaf(e["loc"])
+        if leaf is not None and leaf[0] in unions and e["type"] != "extra_forbidden":
+            if leaf[0] not in done:
+                done.add(leaf[0])
+                annotation, got = unions[leaf[0]]
+                lines.append(f"{'.'.join(map(str, leaf[0]))}: expected {_accepts(annotation)}; got {got!r}")
+            continue
         loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-after", "literal")))]
         key = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
@@ -224,7 +281,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             elif not isinstance(child, dict):
                 raise ValueError(f"--set {item!r}: {part!r} holds {child!r}, not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or type(exc).__name__
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it") from None
     return out
 
 

@@ -37,10 +37,8 @@ __all__ = [
     "DistContext",
     "all_reduce_sum",
     "barrier",
-    "broadcast_object",
     "init_from_env",
     "resolve_timeout",
-    "shutdown",
     "wrap_model",
 ]
 
@@ -87,8 +85,11 @@ def resolve_timeout(timeout_s: float | None = None) -> float:
         except ValueError:
             fail("init_from_env", f"{source} must be a number of seconds > 0; got {raw!r}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        fail("init_from_env", f"{source} must be a number of seconds; got {type(value).__name__} {value!r}",
-             exc=TypeError)
+        fail(
+            "init_from_env",
+            f"{source} must be a number of seconds; got {type(value).__name__} {value!r}",
+            exc=TypeError,
+        )
     if not (math.isfinite(value) and value > 0):
         fail("init_from_env", f"{source} must be a finite number of seconds > 0; got {value!r}")
     return float(value)
@@ -125,7 +126,12 @@ def init_from_env(device: torch.device, *, timeout_s: float | None = None) -> Di
     timeout = resolve_timeout(timeout_s)
     if dist.is_initialized():
         backend = str(dist.get_backend())
-        return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local, backend=backend)
+        return DistContext(
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            local_rank=local,
+            backend=backend,
+        )
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
         visible = torch.cuda.device_count()
@@ -139,7 +145,11 @@ def init_from_env(device: torch.device, *, timeout_s: float | None = None) -> Di
         torch.cuda.set_device(local)
     kwargs = {"device_id": torch.device("cuda", local)} if backend == "nccl" else {}
     dist.init_process_group(
-        backend=backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout), **kwargs
+        backend=backend,
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout),
+        **kwargs,
     )
     if not _owned_group:
         atexit.register(_destroy_owned_group)
@@ -154,7 +164,9 @@ def _destroy_owned_group() -> None:
     _owned_group = False
 
 
-def wrap_model(model: nn.Module, ctx: DistContext, *, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:
+def wrap_model(
+    model: nn.Module, ctx: DistContext, *, device: torch.device, sync_batchnorm: bool = False
+) -> nn.Module:
     """``DistributedDataParallel`` around ``model`` (SyncBatchNorm first when asked).
 
     DDP averages gradients over processes, so with equal per-process batches a step equals a
@@ -164,19 +176,15 @@ def wrap_model(model: nn.Module, ctx: DistContext, *, device: torch.device, sync
     if not ctx.enabled:
         return model
     if sync_batchnorm:
-        from strop.finetune.freeze import _EvalModeMixin, _EvalSyncBatchNorm
+        from strop.finetune.freeze import convert_sync_batchnorm
 
-        # conversion builds plain SyncBatchNorm layers: frozen ones must stay locked in eval mode
-        locked = {name for name, mod in model.named_modules() if isinstance(mod, _EvalModeMixin)}
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        for name, mod in model.named_modules():
-            if name in locked and type(mod) is nn.SyncBatchNorm:
-                mod.__class__ = _EvalSyncBatchNorm
-                mod.eval()
+        model = convert_sync_batchnorm(model)
     ids = [ctx.local_rank] if device.type == "cuda" else None
     # frozen backbones leave parameters without gradients: DDP must not wait for them
     has_frozen = any(not p.requires_grad for p in model.parameters())
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=has_frozen)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=ids, find_unused_parameters=has_frozen
+    )
 
 
 def all_reduce_sum(t: Tensor, ctx: DistContext) -> Tensor:
@@ -196,23 +204,3 @@ def barrier(ctx: DistContext) -> None:
     """Wait until every process gets here (no-op when not distributed); bounded by the timeout."""
     if ctx.enabled:
         dist.barrier()
-
-
-def broadcast_object(obj: object, ctx: DistContext) -> object:
-    """Rank 0's ``obj`` on every rank (e.g. the early-stopping decision)."""
-    if not ctx.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def shutdown(ctx: DistContext) -> None:
-    """End of a ``fit``: the process group stays for the next ``fit`` in this process.
-
-    A group strop created is destroyed when the interpreter exits (registered with ``atexit``);
-    a group the caller created is theirs to destroy. Safe to call when not distributed.
-    """
-    # Re-initialising on the same torchrun store after destroy_process_group fails on the second
-    # or third try (stale rendezvous keys), so the group is kept rather than torn down here.
-    del ctx

@@ -1,6 +1,6 @@
 """Feature caching for frozen backbones: run the backbone once, train the head on its outputs.
 
-In the tutorial's feature-extraction recipe the backbone never changes, yet a plain loop runs it
+In the feature-extraction recipe of transfer learning the backbone never changes, yet a plain loop runs it
 again every epoch. When the backbone is frozen (BatchNorm kept in eval mode) and the training
 images are not randomly augmented, the input of the head is a fixed function of each image, so
 strop computes it once — a forward pre-hook on the head captures it — and then trains the head
@@ -15,6 +15,7 @@ mode, as a feature extractor is meant to be used); set ``feature_cache: off`` to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -49,14 +50,19 @@ class TensorBatches:
         return -(-n // self.batch_size)
 
 
-def cache_decision(config: Any, model: nn.Module, train_ds: Any, *, distributed: bool) -> tuple[bool, str]:
+def cache_decision(
+    config: Any, model: nn.Module, train_ds: Any, *, distributed: bool
+) -> tuple[bool, str]:
     """``(use_cache, reason)`` — the reason is logged either way."""
     from strop.finetune import is_backbone_frozen
 
     if config.feature_cache == "off":
         return False, "feature_cache is off"
     if config.task != "classification":
-        return False, "feature caching is for classification heads (segmentation heads take feature maps)"
+        return (
+            False,
+            "feature caching is for classification heads (segmentation heads take feature maps)",
+        )
     if not is_backbone_frozen(model):
         return False, "the backbone is not frozen (it changes while training)"
     if config.model.train_bn:
@@ -66,10 +72,16 @@ def cache_decision(config: Any, model: nn.Module, train_ds: Any, *, distributed:
     if not getattr(train_ds, "deterministic", False):
         return False, "training augmentation is random (features differ every epoch)"
     if distributed:
-        return False, "not used in distributed runs (each rank would cache its own shard); training uncached"
+        return (
+            False,
+            "not used in distributed runs (each rank would cache its own shard); training uncached",
+        )
     if config.compile:
         return False, "compile is on; the cached path trains an uncompiled head"
-    return True, "backbone frozen and inputs deterministic: backbone features computed once, head trained on them"
+    return (
+        True,
+        "backbone frozen and inputs deterministic: backbone features computed once, head trained on them",
+    )
 
 
 @torch.no_grad()
@@ -78,13 +90,15 @@ def extract_features(
     head: nn.Module,
     dataset: Any,
     *,
-    engine: Any,
     batch_size: int,
+    to_device: Callable[[Any], Any],
+    autocast: Callable[[], Any],
 ) -> TensorDataset:
     """``TensorDataset(features, labels)`` of the head's inputs for every item of ``dataset``.
 
     The items are read in index order (no shuffling), so index ``i`` of the result is item ``i``
-    of ``dataset`` and any sampler over one is a sampler over the other.
+    of ``dataset`` and any sampler over one is a sampler over the other. ``to_device(batch)``
+    moves a batch as training does; ``autocast()`` is the run's autocast context.
     """
     captured: list[Tensor] = []
 
@@ -97,9 +111,9 @@ def extract_features(
     labels: list[Tensor] = []
     try:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-        for x, y in loader:
-            x, y = engine.to_device(x, torch.as_tensor(y))
-            with engine.amp.autocast():
+        for batch in loader:
+            x, y = to_device(batch)
+            with autocast():
                 model(x)
             labels.append(y.cpu())
     finally:

@@ -10,13 +10,17 @@ from torch import nn
 
 from strop.train.checkpoint import load_checkpoint
 from strop.train.config import Config, config_from_dict
+from strop.train.setup import build_parts, load_datasets, resolve_device
+from strop.train.tasks import build_task
 
 __all__ = ["evaluate_run", "export_weights", "load_run_model", "lr_find_config", "predict_images"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[nn.Module, Config, dict[str, Any]]:
+def load_run_model(
+    run_dir: str | Path, checkpoint: str = "best"
+) -> tuple[nn.Module, Config, dict[str, Any]]:
     """``(model in eval mode, config, checkpoint dict)`` from a run folder."""
     from strop import finetune
 
@@ -26,30 +30,38 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[nn.Mo
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     ck = load_checkpoint(path)
     config = config_from_dict(ck["config"], source=str(path))
-    n = ck["num_classes"]
-    out_channels = 1 if (config.task == "segmentation" and n == 2) else n
-    model = finetune.build_model(config.model.name, num_classes=out_channels, weights=None)
+    task = build_task(config.task, ck["num_classes"])
+    model = finetune.build_model(config.model.name, num_classes=task.out_channels, weights=None)
     model.load_state_dict(ck["model"])
     return model.eval(), config, ck
 
 
 def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best") -> dict[str, float]:
     """Validation metrics of a run's checkpoint (the same split the run validated on)."""
-    from strop.data import make_loader
     from strop.losses import build
-    from strop.precision import MixedPrecision, resolve
-    from strop.train.loop import Engine, evaluate
-    from strop.train.trainer import _load_data, resolve_device
+    from strop.precision import resolve
+    from strop.train.loop import evaluate
 
     model, config, _ = load_run_model(run_dir, checkpoint)
     device = resolve_device(config.device)
-    _, val_ds, _, n = _load_data(config)
-    precision = resolve(config.precision, device)
-    engine = Engine(model=model.to(device), loss_fn=build(config.loss), optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
-                    amp=MixedPrecision(precision), device=device, task=config.task, num_classes=n)
-    loader = make_loader(val_ds, batch_size=config.data.batch_size, shuffle=False, seed=config.seed,
-                         num_workers=config.data.num_workers, device=device)
-    return evaluate(engine, loader)
+    _, val_ds, _, n = load_datasets(config)
+    loader = _loader(config, val_ds, device, shuffle=False)
+    return evaluate(
+        model.to(device),
+        build(config.loss),
+        loader,
+        task=build_task(config.task, n),
+        precision=resolve(config.precision, device),
+        device=device,
+    )
+
+
+def _loader(config: Config, dataset: Any, device: torch.device, *, shuffle: bool) -> Any:
+    from strop.data import make_loader
+
+    d = config.data
+    return make_loader(dataset, batch_size=d.batch_size, shuffle=shuffle, seed=config.seed,
+                       num_workers=d.num_workers, device=device)  # fmt: skip
 
 
 def _expand(paths: list[str]) -> list[Path]:
@@ -65,25 +77,36 @@ def _expand(paths: list[str]) -> list[Path]:
 
 
 @torch.no_grad()
-def predict_images(run_dir: str | Path, images: list[str], *, checkpoint: str = "best") -> list[dict[str, Any]]:
+def predict_images(
+    run_dir: str | Path, images: list[str], *, checkpoint: str = "best"
+) -> list[dict[str, Any]]:
     """``[{"path", "class", "probability"}]`` for each image (classification runs)."""
     from strop.data import load_image_tensor
 
     model, config, ck = load_run_model(run_dir, checkpoint)
     if config.task != "classification":
-        raise ValueError(f"predict: run {run_dir} is a {config.task} run; predict supports classification")
+        raise ValueError(
+            f"predict: run {run_dir} is a {config.task} run; predict supports classification"
+        )
     classes = ck["classes"]
     rows = []
     for path in _expand(list(images)):
         x = load_image_tensor(path, image_size=config.data.image_size)
         probs = torch.softmax(model(x[None]).float(), dim=1)[0]
         p, i = probs.max(0)
-        rows.append({"path": str(path), "class": classes[int(i)], "probability": round(float(p), 6)})
+        rows.append(
+            {"path": str(path), "class": classes[int(i)], "probability": round(float(p), 6)}
+        )
     return rows
 
 
-def export_weights(run_dir: str | Path, *, fmt: str = "safetensors", out: str | Path | None = None,
-                   checkpoint: str = "best") -> Path:
+def export_weights(
+    run_dir: str | Path,
+    *,
+    fmt: str = "safetensors",
+    out: str | Path | None = None,
+    checkpoint: str = "best",
+) -> Path:
     """Write the model's weights alone; safetensors is recommended (loading it runs no code)."""
     run_dir = Path(run_dir)
     ck = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
@@ -92,7 +115,14 @@ def export_weights(run_dir: str | Path, *, fmt: str = "safetensors", out: str | 
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(path), metadata={"model": ck["config"]["model"]["name"], "num_classes": str(ck["num_classes"])})
+        save_file(
+            state,
+            str(path),
+            metadata={
+                "model": ck["config"]["model"]["name"],
+                "num_classes": str(ck["num_classes"]),
+            },
+        )
     elif fmt == "pt":
         torch.save(state, path)
     else:
@@ -100,25 +130,49 @@ def export_weights(run_dir: str | Path, *, fmt: str = "safetensors", out: str | 
     return path
 
 
-def lr_find_config(config: Config, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
-                   mode: str = "exp", out: str | Path | None = None) -> tuple[Any, Path]:
+def lr_find_config(
+    config: Config,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_iter: int = 100,
+    mode: str = "exp",
+    out: str | Path | None = None,
+) -> tuple[Any, Path]:
     """Run :func:`strop.schedules.lr_find` on the model, data, loss and optimizer of ``config``."""
-    from strop.data import make_loader
     from strop.plots import plot_lr_find
     from strop.precision import resolve, resolve_memory_format
     from strop.schedules import lr_find
-    from strop.train.trainer import _load_data, build_engine_parts, resolve_device
 
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     precision = resolve(config.precision, device)
-    train_ds, _, _, n = _load_data(config)
-    model, loss_fn, optimizer = build_engine_parts(config, n, device, precision)
-    model = model.to(device, memory_format=resolve_memory_format(config.memory_format, device, precision))
-    loader = make_loader(train_ds, batch_size=config.data.batch_size, shuffle=True, seed=config.seed,
-                         num_workers=config.data.num_workers, device=device)
-    result = lr_find(model, loader, loss_fn, optimizer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
-                     mode=mode, precision=precision.name, accumulation_steps=config.accumulation_steps, device=device)
+    memory_format = resolve_memory_format(config.memory_format, device, precision)
+    train_ds, _, _, n = load_datasets(config)
+    task = build_task(config.task, n)
+    model, loss_fn, optimizer = build_parts(config, n)
+    model = model.to(device, memory_format=memory_format)
+    loader = _loader(config, train_ds, device, shuffle=True)
+
+    def forward_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        # the training forward pass of fit(): the task moves the batch and weights aux heads
+        batch = task.to_device(batch, device, memory_format)
+        return task.forward_loss(model, loss_fn, batch, config.model.aux_weight)[0]
+
+    result = lr_find(
+        model,
+        loader,
+        loss_fn,
+        optimizer,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        num_iter=num_iter,
+        mode=mode,
+        precision=precision,
+        accumulation_steps=config.accumulation_steps,
+        device=device,
+        forward_loss=forward_loss,
+    )
     path = Path(out) if out else Path(config.output) / "lr_find.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     plot_lr_find(result, path)

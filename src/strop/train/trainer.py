@@ -12,15 +12,11 @@ since the workers' RNG streams are not checkpointed (docs/reliability.md).
 
 from __future__ import annotations
 
-import contextlib
-import itertools
+import functools
 import json
-import math
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,25 +24,31 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DistributedSampler
 
-from strop import __version__
-from strop._checks import did_you_mean
+from strop.data.roots import resolve_root as bundled_root
 from strop.train import callbacks as cb
-from strop.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from strop.train.checkpoint import load_checkpoint, save_checkpoint
 from strop.train.config import Config
-from strop.train.distributed import (
-    DistContext,
-    all_reduce_sum,
-    barrier,
-    init_from_env,
-    shutdown,
-    wrap_model,
-)
-from strop.train.feature_cache import TensorBatches, cache_decision, extract_features
-from strop.train.loop import Engine, TrainState, _lr, evaluate, train_one_epoch
+from strop.train.distributed import DistContext, all_reduce_sum, init_from_env
+from strop.train.loop import TrainState, current_lr, train_one_epoch
+from strop.train.loop import evaluate as evaluate_model
+from strop.train.metrics import is_better
+from strop.train.rundir import RunDir, read_metrics
+from strop.train.sampler import ResumableSampler
+from strop.train.setup import Run, build_parts, build_run, build_schedule, resolve_device
+from strop.train.signals import stop_on_signals
+from strop.train.state import dump_state, restore_state, upgrade_checkpoint
 
-__all__ = ["RunResult", "build_engine_parts", "fit", "resolve_device"]
+__all__ = [
+    "ResumableSampler",
+    "RunResult",
+    "build_engine_parts",
+    "build_schedule",
+    "bundled_root",
+    "evaluate",
+    "fit",
+    "resolve_device",
+]
 
 
 @dataclass
@@ -68,210 +70,6 @@ class RunResult:
         return self.history[-1] if self.history else {}
 
 
-class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` (also for one process) that can start part-way into an epoch.
-
-    The order of epoch ``e`` is ``randperm`` seeded with ``seed + e`` — torch's own rule — so a
-    resumed run sees exactly the batches the uninterrupted one would have.
-    """
-
-    def __init__(self, dataset: Any, *, ctx: DistContext, seed: int, shuffle: bool, batch_size: int):
-        super().__init__(
-            dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed, drop_last=False
-        )
-        self.batch_size = batch_size
-        self.skip = 0
-
-    def set_position(self, epoch: int, batches_done: int = 0) -> None:
-        """Select ``epoch``'s order and skip the first ``batches_done`` batches of it."""
-        self.set_epoch(epoch)
-        self.skip = batches_done * self.batch_size
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(super().__len__() - self.skip, 0)
-
-
-def resolve_device(name: str, ctx_local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> CUDA when available (this process's local rank), else CPU."""
-    if name == "auto":
-        return torch.device("cuda", ctx_local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"config: device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r} ({exc})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: 'cuda' was asked for but torch.cuda.is_available() is False; got {name!r}")
-    return device
-
-
-def _log_default(msg: str) -> None:
-    print(msg, file=sys.stderr)
-
-
-def _load_data(config: Config) -> tuple[Any, Any, list[str] | None, int]:
-    """``(train_ds, val_ds, classes, num_classes)``, with num_classes checked against the config."""
-    from strop import data as sdata
-
-    d = config.data
-    if d.root is None:
-        raise ValueError("config: data.root is required (a folder of images, or bundled:digits / bundled:shapes); got null")
-    root = bundled_root(d.root)
-    if config.task == "classification":
-        train_ds, val_ds, classes = sdata.image_folder(
-            root,
-            image_size=d.image_size,
-            val_fraction=d.val_fraction,
-            seed=config.seed,
-            augment=d.augment,
-            strict=d.strict,
-            cache=None if d.cache == "none" else d.cache,
-        )
-        n = len(classes)
-    else:
-        train_ds, val_ds, n = sdata.segmentation_folder(
-            root,
-            image_size=d.image_size,
-            val_fraction=d.val_fraction,
-            seed=config.seed,
-            num_classes=d.num_classes,
-            ignore_index=d.ignore_index,
-            strict=d.strict,
-            augment=d.augment,
-            cache=None if d.cache == "none" else d.cache,
-        )
-        classes = None
-    if d.num_classes is not None and d.num_classes != n:
-        raise ValueError(
-            f"config: data.num_classes is {d.num_classes} but {d.root} holds {n} classes"
-            + (f" ({', '.join(classes)})" if classes else "")
-        )
-    if len(train_ds) == 0:
-        raise ValueError(f"config: no training images found under {d.root}")
-    if len(val_ds) == 0:
-        raise ValueError(
-            f"config: no validation images under {d.root} (data.val_fraction is {d.val_fraction} and there is "
-            "no val/ folder); best.pt, early stopping and plateau schedules need a validation set")
-    return train_ds, val_ds, classes, n
-
-
-BUNDLED = ("digits", "shapes", "shapes-multiclass")
-
-
-def bundled_root(root: str) -> Path:
-    """``bundled:NAME`` -> the bundled data set written once under ``$STROP_DATA`` (default
-    ``~/.cache/strop/data``); any other string is a folder path.
-
-    ``digits`` is scikit-learn's real handwritten digits as an ImageFolder; ``shapes`` a synthetic
-    binary segmentation set (images/ + masks/); ``shapes-multiclass`` the same with one class per
-    shape kind.
-    """
-    import os
-
-    from strop import data as sdata
-
-    if not root.startswith("bundled:"):
-        return Path(root)
-    name = root.split(":", 1)[1]
-    if name not in BUNDLED:
-        raise ValueError(f"config: data.root {root!r} names no bundled data set; available: "
-                         + ", ".join(f"bundled:{b}" for b in BUNDLED))
-    base = Path(os.environ.get("STROP_DATA", Path.home() / ".cache" / "strop" / "data"))
-    if name == "digits":
-        return sdata.write_digits(base / "digits")
-    return sdata.write_shapes(base / name, num_classes=2 if name == "shapes" else 4)
-
-
-def build_engine_parts(config: Config, num_classes: int, device: torch.device, precision: Any) -> tuple[nn.Module, Any, Any]:
-    """``(model, loss_fn, optimizer)`` from the config (no scheduler: it needs the loader size)."""
-    from strop import finetune, losses
-
-    out_channels = 1 if (config.task == "segmentation" and num_classes == 2) else num_classes
-    m = config.model
-    model = finetune.build_model(
-        m.name,
-        num_classes=out_channels,
-        weights=m.weights,
-        freeze=m.freeze,
-        train_bn=m.train_bn,
-        strict=m.strict,
-        sha256=m.sha256,
-        trust_pickle=m.trust_pickle,
-    )
-    for mod in model.modules():
-        if m.dropout is not None and isinstance(mod, nn.Dropout):
-            mod.p = m.dropout
-        # torchvision's MobileNetV3 uses momentum 0.01: running stats lag far behind short runs
-        if m.bn_momentum is not None and isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            mod.momentum = m.bn_momentum
-    if config.gradual_unfreeze is not None:
-        # the head-only phase starts now, so the optimizer's first groups hold the head alone and the
-        # plan adds the backbone at lr × lr_mult when it unfreezes it
-        finetune.GradualUnfreezing(head_epochs=config.gradual_unfreeze.head_epochs, train_bn=m.train_bn
-                                   ).on_epoch_start(0, model)
-    loss_fn = losses.build(config.loss)
-    o = config.optimizer
-    lr = o.lr
-    if config.scale_lr:
-        # linear scaling rule (Goyal et al. 2017): lr is given for a global batch of 256
-        lr = lr * config.data.batch_size * config.accumulation_steps / 256
-    groups = finetune.param_groups(
-        model, lr, head_lr_mult=o.head_lr_mult, layer_decay=o.layer_decay, weight_decay=o.weight_decay
-    )
-    if o.name == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
-    elif o.name == "adam":
-        optimizer = torch.optim.Adam(groups, lr=lr, betas=o.betas)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=o.betas)
-    return model, loss_fn, optimizer
-
-
-def build_schedule(config: Config, optimizer: Any, steps_per_epoch: int) -> Any:
-    """The config's LR schedule; a plateau schedule follows the monitor's direction.
-
-    torch's ``ReduceLROnPlateau`` defaults to ``mode="min"``: fed the default monitor
-    ``val_accuracy`` it would cut the LR while accuracy improves.
-    """
-    from strop import schedules
-    from strop.schedules.scheduler import SCHEDULES
-
-    spec = config.schedule
-    name, options = (spec, {}) if isinstance(spec, str) else (spec.get("name"), dict(spec))
-    extra: dict[str, Any] = {}
-    if name in SCHEDULES and SCHEDULES.canonical(name) == "ReduceLROnPlateau":
-        mode = options.get("mode")
-        if mode is None:
-            extra["mode"] = config.monitor_direction
-        elif mode != config.monitor_direction:
-            raise ValueError(
-                f"config: schedule {name!r} has mode={mode!r} but monitor {config.monitor_metric!r} is "
-                f"better when {'higher' if config.monitor_direction == 'max' else 'lower'}; drop schedule.mode "
-                "(it follows the monitor) or set monitor_mode")
-    return schedules.build(spec, optimizer, epochs=config.epochs, steps_per_epoch=steps_per_epoch, **extra)
-
-
-@contextlib.contextmanager
-def _signals_stop(state: TrainState) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the loop to stop at the next optimizer step (state is then saved)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        state.should_stop = True
-        state.interrupted = signal.Signals(signum).name
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def fit(
     config: Config,
     *,
@@ -280,294 +78,266 @@ def fit(
     log: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Train as ``config`` says; returns a :class:`RunResult`. See the module docstring."""
-    from strop import finetune
-    from strop.data import make_loader
-    from strop.precision import MixedPrecision, resolve, resolve_memory_format
-
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
+    ctx, device = start_process(config)
+    log = (log or _log_default) if ctx.is_main else _silent
+    paths = RunDir(Path(config.output))
+    if resume and not paths.last.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {paths.last}; start without --resume")
+
+    run = build_run(config, ctx, device, log)
+    state = TrainState()
+    if resume:
+        restore(run, state, log)
+    history = read_history(run, state) if resume else []
+    cbs = [*_run_callbacks(run), *([run.early] if run.early is not None else []), *callbacks]
+    on_step = functools.partial(after_step, run)
+
+    cb.call(cbs, "on_fit_start", state)
+    try:
+        with stop_on_signals(state):
+            while state.epoch < config.epochs and not state.should_stop:
+                epoch_t0 = time.perf_counter()
+                train_logs = run_epoch(run, state, cbs, on_step)
+                if train_logs is None:
+                    break  # interrupted (a checkpoint was saved) or a callback stopped mid-epoch
+                history.append(end_epoch(run, state, cbs, train_logs, epoch_t0))
+    finally:
+        cb.call(cbs, "on_fit_end", state)  # closes the CSV log even when training raised
+
+    finish(run, state, history, log)
+    return RunResult(
+        run_dir=run.paths.root,
+        history=history,
+        monitor=config.monitor_metric,
+        best_metric=state.best_metric,
+        best_epoch=state.best_epoch,
+        seconds=time.perf_counter() - t0,
+        interrupted=state.interrupted,
+        choices=run.choices,
+    )
+
+
+def start_process(config: Config) -> tuple[DistContext, torch.device]:
+    """Join the process group torchrun describes (if any) and pick this process's device."""
     device = resolve_device(config.device)
     ctx = init_from_env(device)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
-    log = (log or _log_default) if ctx.is_main else (lambda msg: None)
+    return ctx, device
+
+
+def run_epoch(run: Run, state: TrainState, cbs: list[Any], on_step: Any) -> dict[str, float] | None:
+    """Train one epoch (or its rest, after a mid-epoch resume); None when it did not finish."""
+    if run.unfreeze is not None and state.batch_in_epoch == 0:
+        run.unfreeze.on_epoch_start(state.epoch)
+    run.sampler.set_position(state.epoch, state.batch_in_epoch)
+    generator = getattr(run.loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(run.config.seed * 1_000_003 + state.epoch)
+    cb.call(cbs, "on_epoch_start", state)
+    train_logs = train_one_epoch(run, state, cbs, on_step=on_step)
+    if state.interrupted or state.batch_in_epoch < run.batches_per_epoch:
+        return None
+    return train_logs
+
+
+def evaluate(
+    run: Run, loader: Any, *, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> dict[str, float]:
+    """Validation metrics of a built run over ``loader`` (see :func:`strop.train.loop.evaluate`)."""
+    return evaluate_model(
+        run.module,
+        run.loss_fn,
+        loader,
+        task=run.task,
+        precision=run.amp,
+        device=run.device,
+        memory_format=run.memory_format,
+        reduce=reduce,
+    )
+
+
+def end_epoch(
+    run: Run, state: TrainState, cbs: list[Any], train_logs: dict[str, float], t0: float
+) -> dict[str, float]:
+    """Validate, step the epoch schedule, keep the best, log, checkpoint; returns the history row."""
+    config, ctx = run.config, run.ctx
+    if ctx.enabled:  # each rank trained on its shard; log the whole epoch's numbers
+        train_logs = _global_train_logs(state.epoch_sums, train_logs, ctx)
+    val_logs = evaluate(
+        run,
+        run.val_loader,
+        reduce=functools.partial(all_reduce_sum, ctx=ctx) if ctx.enabled else None,
+    )
+    logs = {**train_logs, **val_logs, "lr": current_lr(run.optimizer)}
+    if run.schedule is not None:
+        run.schedule.on_epoch_end(logs.get(config.monitor_metric))
+    logs["epoch_seconds"] = time.perf_counter() - t0
+    logs["skipped_steps"] = float(state.skipped_steps)
+    logs["nonfinite_batches"] = float(state.nonfinite_batches)
+    # a NaN model is never saved as best, whatever its metric says
+    is_best = is_better(
+        logs.get(config.monitor_metric), state.best_metric, config.monitor_direction
+    ) and _finite(run.model)
+    if is_best:
+        state.best_metric = float(logs[config.monitor_metric])
+        state.best_epoch = state.epoch + 1
+    cb.call(cbs, "on_epoch_end", state, logs)
+    row = {"epoch": float(state.epoch + 1), **logs}
+    state.epoch += 1
+    state.batch_in_epoch = 0
+    state.epoch_sums = {}
+    if ctx.enabled:  # every rank follows rank 0's decision to stop
+        state.should_stop = _any_rank(state.should_stop, ctx)
+    # best before last: a crash between the two then redoes this epoch and rewrites best.pt,
+    # instead of resuming past a best.pt that was never written
+    if is_best and ctx.is_main:
+        save_checkpoint(
+            {
+                "model": run.model.state_dict(),
+                **run.metadata(),
+                "epoch": state.epoch,
+                "metrics": logs,
+            },
+            run.paths.best,
+        )
+    save_last(run, state)
+    return row
+
+
+def save_last(run: Run, state: TrainState) -> None:
+    """``last.pt``: every stateful part of the run. All ranks call it at the same step: it holds
+    the epoch's train sums over all ranks (on resume rank 0 carries them, the others start at 0)."""
+    sums = state.epoch_sums
+    if run.ctx.enabled and sums:
+        keys = sorted(sums)
+        total = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64), run.ctx)
+        sums = dict(zip(keys, total.tolist(), strict=True))
+    if run.ctx.is_main:
+        payload = {**dump_state(run.stateful(state)), **run.metadata()}
+        payload["state"]["epoch_sums"] = dict(sums)
+        save_checkpoint(payload, run.paths.last)
+
+
+def after_step(run: Run, state: TrainState) -> None:
+    """After each optimizer step: agree on a stop across ranks; save every N steps or on a signal."""
+    if run.ctx.enabled:
+        # a signal may reach one rank first: all ranks stop at the same step or DDP would hang
+        stop = _any_rank(bool(state.interrupted), run.ctx)
+        if stop and not state.interrupted:
+            state.interrupted = "SIGTERM (on another rank)"
+        state.should_stop = state.should_stop or stop
+    n = run.config.checkpoint_every_steps
+    if state.interrupted or (n and state.step % n == 0):
+        save_last(run, state)
+
+
+def restore(run: Run, state: TrainState, log: Callable[[str], None]) -> None:
+    """Continue from ``last.pt``: every stateful part restored in place, in order."""
+    config, last = run.config, run.paths.last
+    ck = upgrade_checkpoint(load_checkpoint(last, map_location=run.device))
+    old = ck["config"]
+    if ck["state"]["batch_in_epoch"] and (old["data"]["batch_size"], old["accumulation_steps"]) != (
+        config.data.batch_size,
+        config.accumulation_steps,
+    ):
+        raise ValueError(
+            "--resume: data.batch_size/accumulation_steps changed since the mid-epoch checkpoint "
+            f"{last}; resume with the old values or from an epoch-end checkpoint"
+        )
+    restore_state(run.stateful(state), ck)
+    if (
+        run.schedule is not None
+        and ck.get("scheduler") is not None
+        and old["epochs"] != config.epochs
+    ):
+        # a fixed-horizon schedule (cosine, onecycle) is re-planned for the new length
+        run.schedule.replan(epochs=config.epochs, steps_per_epoch=run.steps_per_epoch)
+        log(f"schedule re-planned for {config.epochs} epochs (was {old['epochs']})")
+    if not run.ctx.is_main:
+        state.epoch_sums = {}  # rank 0 carries the whole epoch's sums (see save_last)
+    # an interrupted run continues; one that early stopping ended stays ended
+    state.should_stop = run.early is not None and run.early.stopped and not state.interrupted
+    state.interrupted = None
+    log(
+        f"resumed from {last} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step}"
+    )
+
+
+def read_history(run: Run, state: TrainState) -> list[dict[str, float]]:
+    """The epochs a resumed run already logged (up to the checkpoint's epoch)."""
+    if not run.ctx.is_main:
+        return []
+    epochs, _ = read_metrics(run.paths.metrics)
+    return [row for row in epochs if row.get("epoch", 0) <= state.epoch]
+
+
+def finish(
+    run: Run, state: TrainState, history: list[dict[str, float]], log: Callable[[str], None]
+) -> None:
+    """Plots, and one line for each thing the user should know about the run's end."""
+    if run.ctx.is_main and history:
+        from strop.train.report import plot_run
+
+        plot_run(run.paths.root)
+    if state.interrupted:
+        log(
+            f"interrupted by {state.interrupted}: state saved to {run.paths.last}; continue with --resume"
+        )
+    if state.skipped_steps:
+        log(f"fp16 scaler skipped {state.skipped_steps} optimizer step(s) (inf/NaN gradients)")
+    if state.nonfinite_batches:
+        log(f"skipped {state.nonfinite_batches} batch(es) with a non-finite loss or gradient")
+
+
+def _run_callbacks(run: Run) -> list[Any]:
+    """Rank 0 writes the run folder: config.yaml, run.json, metrics.csv, progress, TensorBoard."""
+    if not run.ctx.is_main:
+        return []
+    paths = run.paths
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.config.write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
+    paths.choices.write_text(json.dumps(run.choices, indent=2))
+    # a combined loss ({dice: 1, bce: 1}) logs each part per step: loss_dice, loss_bce
+    names = run.task.metric_names() + [
+        f"loss_{name}" for name in getattr(run.loss_fn, "losses", {})
+    ]
+    out: list[Any] = [
+        cb.CSVLogger(paths.metrics, names),
+        cb.ProgressBar(run.config.epochs, run.batches_per_epoch, enabled=run.config.progress),
+    ]
     try:
-        precision = resolve(config.precision, device)
-        memory_format = resolve_memory_format(config.memory_format, device, precision)
-        run_dir = Path(config.output)
-        ckpt_dir = run_dir / "checkpoints"
-        last_path = ckpt_dir / "last.pt"
-        if resume and not last_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}; start without --resume")
-
-        # rank 0 first: bundled data (and a disk sample cache) is written once, then read by the others
-        if not ctx.is_main:
-            barrier(ctx)
-        train_ds, val_ds, classes, num_classes = _load_data(config)
-        _check_monitor(config, num_classes)
-        if ctx.is_main:
-            barrier(ctx)
-        if config.data.batch_size % ctx.world_size:
-            raise ValueError(
-                f"config: data.batch_size ({config.data.batch_size}) is the global batch and must be divisible "
-                f"by the number of processes ({ctx.world_size})"
-            )
-        per_rank_batch = config.data.batch_size // ctx.world_size
-        sampler = ResumableSampler(train_ds, ctx=ctx, seed=config.seed, shuffle=True, batch_size=per_rank_batch)
-        batches_per_epoch = math.ceil(len(sampler) / per_rank_batch)
-        steps_per_epoch = math.ceil(batches_per_epoch / config.accumulation_steps)
-
-        model, loss_fn, optimizer = build_engine_parts(config, num_classes, device, precision)
-        model = model.to(device, memory_format=memory_format)
-        unfreeze_plan = None
-        if config.gradual_unfreeze is not None:
-            g = config.gradual_unfreeze
-            unfreeze_plan = finetune.GradualUnfreezing(
-                head_epochs=g.head_epochs, lr_mult=g.lr_mult, train_bn=config.model.train_bn
-            )
-        scheduler = None
-        if config.schedule is not None:
-            scheduler = build_schedule(config, optimizer, steps_per_epoch)
-        amp = MixedPrecision(precision)
-        choices: dict[str, Any] = {
-            "device": str(device),
-            "precision": precision.name,
-            "precision_reason": precision.reason,
-            "memory_format": str(memory_format).replace("torch.", ""),
-            "world_size": ctx.world_size,
-            "backend": ctx.backend,
-            "per_process_batch": per_rank_batch,
-            "steps_per_epoch": steps_per_epoch,
-            "compile": False,
-            "feature_cache": False,
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "total_params": sum(p.numel() for p in model.parameters()),
-            "torch": torch.__version__,
-            "strop": __version__,
-        }
-        log(f"precision: {precision.name} ({precision.reason}); memory format: {choices['memory_format']}")
-        engine = Engine(
-            model=model, loss_fn=loss_fn, optimizer=optimizer, amp=amp, scheduler=scheduler,
-            device=device, memory_format=memory_format, accumulation_steps=config.accumulation_steps,
-            clip_grad_norm=config.clip_grad_norm, aux_weight=config.model.aux_weight,
-            nonfinite=config.nonfinite, task=config.task, num_classes=num_classes,
-        )
-
-        use_cache, why = cache_decision(config, model, train_ds, distributed=ctx.enabled)
-        choices["feature_cache_reason"] = why
-        if use_cache:
-            t_cache = time.perf_counter()
-            head = finetune.head_module(model)
-            train_ds = extract_features(model, head, train_ds, engine=engine, batch_size=per_rank_batch)
-            val_ds = extract_features(model, head, val_ds, engine=engine, batch_size=per_rank_batch)
-            sampler = ResumableSampler(train_ds, ctx=ctx, seed=config.seed, shuffle=True, batch_size=per_rank_batch)
-            engine.model = head
-            choices["feature_cache"] = True
-            log(f"feature cache: used — {why} ({len(train_ds) + len(val_ds)} items in "
-                f"{time.perf_counter() - t_cache:.1f}s, {tuple(train_ds.tensors[0].shape[1:])} each)")
-        else:
-            if config.feature_cache != "off":
-                log(f"feature cache: not used — {why}")
-            engine.model = wrap_model(model, ctx, device=device, sync_batchnorm=config.sync_batchnorm)
-            if config.compile:
-                try:
-                    engine.model = torch.compile(engine.model)
-                    choices["compile"] = True
-                except Exception as exc:  # compile support varies by platform; training must not
-                    log(f"torch.compile unavailable ({type(exc).__name__}: {exc}); training uncompiled")
-                    choices["compile_fallback"] = f"{type(exc).__name__}: {exc}"
-        val_sampler = None
-        if ctx.enabled:  # each rank validates its share; metrics are summed across ranks
-            val_sampler = DistributedSampler(val_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
-        if use_cache:  # cached tensors: sliced batches, no per-item indexing or collation
-            loader: Any = TensorBatches(train_ds, batch_size=per_rank_batch, sampler=sampler)
-            val_loader: Any = TensorBatches(val_ds, batch_size=per_rank_batch, sampler=val_sampler)
-        else:
-            loader = make_loader(
-                train_ds, batch_size=per_rank_batch, shuffle=False, seed=config.seed,
-                num_workers=config.data.num_workers, device=device, sampler=sampler,
-                # random augmentation in worker processes: re-fork them each epoch so that their
-                # seeds follow the epoch (reseeded below) and a resumed run draws the same numbers
-                persistent_workers=None if getattr(train_ds, "deterministic", True) else False,
-            )
-            val_loader = make_loader(
-                val_ds, batch_size=per_rank_batch, shuffle=False, seed=config.seed,
-                num_workers=config.data.num_workers, device=device, sampler=val_sampler,
-            )
-        state = TrainState()
-        early = None
-        if config.early_stopping is not None:
-            es = config.early_stopping
-            early = cb.EarlyStopping(config.monitor_metric, config.monitor_direction, es.patience, es.min_delta)
-
-        def checkpoint_payload() -> dict[str, Any]:
-            return {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "amp": amp.state_dict(),
-                "state": state.to_dict(),
-                "rng": capture_rng(),
-                "early_stopping": early.state_dict() if early is not None else None,
-                "unfreeze": unfreeze_plan.state_dict() if unfreeze_plan is not None and hasattr(unfreeze_plan, "state_dict") else None,
-                "config": config.to_dict(),
-                "classes": classes,
-                "num_classes": num_classes,
-                "strop_version": __version__,
-            }
-
-        if resume:
-            ck = load_checkpoint(last_path, map_location=device)
-            if unfreeze_plan is not None and ck.get("unfreeze") is not None and hasattr(unfreeze_plan, "load_state_dict"):
-                unfreeze_plan.load_state_dict(ck["unfreeze"])
-            state = TrainState.from_dict(ck["state"])
-            if not ctx.is_main:
-                state.epoch_sums = {}  # rank 0 carries the whole epoch's sums (see save_last)
-            if unfreeze_plan is not None:
-                # re-create the param groups the plan had added before the checkpoint
-                for e in range(state.epoch + (1 if state.batch_in_epoch else 0)):
-                    unfreeze_plan.on_epoch_start(e, model, optimizer)
-            model.load_state_dict(ck["model"])
-            optimizer.load_state_dict(ck["optimizer"])
-            if scheduler is not None and ck.get("scheduler") is not None:
-                scheduler.load_state_dict(ck["scheduler"])
-                if ck["config"]["epochs"] != config.epochs:
-                    # a fixed-horizon schedule (cosine, onecycle) is re-planned for the new length
-                    scheduler.replan(epochs=config.epochs, steps_per_epoch=steps_per_epoch)
-                    log(f"schedule re-planned for {config.epochs} epochs (was {ck['config']['epochs']})")
-            old = ck["config"]
-            changed = (old["data"]["batch_size"], old["accumulation_steps"]) != (
-                config.data.batch_size, config.accumulation_steps)
-            if state.batch_in_epoch and changed:
-                raise ValueError(
-                    "--resume: data.batch_size/accumulation_steps changed since the mid-epoch checkpoint "
-                    f"{last_path}; resume with the old values or from an epoch-end checkpoint")
-            amp.load_state_dict(ck["amp"])
-            if early is not None and ck.get("early_stopping") is not None:
-                early.load_state_dict(ck["early_stopping"])
-            restore_rng(ck["rng"])
-            # an interrupted run continues; one that early stopping ended stays ended
-            state.should_stop = _early_stopped(ck) and not state.interrupted
-            state.interrupted = None
-            log(f"resumed from {last_path} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step}")
-
-        def save_last() -> None:
-            # every rank calls this at the same step: a checkpoint holds the epoch's train sums over
-            # all ranks (on resume rank 0 carries them, the others start from zero)
-            sums = state.epoch_sums
-            if ctx.enabled and sums:
-                keys = sorted(sums)
-                total = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64), ctx)
-                sums = dict(zip(keys, total.tolist(), strict=True))
-            if ctx.is_main:
-                payload = checkpoint_payload()
-                payload["state"]["epoch_sums"] = dict(sums)
-                save_checkpoint(payload, last_path)
-
-        def on_step(st: TrainState) -> None:
-            if ctx.enabled:
-                # a signal may reach one rank first: all ranks stop at the same step or DDP would hang
-                stop = _broadcast_flag(bool(st.interrupted), ctx)
-                if stop and not st.interrupted:
-                    st.interrupted = "SIGTERM (on another rank)"
-                st.should_stop = st.should_stop or stop
-            n = config.checkpoint_every_steps
-            if st.interrupted or (n and st.step % n == 0):
-                save_last()
-
-        metric_names = _metric_names(config.task, num_classes)
-        # a combined loss ({dice: 1, bce: 1}) logs each part per step: loss_dice, loss_bce
-        metric_names += [f"loss_{name}" for name in getattr(loss_fn, "losses", {})]
-        cbs: list[Any] = []
-        if ctx.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-            (run_dir / "run.json").write_text(json.dumps(choices, indent=2))
-            cbs.append(cb.CSVLogger(run_dir / "metrics.csv", metric_names))
-            cbs.append(cb.ProgressBar(config.epochs, batches_per_epoch, enabled=config.progress))
-            tb = _tensorboard(run_dir)
-            if tb is not None:
-                cbs.append(tb)
-        if early is not None:
-            cbs.append(early)
-        cbs.extend(callbacks)
-
-        history = _history_from_csv(run_dir / "metrics.csv", state.epoch) if resume and ctx.is_main else []
-        reduce = (lambda t: all_reduce_sum(t, ctx)) if ctx.enabled else None
-        cb.call(cbs, "on_fit_start", state)
-        try:
-            with _signals_stop(state):
-                while state.epoch < config.epochs and not state.should_stop:
-                    epoch_t0 = time.perf_counter()
-                    if unfreeze_plan is not None and state.batch_in_epoch == 0:
-                        unfreeze_plan.on_epoch_start(state.epoch, model, optimizer)
-                    sampler.set_position(state.epoch, state.batch_in_epoch)
-                    if isinstance(getattr(loader, "generator", None), torch.Generator):
-                        loader.generator.manual_seed(config.seed * 1_000_003 + state.epoch)
-                    cb.call(cbs, "on_epoch_start", state)
-                    train_logs = train_one_epoch(
-                        engine, loader, state, cbs, num_batches=batches_per_epoch, on_step=on_step
-                    )
-                    if state.interrupted:
-                        break  # on_step saved a mid-epoch checkpoint
-                    if state.batch_in_epoch < batches_per_epoch:
-                        break  # a callback stopped mid-epoch
-                    if ctx.enabled:  # each rank trained on its shard; log the whole epoch's numbers
-                        train_logs = _global_train_logs(state.epoch_sums, train_logs, ctx)
-                    val_logs = evaluate(engine, val_loader, reduce=reduce)
-                    logs = {**train_logs, **val_logs, "lr": _lr(optimizer)}
-                    if scheduler is not None:
-                        scheduler.on_epoch_end(logs.get(config.monitor_metric))
-                    logs["epoch_seconds"] = time.perf_counter() - epoch_t0
-                    logs["skipped_steps"] = float(state.skipped_steps)
-                    logs["nonfinite_batches"] = float(state.nonfinite_batches)
-                    is_best = _is_better(logs.get(config.monitor_metric), state.best_metric, config.monitor_direction)
-                    if is_best and _finite_model(model):
-                        state.best_metric = float(logs[config.monitor_metric])
-                        state.best_epoch = state.epoch + 1
-                    else:
-                        is_best = False
-                    cb.call(cbs, "on_epoch_end", state, logs)
-                    history.append({"epoch": float(state.epoch + 1), **logs})
-                    state.epoch += 1
-                    state.batch_in_epoch = 0
-                    state.epoch_sums = {}
-                    if ctx.enabled:  # every rank follows rank 0's decision to stop
-                        state.should_stop = bool(_broadcast_flag(state.should_stop, ctx))
-                    # best before last: a crash between the two then redoes this epoch and
-                    # rewrites best.pt, instead of resuming past a best.pt that was never written
-                    if is_best and ctx.is_main:
-                        save_checkpoint(
-                            {"model": model.state_dict(), "config": config.to_dict(), "classes": classes,
-                             "num_classes": num_classes, "epoch": state.epoch, "metrics": logs,
-                             "strop_version": __version__},
-                            ckpt_dir / "best.pt",
-                        )
-                    save_last()
-        finally:
-            cb.call(cbs, "on_fit_end", state)  # closes the CSV log even when training raised
-        if ctx.is_main and history:
-            from strop.train.report import plot_run
-
-            plot_run(run_dir)
-        if state.interrupted:
-            log(f"interrupted by {state.interrupted}: state saved to {last_path}; continue with --resume")
-        if state.skipped_steps:
-            log(f"fp16 scaler skipped {state.skipped_steps} optimizer step(s) (inf/NaN gradients)")
-        if state.nonfinite_batches:
-            log(f"skipped {state.nonfinite_batches} batch(es) with a non-finite loss or gradient")
-        return RunResult(
-            run_dir=run_dir, history=history, monitor=config.monitor_metric, best_metric=state.best_metric,
-            best_epoch=state.best_epoch, seconds=time.perf_counter() - t0, interrupted=state.interrupted,
-            choices=choices,
-        )
-    finally:
-        shutdown(ctx)
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return out
+    return [*out, cb.TensorBoardLogger(paths.root / "tensorboard")]
 
 
-def _global_train_logs(sums: dict[str, float], logs: dict[str, float], ctx: DistContext) -> dict[str, float]:
+def build_engine_parts(
+    config: Config, num_classes: int, device: Any = None, precision: Any = None
+) -> tuple[nn.Module, Any, Any]:
+    """Old name of :func:`strop.train.setup.build_parts` (``device``/``precision`` are ignored)."""
+    return build_parts(config, num_classes)
+
+
+def _log_default(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _silent(msg: str) -> None:
+    pass
+
+
+def _global_train_logs(
+    sums: dict[str, float], logs: dict[str, float], ctx: DistContext
+) -> dict[str, float]:
     """``train_loss`` (and ``train_accuracy``) over every rank's images, not rank 0's alone."""
-    t = torch.tensor([sums.get("loss", 0.0), sums.get("correct", 0.0), sums.get("count", 0.0)], dtype=torch.float64)
+    t = torch.tensor(
+        [sums.get("loss", 0.0), sums.get("correct", 0.0), sums.get("count", 0.0)],
+        dtype=torch.float64,
+    )
     loss, correct, count = all_reduce_sum(t, ctx).tolist()
     out = {"train_loss": loss / max(count, 1.0)}
     if "train_accuracy" in logs:
@@ -575,68 +345,12 @@ def _global_train_logs(sums: dict[str, float], logs: dict[str, float], ctx: Dist
     return out
 
 
-def _check_monitor(config: Config, num_classes: int) -> None:
-    """The monitored metric must be one the run logs (else best.pt would never be written)."""
-    allowed = [m for m in _metric_names(config.task, num_classes) if m not in ("images_per_s", "epoch_seconds")]
-    if config.monitor_metric not in allowed:
-        raise ValueError(
-            f"config: monitor {config.monitor_metric!r} is not a metric this run logs"
-            f"{did_you_mean(config.monitor_metric, allowed)} available: {', '.join(allowed)}"
-        )
-
-
-def _early_stopped(ck: dict[str, Any]) -> bool:
-    es = ck.get("early_stopping")
-    patience = (ck["config"].get("early_stopping") or {}).get("patience")
-    return bool(es and patience and es["bad_epochs"] >= patience)
-
-
-def _broadcast_flag(flag: bool, ctx: DistContext) -> bool:
+def _any_rank(flag: bool, ctx: DistContext) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64)
     return bool(all_reduce_sum(t, ctx).item() > 0)
 
 
-def _metric_names(task: str, num_classes: int) -> list[str]:
-    base = ["train_loss", "val_loss"]
-    if task == "classification":
-        names = [*base, "train_accuracy", "val_accuracy"] + (["val_top5"] if num_classes > 5 else [])
-    else:
-        names = [*base, "val_dice", "val_iou", "val_pixel_accuracy"]
-    return [*names, "epoch_seconds", "images_per_s", "skipped_steps", "nonfinite_batches"]
-
-
-def _is_better(value: float | None, best: float | None, mode: str) -> bool:
-    if value is None or not math.isfinite(value):
-        return False
-    if best is None:
-        return True
-    return value > best if mode == "max" else value < best
-
-
-def _finite_model(model: nn.Module) -> bool:
-    # a NaN model is never saved as best, whatever its metric says
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
-
-
-def _tensorboard(run_dir: Path) -> Any:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return None
-    return cb.TensorBoardLogger(run_dir / "tensorboard")
-
-
-def _history_from_csv(path: Path, epochs_done: int) -> list[dict[str, float]]:
-    import csv
-
-    if not path.exists():
-        return []
-    out = []
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            try:  # a row torn by a crash is skipped, not fatal to the resume
-                if row["kind"] == "epoch" and int(row["epoch"]) <= epochs_done:
-                    out.append({k: float(v) for k, v in row.items() if k != "kind" and v not in ("", None)})
-            except (TypeError, ValueError):
-                continue
-    return out
+def _finite(model: nn.Module) -> bool:
+    return all(
+        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()
+    )

@@ -1,0 +1,91 @@
+"""What the two folder datasets share: normalisation statistics, augmentation, the uint8 cache."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from strop.data._scan import CacheSpec, check_cache, check_stats
+from strop.data.cache import SampleCache, cache_key
+from strop.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Augment,
+    augmentation,
+    is_deterministic,
+    normalization,
+    resolve_size,
+)
+
+__all__ = ["FolderDataset", "make_cache"]
+
+
+def make_cache(
+    func: str,
+    cache: CacheSpec,
+    root: Path,
+    paths: Sequence[Path],
+    fields: dict[str, Any],
+    *extra: object,
+) -> SampleCache | None:
+    """The :class:`SampleCache` that ``cache`` names (``None``, ``"memory"``, ``"disk"`` = ``root/
+    .strop_cache``, or a directory), keyed by the files and the stored fields on disk."""
+    check_cache(func, cache)
+    if cache is None or len(paths) == 0:
+        return None
+    if isinstance(cache, str) and cache == "memory":
+        return SampleCache(len(paths), fields, location="memory", key="")
+    if isinstance(cache, str) and cache == "disk":
+        location: Path = root / ".strop_cache"
+    else:
+        location = Path(cache)  # type: ignore[arg-type]
+    key = cache_key(paths, *[(k, v[0], str(v[1])) for k, v in fields.items()], *extra)
+    return SampleCache(len(paths), fields, location=location, key=key)
+
+
+class FolderDataset(Dataset[Any]):
+    """Base of the folder datasets: sets ``image_size`` ``(H, W)``, ``mean``, ``std``,
+    ``augment``, ``deterministic`` (no random augmentation runs) and ``cache``."""
+
+    samples: list[Any]
+
+    def __init__(
+        self,
+        func: str,
+        *,
+        image_size: int | Sequence[int],
+        augment: Augment,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.image_size = resolve_size(func, image_size)
+        self.mean = check_stats(func, "mean", mean)
+        self.std = check_stats(func, "std", std)
+        self.augment = augment
+        self._augment = augmentation(func, augment, self.image_size)
+        self.deterministic = is_deterministic(func, augment)
+        self._normalize = normalization(self.mean, self.std)
+        self.cache: SampleCache | None = None
+
+    def _init_cache(
+        self,
+        func: str,
+        cache: CacheSpec,
+        cache_root: str | os.PathLike[str] | None,
+        paths: Sequence[Path],
+        fields: dict[str, tuple[tuple[int, ...], torch.dtype]],
+        tag: str,
+    ) -> None:
+        if cache_root is not None:
+            root = Path(cache_root)
+        else:
+            root = paths[0].parent if paths else Path(".")
+        self.cache = make_cache(func, cache, root, paths, fields, tag)
+
+    def __len__(self) -> int:
+        return len(self.samples)
