@@ -23,10 +23,8 @@ BUILD_MODEL = ("strop.finetune", "build_model")
 
 def run_evaluate(model: torch.nn.Module, loss_fn: Any, loader: Any, *, task: str, num_classes: int,
                  precision: str = "fp32") -> dict[str, float]:
-    """``evaluate`` on CPU for ``model``/``loss_fn``/``loader`` (today through an ``Engine``)."""
-    from strop.precision import MixedPrecision
-    from strop.train.loop import Engine, evaluate
+    """``evaluate`` on CPU for ``model``/``loss_fn``/``loader``."""
+    from strop.train.loop import evaluate
 
-    engine = Engine(model=model, loss_fn=loss_fn, optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0),
-                    amp=MixedPrecision(precision), device=torch.device("cpu"), task=task, num_classes=num_classes)
-    return evaluate(engine, loader)
+    return evaluate(model, loss_fn, loader, task=task, num_classes=num_classes, precision=precision,
+                    device=torch.device("cpu"))
