@@ -15,6 +15,7 @@ Neither prints: callbacks do.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -111,6 +112,10 @@ def _micro_batch(
     state.batch_in_epoch += 1
     value, n = float(loss.detach()), run.task.batch_size(batch)
     sums = state.epoch_sums
+    if not math.isfinite(value) and run.config.nonfinite == "skip" and run.ctx.enabled:
+        # the other ranks are in this step's gradient all-reduce: take part with NaN gradients,
+        # so every rank's finite check fails on the same averaged gradient and all skip together
+        run.amp.backward(loss * float("nan"))
     if math.isfinite(value):
         run.amp.backward(loss / group)
         sums["loss"] += value * n
@@ -127,6 +132,12 @@ def _micro_batch(
             for buf, old in zip(buffers, saved, strict=True):
                 buf.copy_(old)
     return value, n
+
+
+def _grad_sync(module: nn.Module, syncs: bool) -> contextlib.AbstractContextManager[Any]:
+    """DDP's ``no_sync()`` for a micro-batch that does not end an accumulation group."""
+    no_sync = getattr(module, "no_sync", None)
+    return contextlib.nullcontext() if syncs or no_sync is None else no_sync()
 
 
 def train_one_epoch(
@@ -153,7 +164,10 @@ def train_one_epoch(
         batch = run.task.to_device(batch, run.device, run.memory_format)
         # the epoch's last accumulation group may be short: average over the batches it has
         group = min(accum, total - (state.batch_in_epoch // accum) * accum)
-        value, n = _micro_batch(run, batch, state, group, buffers)
+        # DDP all-reduces the gradients once per optimizer step, not once per micro-batch
+        syncs = (state.batch_in_epoch + 1) % accum == 0 or state.batch_in_epoch + 1 == total
+        with _grad_sync(run.module, syncs):
+            value, n = _micro_batch(run, batch, state, group, buffers)
         at_boundary = state.batch_in_epoch % accum == 0 or state.batch_in_epoch == total
         lr = current_lr(run.optimizer)  # the LR this step uses, before the schedule moves it
         if at_boundary:
