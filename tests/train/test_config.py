@@ -84,7 +84,9 @@ def test_overrides_parse_yaml_values_and_reject_garbage():
 
 def test_config_is_frozen():
     c = Config()
-    with pytest.raises(Exception, match="frozen"):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         c.epochs = 3  # type: ignore[misc]
 
 
