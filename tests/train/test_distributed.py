@@ -271,7 +271,7 @@ def test_global_batch_and_accumulation_do_not_depend_on_process_count(interrupte
     micro_batches = 2 * (32 // 2) // 4
     for rep in reports:
         assert rep["rounds"] == micro_batches // 2 == STEPS, rep
-        assert rep["buckets"] % rep["rounds"] == 0 and rep["buckets"] >= rep["rounds"], rep
+        assert rep["buckets"] >= rep["rounds"], rep  # DDP rebuilds its buckets after the first step
 
 
 @pytest.mark.slow
