@@ -168,7 +168,7 @@ def run_trial(data: Path, root: Path, ref_dir: Path, index: int, rng: random.Ran
         res.detail = "timeout"
     res.seconds = time.monotonic() - t0
     text = log.read_text(errors="replace")
-    res.restarts_logged = text.count("restarted by torchrun")
+    res.restarts_logged = text.count("restarted by torchrun (TORCHELASTIC_RESTART_COUNT=")
     res.completed = proc.returncode == 0
     res.own_folder = not any(root.glob(f"trial{index:03d}-*"))
     if res.completed:
