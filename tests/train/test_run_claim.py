@@ -158,3 +158,37 @@ def test_a_torchrun_restart_with_no_checkpoint_yet_starts_again_in_the_same_fold
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-8")
     other = fit(tiny_config(digits_root, out, **FAST), log=lambda m: None)
     assert other.run_dir == tmp_path / "run-2"
+
+
+def test_cli_flags_reach_torchrun_and_bad_combinations_are_one_line(tmp_path, monkeypatch, capsys):
+    from strop.cli import main
+    from strop.cli import train as train_cli
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("output: runs/x\n")
+    launched = []
+
+    class FakePopen:
+        def __init__(self, cmd):
+            launched.append(cmd)
+
+        def wait(self):
+            return 0
+
+        def send_signal(self, sig):
+            pass
+
+    monkeypatch.setattr(train_cli.subprocess, "Popen", FakePopen)
+    assert main(["train", str(cfg), "--nproc", "2", "--max-restarts", "3", "--exist-ok"]) == 0
+    cmd = launched[0]
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=3"]
+    assert cmd[-1] == "--exist-ok" and "--resume" not in cmd
+    for args, expected in (
+        (["--resume", "--exist-ok"], "--resume and --exist-ok exclude each other"),
+        (["--max-restarts", "2"], "--max-restarts needs --nproc N > 1"),
+        (["--nproc", "2", "--max-restarts", "-1"], "--max-restarts must be a number of restarts >= 0; got -1"),
+    ):
+        assert main(["train", str(cfg), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    assert len(launched) == 1

@@ -30,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"strop train: --nproc must be a number of processes >= 1; got {args.nproc}")
     if args.max_restarts < 0:
         raise ValueError(f"strop train: --max-restarts must be a number of restarts >= 0; got {args.max_restarts}")
+    if args.max_restarts and not (args.nproc and args.nproc > 1) and "WORLD_SIZE" not in os.environ:
+        raise ValueError(f"strop train: --max-restarts needs --nproc N > 1 (torchrun restarts the workers it "
+                         f"starts); got --max-restarts {args.max_restarts} with --nproc {args.nproc}")
     if args.resume and args.exist_ok:
         raise ValueError("strop train: --resume and --exist-ok exclude each other (--resume continues the run, "
                          "--exist-ok starts a new one in its folder); got both")
