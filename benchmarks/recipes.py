@@ -406,7 +406,7 @@ def _run_strop(cand: Candidate, root: Path, weights: Path, *, image_size: int, e
     cfg = config_from_dict(strop_config(cand, root, weights, image_size=image_size, epochs=epochs, seed=seed,
                                         output=output))  # a candidate may set its own epochs
     with quiet():
-        res = fit(cfg, callbacks=[Clock()], log=lambda m: None)
+        res = fit(cfg, callbacks=[Clock()], exist_ok=True, log=lambda m: None)  # a rerun replaces
     seconds = time.perf_counter() - t0
     if res.interrupted:
         raise BenchInterrupted(res.interrupted)

@@ -263,7 +263,8 @@ def _train_source(plan: DemoPlan, *, progress: bool, log: Callable[[str], None],
         + (" — resuming the interrupted training" if resume else ""))
     cfg = _deep_merge(_source_config(plan), {"data": {"root": str(root)}, "output": str(run_dir),
                                              "progress": progress})
-    res = fit(config_from_dict(cfg), resume=resume, log=fit_log)
+    # a source run cut before its first checkpoint starts again in its own folder
+    res = fit(config_from_dict(cfg), resume=resume, exist_ok=not resume, log=fit_log)
     if res.interrupted:
         raise DemoInterrupted(res.interrupted, f"interrupted by {res.interrupted} while training the source model; "
                               f"its state is saved in {run_dir / 'checkpoints' / 'last.pt'}")
@@ -792,7 +793,7 @@ def _segmentation_demo(out: Path, *, progress: bool, log: Callable[[str], None],
     model = {"name": "lraspp_mobilenet_v3_large", "bn_momentum": 0.1}
 
     def run(cfg: dict[str, Any], what: str) -> Any:
-        res = fit(config_from_dict(cfg), log=fit_log)
+        res = fit(config_from_dict(cfg), exist_ok=True, log=fit_log)  # a demo rerun replaces its runs
         if res.interrupted:
             raise DemoInterrupted(res.interrupted, f"interrupted by {res.interrupted} during {what}; that run is "
                                   "discarded")

@@ -111,18 +111,25 @@ class CSVLogger:
     def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:
         if state.step != self._last_step:  # one row per optimizer step, not per micro-batch
             self._last_step = state.step
-            self._writer.writerow(
-                {"kind": "step", "epoch": state.epoch + 1, "step": state.step, **logs}
-            )
             # flushed before the step's checkpoint is written, so the log covers what it covers,
             # and one whole row per write cannot be torn by a kill
-            self._fh.flush()
+            self._write({"kind": "step", "epoch": state.epoch + 1, "step": state.step, **logs})
 
     def on_epoch_end(self, state: Any, logs: dict[str, float]) -> None:
-        self._writer.writerow(
-            {"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, **logs}
-        )
-        self._fh.flush()
+        self._write({"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, **logs})
+
+    def _write(self, row: dict[str, Any]) -> None:
+        """One row, flushed; a failed write (full disk, read-only folder) is one line naming
+        the file (the checkpoints written so far are kept)."""
+        try:
+            self._writer.writerow(row)
+            self._fh.flush()
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"could not write {self.path}: {exc.strerror or exc}; training stopped, "
+                "the checkpoints written so far are kept (continue with --resume)",
+            ) from None
 
     def on_fit_end(self, state: Any) -> None:
         self._fh.close()

@@ -15,6 +15,7 @@ Neither prints: callbacks do.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from strop.train.distributed import all_reduce_sum
 from strop.train.tasks import Task, build_task
 
 __all__ = ["NonFiniteLossError", "TrainState", "current_lr", "evaluate", "train_one_epoch"]
@@ -78,9 +80,24 @@ def _first_bad_grad(model: nn.Module) -> str | None:
     return None
 
 
-def _optimizer_step(run: Any, state: TrainState) -> None:
-    """One optimizer step at an accumulation boundary; the schedule follows every attempt."""
+def _optimizer_step(run: Any, state: TrainState, local_bad: bool = False) -> None:
+    """One optimizer step at an accumulation boundary; the schedule follows every attempt.
+
+    ``local_bad``: a micro-batch of this group had a non-finite loss here. Under DDP with
+    ``nonfinite: skip`` every rank learns it (one scalar all-reduce) and all skip the step
+    together: the all-reduced gradient alone may hide it (a ReLU that is off everywhere turns the
+    NaN into 0)."""
     config = run.config
+    ctx = getattr(run, "ctx", None)
+    if ctx is not None and ctx.enabled and config.nonfinite == "skip":
+        flag = all_reduce_sum(torch.tensor([1.0 if local_bad else 0.0], dtype=torch.float64), ctx)
+        if float(flag.item()) > 0:
+            state.nonfinite_batches += 0 if local_bad else 1  # the bad rank counted its batch
+            run.optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            if run.schedule is not None:
+                run.schedule.on_optimizer_step()
+            return
     result = run.amp.optimizer_step(
         run.optimizer, clip_grad_norm=config.clip_grad_norm, check_finite=True
     )
@@ -111,6 +128,10 @@ def _micro_batch(
     state.batch_in_epoch += 1
     value, n = float(loss.detach()), run.task.batch_size(batch)
     sums = state.epoch_sums
+    if not math.isfinite(value) and run.config.nonfinite == "skip" and run.ctx.enabled:
+        # the other ranks are in this step's gradient all-reduce: take part in it (with NaN
+        # gradients); the step is then skipped on every rank (see _optimizer_step)
+        run.amp.backward(loss * float("nan"))
     if math.isfinite(value):
         run.amp.backward(loss / group)
         sums["loss"] += value * n
@@ -127,6 +148,12 @@ def _micro_batch(
             for buf, old in zip(buffers, saved, strict=True):
                 buf.copy_(old)
     return value, n
+
+
+def _grad_sync(module: nn.Module, syncs: bool) -> contextlib.AbstractContextManager[Any]:
+    """DDP's ``no_sync()`` for a micro-batch that does not end an accumulation group."""
+    no_sync = getattr(module, "no_sync", None)
+    return contextlib.nullcontext() if syncs or no_sync is None else no_sync()
 
 
 def train_one_epoch(
@@ -149,15 +176,21 @@ def train_one_epoch(
     buffers = list(run.module.buffers()) if run.config.nonfinite == "skip" else []
     run.optimizer.zero_grad(set_to_none=True)
     tic = time.perf_counter()
+    group_bad = False  # a non-finite loss in the current accumulation group (on this rank)
     for batch in run.loader:
         batch = run.task.to_device(batch, run.device, run.memory_format)
         # the epoch's last accumulation group may be short: average over the batches it has
         group = min(accum, total - (state.batch_in_epoch // accum) * accum)
-        value, n = _micro_batch(run, batch, state, group, buffers)
+        # DDP all-reduces the gradients once per optimizer step, not once per micro-batch
+        syncs = (state.batch_in_epoch + 1) % accum == 0 or state.batch_in_epoch + 1 == total
+        with _grad_sync(run.module, syncs):
+            value, n = _micro_batch(run, batch, state, group, buffers)
+        group_bad = group_bad or not math.isfinite(value)
         at_boundary = state.batch_in_epoch % accum == 0 or state.batch_in_epoch == total
         lr = current_lr(run.optimizer)  # the LR this step uses, before the schedule moves it
         if at_boundary:
-            _optimizer_step(run, state)
+            _optimizer_step(run, state, group_bad)
+            group_bad = False
         now = time.perf_counter()
         logs = {"loss": value, "lr": lr, "images_per_s": n / max(now - tic, 1e-9)}
         if parts_of:  # strop's CombinedLoss: each part logged beside the sum
