@@ -248,4 +248,6 @@ def test_trust_pickle_in_the_config_reaches_the_weights_loader(tiny_config, digi
     trusted = tiny_config(digits_root, tmp_path / "b",
                           model={"name": "resnet18", "weights": str(legacy), "trust_pickle": True})
     model, _, _ = build_engine_parts(trusted, 3, torch.device("cpu"), None)
-    assert torch.equal(model.state_dict()["fc.weight"], state["fc.weight"])
+    # the backbone comes from the file; the head is new (model.keep_head defaults to false)
+    assert torch.equal(model.state_dict()["conv1.weight"], state["conv1.weight"])
+    assert not torch.equal(model.state_dict()["fc.weight"], state["fc.weight"])
