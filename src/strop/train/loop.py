@@ -99,11 +99,29 @@ def _optimizer_step(run: Any, state: TrainState) -> None:
         run.schedule.on_optimizer_step()
 
 
+class _BufferSnapshot:
+    """The module's buffers (BatchNorm running statistics and counters) before a forward pass,
+    kept in tensors allocated once and refreshed with one ``_foreach_copy_`` per batch, so that a
+    skipped non-finite batch leaves them exactly as they were."""
+
+    def __init__(self, buffers: list[Tensor]) -> None:
+        self.buffers = buffers
+        self.saved = [torch.empty_like(b) for b in buffers]
+
+    def take(self) -> None:
+        torch._foreach_copy_(self.saved, self.buffers)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        torch._foreach_copy_(self.buffers, self.saved)
+
+
 def _micro_batch(
-    run: Any, batch: Any, state: TrainState, group: int, buffers: list[Tensor]
+    run: Any, batch: Any, state: TrainState, group: int, snapshot: _BufferSnapshot | None
 ) -> tuple[float, int]:
     """Forward, loss and backward of one batch; returns ``(loss value, batch size)``."""
-    saved = [b.clone() for b in buffers]
+    if snapshot is not None:
+        snapshot.take()
     with run.amp.autocast():
         loss, main = run.task.forward_loss(
             run.module, run.loss_fn, batch, run.config.model.aux_weight
@@ -112,7 +130,7 @@ def _micro_batch(
     value, n = float(loss.detach()), run.task.batch_size(batch)
     sums = state.epoch_sums
     if math.isfinite(value):
-        run.amp.backward(loss / group)
+        run.amp.backward(loss / group if group > 1 else loss)
         sums["loss"] += value * n
         sums["count"] += n
         sums["correct"] += run.task.train_counts(main, batch)
@@ -123,9 +141,8 @@ def _micro_batch(
         )
     else:
         state.nonfinite_batches += 1
-        with torch.no_grad():  # a NaN forward already wrote NaN into BatchNorm's running stats
-            for buf, old in zip(buffers, saved, strict=True):
-                buf.copy_(old)
+        if snapshot is not None:  # a NaN forward already wrote NaN into BatchNorm's running stats
+            snapshot.restore()
     return value, n
 
 
@@ -147,13 +164,14 @@ def train_one_epoch(
     accum, total = run.config.accumulation_steps, run.batches_per_epoch
     parts_of = getattr(run.loss_fn, "parts", None) is not None
     buffers = list(run.module.buffers()) if run.config.nonfinite == "skip" else []
+    snapshot = _BufferSnapshot(buffers) if buffers else None
     run.optimizer.zero_grad(set_to_none=True)
     tic = time.perf_counter()
     for batch in run.loader:
         batch = run.task.to_device(batch, run.device, run.memory_format)
         # the epoch's last accumulation group may be short: average over the batches it has
         group = min(accum, total - (state.batch_in_epoch // accum) * accum)
-        value, n = _micro_batch(run, batch, state, group, buffers)
+        value, n = _micro_batch(run, batch, state, group, snapshot)
         at_boundary = state.batch_in_epoch % accum == 0 or state.batch_in_epoch == total
         lr = current_lr(run.optimizer)  # the LR this step uses, before the schedule moves it
         if at_boundary:

@@ -92,7 +92,7 @@ def fit(
         restore(run, state, log)
     history = read_history(run, state) if resume else []
     cbs = [*_run_callbacks(run), *([run.early] if run.early is not None else []), *callbacks]
-    on_step = functools.partial(after_step, run)
+    on_step = functools.partial(after_step, run, cbs=cbs)
 
     cb.call(cbs, "on_fit_start", state)
     try:
@@ -221,8 +221,9 @@ def save_last(run: Run, state: TrainState) -> None:
         save_checkpoint(payload, run.paths.last)
 
 
-def after_step(run: Run, state: TrainState) -> None:
-    """After each optimizer step: agree on a stop across ranks; save every N steps or on a signal."""
+def after_step(run: Run, state: TrainState, cbs: Sequence[Any] = ()) -> None:
+    """After each optimizer step: agree on a stop across ranks; save every N steps or on a signal
+    (``on_checkpoint`` first: the CSV log flushes the rows the checkpoint covers)."""
     if run.ctx.enabled:
         # a signal may reach one rank first: all ranks stop at the same step or DDP would hang
         stop = _any_rank(bool(state.interrupted), run.ctx)
@@ -231,6 +232,7 @@ def after_step(run: Run, state: TrainState) -> None:
         state.should_stop = state.should_stop or stop
     n = run.config.checkpoint_every_steps
     if state.interrupted or (n and state.step % n == 0):
+        cb.call(list(cbs), "on_checkpoint", state)
         save_last(run, state)
 
 
