@@ -293,6 +293,7 @@ def build_run(
     """Build every part of the run ``config`` describes, for this process (see the module doc)."""
     from strop.finetune.build import load_summary
     from strop.precision import MixedPrecision, resolve, resolve_memory_format
+    from strop.train.autocompile import maybe_compile
 
     precision = resolve(config.precision, device)
     memory_format = resolve_memory_format(config.memory_format, device, precision)
@@ -331,6 +332,7 @@ def build_run(
     )
     train_ds, val_ds = _training_module(run, train_ds, val_ds, per_rank_batch, log)
     _loaders(run, train_ds, val_ds, per_rank_batch)
+    maybe_compile(run, log)  # compile: false | true | auto (a short probe decides)
     return run
 
 
@@ -372,13 +374,6 @@ def _training_module(
     run.module = wrap_model(
         run.model, run.ctx, device=run.device, sync_batchnorm=config.sync_batchnorm
     )
-    if config.compile:
-        try:
-            run.module = torch.compile(run.module)
-            choices["compile"] = True
-        except Exception as exc:  # compile support varies by platform; training must not
-            log(f"torch.compile unavailable ({type(exc).__name__}: {exc}); training uncompiled")
-            choices["compile_fallback"] = f"{type(exc).__name__}: {exc}"
     return train_ds, val_ds
 
 
