@@ -65,6 +65,9 @@ class Run:
     classes: list[str] | None
     paths: RunDir
     choices: dict[str, Any] = field(default_factory=dict)
+    # model state keys that never change (the frozen backbone under the feature cache): stored
+    # once beside the checkpoints and referenced by hash (strop.train.checkpoint)
+    frozen_keys: frozenset[str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -363,6 +366,10 @@ def _training_module(
             train_ds, ctx=run.ctx, seed=config.seed, shuffle=True, batch_size=batch
         )
         run.module = head
+        head_tensors = {id(t) for t in head.state_dict(keep_vars=True).values()}
+        run.frozen_keys = frozenset(
+            k for k, t in run.model.state_dict(keep_vars=True).items() if id(t) not in head_tensors
+        )
         choices["feature_cache"] = True
         log(
             f"feature cache: used — {why} ({len(train_ds) + len(val_ds)} items in "

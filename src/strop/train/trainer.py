@@ -202,6 +202,7 @@ def end_epoch(
                 "metrics": logs,
             },
             run.paths.best,
+            shared_model_keys=run.frozen_keys,
         )
     save_last(run, state)
     return row
@@ -218,7 +219,7 @@ def save_last(run: Run, state: TrainState) -> None:
     if run.ctx.is_main:
         payload = {**dump_state(run.stateful(state)), **run.metadata()}
         payload["state"]["epoch_sums"] = dict(sums)
-        save_checkpoint(payload, run.paths.last)
+        save_checkpoint(payload, run.paths.last, shared_model_keys=run.frozen_keys)
 
 
 def after_step(run: Run, state: TrainState, cbs: Sequence[Any] = ()) -> None:
