@@ -83,7 +83,7 @@ def strop_steps(data: tuple[Any, Any, int], size: int, out: Path, extra: Sequenc
                  "num_workers": 0},
         "model": {"name": "resnet18"}, "precision": "bf16", "memory_format": "channels_last",
         "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}, "nonfinite": "skip",
-        "epochs": 1, "feature_cache": "off", "output": str(out),
+        "epochs": 1, "feature_cache": "off", "output": str(out), "compile": False,
     }, data=data, callbacks=[timer, *extra])
     return timer.times
 
