@@ -201,8 +201,7 @@ def end_epoch(
                 "epoch": state.epoch,
                 "metrics": logs,
             },
-            run.paths.best,
-            shared_model_keys=run.frozen_keys,
+            run.paths.best,  # self-contained: best.pt is what users copy and load elsewhere
         )
     save_last(run, state)
     return row
