@@ -251,3 +251,22 @@ def test_trust_pickle_in_the_config_reaches_the_weights_loader(tiny_config, digi
     # the backbone comes from the file; the head is new (model.keep_head defaults to false)
     assert torch.equal(model.state_dict()["conv1.weight"], state["conv1.weight"])
     assert not torch.equal(model.state_dict()["fc.weight"], state["fc.weight"])
+
+
+@pytest.mark.slow
+def test_feature_cache_checkpoints_hold_the_head_and_resume_exactly(tiny_config, digits_root, tmp_path):
+    """Under the feature cache the frozen backbone is stored once (frozen-<sha>.pt) and last.pt
+    holds the head; best.pt stays self-contained; resuming reaches the uninterrupted run's weights."""
+    over = {"model": {"name": "resnet18", "freeze": "backbone"}, "feature_cache": "auto"}
+    full = fit(tiny_config(digits_root, tmp_path / "full", epochs=2, **over))
+    ck = full.run_dir / "checkpoints"
+    frozen = list(ck.glob("frozen-*.pt"))
+    assert full.choices["feature_cache"] is True and len(frozen) == 1
+    assert (ck / "last.pt").stat().st_size * 50 < frozen[0].stat().st_size
+    best = torch.load(ck / "best.pt", weights_only=True)  # read without strop: a whole model
+    assert "model_shared" not in best and best["model"].keys() == _weights(full.run_dir).keys()
+    fit(tiny_config(digits_root, tmp_path / "part", epochs=1, **over))
+    resumed = fit(tiny_config(digits_root, tmp_path / "part", epochs=2, **over), resume=True)
+    a, b = _weights(full.run_dir), _weights(resumed.run_dir)
+    assert len(a) == len(b) > 100  # the whole resnet18 state comes back, not the head alone
+    _assert_same_weights(a, b)

@@ -121,7 +121,7 @@ class Config(_Strict):
     schedule: str | dict[str, Any] | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
-    compile: bool = False
+    compile: bool | Literal["auto"] = False  # auto: a short probe decides (train/autocompile.py)
     device: str = "auto"
     epochs: int = Field(10, gt=0)
     accumulation_steps: int = Field(1, gt=0)

@@ -76,7 +76,7 @@ def cache_decision(
             False,
             "not used in distributed runs (each rank would cache its own shard); training uncached",
         )
-    if config.compile:
+    if config.compile is True:
         return False, "compile is on; the cached path trains an uncompiled head"
     return (
         True,

@@ -116,11 +116,29 @@ def _optimizer_step(run: Any, state: TrainState, local_bad: bool = False) -> Non
         run.schedule.on_optimizer_step()
 
 
+class _BufferSnapshot:
+    """The module's buffers (BatchNorm running statistics and counters) before a forward pass,
+    kept in tensors allocated once and refreshed with one ``_foreach_copy_`` per batch, so that a
+    skipped non-finite batch leaves them exactly as they were."""
+
+    def __init__(self, buffers: list[Tensor]) -> None:
+        self.buffers = buffers
+        self.saved = [torch.empty_like(b) for b in buffers]
+
+    def take(self) -> None:
+        torch._foreach_copy_(self.saved, self.buffers)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        torch._foreach_copy_(self.buffers, self.saved)
+
+
 def _micro_batch(
-    run: Any, batch: Any, state: TrainState, group: int, buffers: list[Tensor]
+    run: Any, batch: Any, state: TrainState, group: int, snapshot: _BufferSnapshot | None
 ) -> tuple[float, int]:
     """Forward, loss and backward of one batch; returns ``(loss value, batch size)``."""
-    saved = [b.clone() for b in buffers]
+    if snapshot is not None:
+        snapshot.take()
     with run.amp.autocast():
         loss, main = run.task.forward_loss(
             run.module, run.loss_fn, batch, run.config.model.aux_weight
@@ -133,7 +151,7 @@ def _micro_batch(
         # gradients); the step is then skipped on every rank (see _optimizer_step)
         run.amp.backward(loss * float("nan"))
     if math.isfinite(value):
-        run.amp.backward(loss / group)
+        run.amp.backward(loss / group if group > 1 else loss)
         sums["loss"] += value * n
         sums["count"] += n
         sums["correct"] += run.task.train_counts(main, batch)
@@ -144,9 +162,8 @@ def _micro_batch(
         )
     else:
         state.nonfinite_batches += 1
-        with torch.no_grad():  # a NaN forward already wrote NaN into BatchNorm's running stats
-            for buf, old in zip(buffers, saved, strict=True):
-                buf.copy_(old)
+        if snapshot is not None:  # a NaN forward already wrote NaN into BatchNorm's running stats
+            snapshot.restore()
     return value, n
 
 
@@ -174,6 +191,7 @@ def train_one_epoch(
     accum, total = run.config.accumulation_steps, run.batches_per_epoch
     parts_of = getattr(run.loss_fn, "parts", None) is not None
     buffers = list(run.module.buffers()) if run.config.nonfinite == "skip" else []
+    snapshot = _BufferSnapshot(buffers) if buffers else None
     run.optimizer.zero_grad(set_to_none=True)
     tic = time.perf_counter()
     group_bad = False  # a non-finite loss in the current accumulation group (on this rank)
@@ -184,7 +202,7 @@ def train_one_epoch(
         # DDP all-reduces the gradients once per optimizer step, not once per micro-batch
         syncs = (state.batch_in_epoch + 1) % accum == 0 or state.batch_in_epoch + 1 == total
         with _grad_sync(run.module, syncs):
-            value, n = _micro_batch(run, batch, state, group, buffers)
+            value, n = _micro_batch(run, batch, state, group, snapshot)
         group_bad = group_bad or not math.isfinite(value)
         at_boundary = state.batch_in_epoch % accum == 0 or state.batch_in_epoch == total
         lr = current_lr(run.optimizer)  # the LR this step uses, before the schedule moves it

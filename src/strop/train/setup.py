@@ -65,6 +65,9 @@ class Run:
     classes: list[str] | None
     paths: RunDir
     choices: dict[str, Any] = field(default_factory=dict)
+    # model state keys that never change (the frozen backbone under the feature cache): stored
+    # once beside the checkpoints and referenced by hash (strop.train.checkpoint)
+    frozen_keys: frozenset[str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -293,6 +296,7 @@ def build_run(
     """Build every part of the run ``config`` describes, for this process (see the module doc)."""
     from strop.finetune.build import load_summary
     from strop.precision import MixedPrecision, resolve, resolve_memory_format
+    from strop.train.autocompile import maybe_compile
 
     precision = resolve(config.precision, device)
     memory_format = resolve_memory_format(config.memory_format, device, precision)
@@ -331,6 +335,7 @@ def build_run(
     )
     train_ds, val_ds = _training_module(run, train_ds, val_ds, per_rank_batch, log)
     _loaders(run, train_ds, val_ds, per_rank_batch)
+    maybe_compile(run, log)  # compile: false | true | auto (a short probe decides)
     return run
 
 
@@ -361,6 +366,10 @@ def _training_module(
             train_ds, ctx=run.ctx, seed=config.seed, shuffle=True, batch_size=batch
         )
         run.module = head
+        head_tensors = {id(t) for t in head.state_dict(keep_vars=True).values()}
+        run.frozen_keys = frozenset(
+            k for k, t in run.model.state_dict(keep_vars=True).items() if id(t) not in head_tensors
+        )
         choices["feature_cache"] = True
         log(
             f"feature cache: used — {why} ({len(train_ds) + len(val_ds)} items in "
@@ -372,13 +381,6 @@ def _training_module(
     run.module = wrap_model(
         run.model, run.ctx, device=run.device, sync_batchnorm=config.sync_batchnorm
     )
-    if config.compile:
-        try:
-            run.module = torch.compile(run.module)
-            choices["compile"] = True
-        except Exception as exc:  # compile support varies by platform; training must not
-            log(f"torch.compile unavailable ({type(exc).__name__}: {exc}); training uncompiled")
-            choices["compile_fallback"] = f"{type(exc).__name__}: {exc}"
     return train_ds, val_ds
 
 

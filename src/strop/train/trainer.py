@@ -123,7 +123,7 @@ def train_epochs(
     run: Run, state: TrainState, cbs: list[Any], history: list[dict[str, float]]
 ) -> None:
     """The epoch loop: train, validate, checkpoint, until the last epoch, a stop or a signal."""
-    on_step = functools.partial(after_step, run)
+    on_step = functools.partial(after_step, run, cbs=cbs)
     cb.call(cbs, "on_fit_start", state)
     try:
         with stop_on_signals(state):
@@ -276,7 +276,7 @@ def end_epoch(
                 "epoch": state.epoch,
                 "metrics": logs,
             },
-            run.paths.best,
+            run.paths.best,  # self-contained: best.pt is what users copy and load elsewhere
         )
     save_last(run, state)
     return row
@@ -293,11 +293,12 @@ def save_last(run: Run, state: TrainState) -> None:
     if run.ctx.is_main:
         payload = {**dump_state(run.stateful(state)), **run.metadata()}
         payload["state"]["epoch_sums"] = dict(sums)
-        save_checkpoint(payload, run.paths.last)
+        save_checkpoint(payload, run.paths.last, shared_model_keys=run.frozen_keys)
 
 
-def after_step(run: Run, state: TrainState) -> None:
-    """After each optimizer step: agree on a stop across ranks; save every N steps or on a signal."""
+def after_step(run: Run, state: TrainState, cbs: Sequence[Any] = ()) -> None:
+    """After each optimizer step: agree on a stop across ranks; save every N steps or on a signal
+    (``on_checkpoint`` first: the CSV log flushes the rows the checkpoint covers)."""
     if run.ctx.enabled:
         # a signal may reach one rank first: all ranks stop at the same step or DDP would hang
         stop = _any_rank(bool(state.interrupted), run.ctx)
@@ -306,6 +307,7 @@ def after_step(run: Run, state: TrainState) -> None:
         state.should_stop = state.should_stop or stop
     n = run.config.checkpoint_every_steps
     if state.interrupted or (n and state.step % n == 0):
+        cb.call(list(cbs), "on_checkpoint", state)
         save_last(run, state)
 
 
