@@ -156,8 +156,10 @@ class CSVLogger:
         self.flush()
 
     def on_fit_end(self, state: Any) -> None:
-        self.flush()
-        self._fh.close()
+        try:
+            self.flush()
+        finally:
+            self._fh.close()
 
 
 def _row_done(row: dict[str, str], state: Any) -> bool:
