@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from strop.train.recipe_run import mix as mix_batch
 from strop.train.tasks import Task, build_task
 
 __all__ = ["NonFiniteLossError", "TrainState", "current_lr", "evaluate", "train_one_epoch"]
@@ -151,6 +152,7 @@ def train_one_epoch(
     tic = time.perf_counter()
     for batch in run.loader:
         batch = run.task.to_device(batch, run.device, run.memory_format)
+        batch = mix_batch(run, batch)  # Mixup/CutMix: soft targets (recipe_run)
         # the epoch's last accumulation group may be short: average over the batches it has
         group = min(accum, total - (state.batch_in_epoch // accum) * accum)
         value, n = _micro_batch(run, batch, state, group, buffers)
