@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from strop._checks import fail
 from strop.data.transforms import AUGMENTATIONS
-from strop.optim import IMPLEMENTATIONS, OPTIMIZERS, check_options
+from strop.optim import IMPLEMENTATIONS, OPTIMIZERS, check_options, optimizer_options
 
 __all__ = [
     "SOFT_TARGET_LOSSES",
@@ -46,6 +46,9 @@ __all__ = [
     "resolve_auto_class_weights",
     "uses_auto_class_weights",
 ]
+
+#: keys every optimizer section accepted before options were per optimizer (ignored where unused)
+LEGACY_OPTIONS = ("momentum", "nesterov", "betas")
 
 AugmentName = Literal[AUGMENTATIONS]  # type: ignore[valid-type]
 OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
@@ -112,6 +115,20 @@ class OptimizerConfig(BaseModel):
     head_lr_mult: float = Field(1.0, gt=0.0)
     layer_decay: float | None = Field(None, gt=0.0, le=1.0)
     implementation: Literal[IMPLEMENTATIONS] = "auto"  # type: ignore[valid-type]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_options(cls, data: Any) -> Any:
+        # momentum / nesterov / betas were fields of every optimizer section before the options
+        # became the optimizer's own; configs and checkpoints written then carry them for
+        # optimizers that never used them (SGD's betas, AdamW's momentum): dropped, as then
+        if not isinstance(data, Mapping):
+            return data
+        try:
+            accepted = optimizer_options(str(data.get("name", "sgd")))
+        except ValueError:
+            return data  # the name's own error follows
+        return {k: v for k, v in data.items() if k not in LEGACY_OPTIONS or k in accepted}
 
     @model_validator(mode="after")
     def _own_options(self) -> OptimizerConfig:
