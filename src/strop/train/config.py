@@ -261,7 +261,11 @@ def config_from_dict(data: Mapping[str, Any] | None, *, source: str = "(dict)") 
     from strop.train.recipes import apply_recipe
 
     try:
-        return Config.model_validate(apply_recipe(data))
+        data = apply_recipe(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"invalid config {source}: {exc}") from None
+    try:
+        return Config.model_validate(data)
     except ValidationError as err:
         raise ValueError(_format_errors(err, source)) from None
 

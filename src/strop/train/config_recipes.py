@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from strop._checks import fail
+from strop._checks import did_you_mean, fail
 from strop.data.transforms import AUGMENTATIONS
 from strop.optim import IMPLEMENTATIONS, OPTIMIZERS, check_options, optimizer_options
 
@@ -132,6 +132,11 @@ class OptimizerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _own_options(self) -> OptimizerConfig:
+        accepted = [*type(self).model_fields, *optimizer_options(self.name)]
+        for key in self.model_extra or {}:
+            if key not in accepted and key not in ("foreach", "fused"):
+                raise ValueError(f"unknown key 'optimizer.{key}'{did_you_mean(key, accepted)} "
+                                 f"(options of {self.name!r}: {', '.join(optimizer_options(self.name))})")
         try:
             check_options("optimizer", self.name, dict(self.model_extra or {}))
         except ValueError as exc:
