@@ -292,16 +292,16 @@ def test_fine_tune_recipe_resolves_and_user_keys_win(tiny_config, digits_root, t
     cfg = tiny_config(digits_root, tmp_path / "r", epochs=2, recipe="fine_tune",
                       optimizer={"name": "adamw", "lr": 1e-3})
     assert cfg.optimizer.lr == 1e-3  # the user's
-    assert cfg.optimizer.layer_decay == FINE_TUNE["optimizer"]["layer_decay"]  # the preset's
-    assert cfg.label_smoothing == FINE_TUNE["label_smoothing"]
-    assert cfg.gradual_unfreeze.head_epochs == FINE_TUNE["gradual_unfreeze"]["head_epochs"]
+    assert cfg.optimizer.head_lr_mult == FINE_TUNE["optimizer"]["head_lr_mult"]  # the preset's
+    assert cfg.data.batch_size == 16  # the user's (tiny_config), not the preset's
+    assert cfg.gradual_unfreeze.lr_mult == FINE_TUNE["gradual_unfreeze"]["lr_mult"]
     res = fit(cfg)
     written = yaml.safe_load((res.run_dir / "config.yaml").read_text())
     assert written["recipe"] == "fine_tune" and written["ema"]["decay"] == FINE_TUNE["ema"]["decay"]
     assert written["schedule"]["name"] == FINE_TUNE["schedule"]["name"]
     assert "val_accuracy_ema" in res.history[-1]
     off = tiny_config(digits_root, tmp_path / "o", recipe="fine_tune", ema=None, optimizer={"name": "sgd"})
-    assert off.ema is None and off.optimizer.name == "sgd" and off.optimizer.layer_decay is None
+    assert off.ema is None and off.optimizer.name == "sgd" and off.optimizer.head_lr_mult == 1.0
 
 
 def _weights_and_ema(run_dir):
