@@ -174,7 +174,7 @@ def test_balanced_sampler_and_auto_class_weights(tiny_config, digits_root, tmp_p
 def test_swa_averages_the_epoch_end_weights(tiny_config, digits_root, tmp_path, monkeypatch):
     steps = _record_steps(monkeypatch)
     res = fit(tiny_config(digits_root, tmp_path / "r", epochs=3, swa={"start_epoch": 1, "lr": 0.01},
-                          schedule={"name": "cosine"}))
+                          schedule={"name": "cosine", "interval": "step"}))
     swa = load_checkpoint(res.run_dir / "checkpoints" / "swa.pt")["model"]
     ends = [steps[3 * e + 2] for e in (1, 2)]  # 3 steps an epoch; epochs 1 and 2 are averaged
     for name in ("fc.weight", "conv1.weight", "layer4.1.bn2.weight"):
@@ -333,3 +333,28 @@ def test_resume_is_exact_with_ema_mixup_and_balanced_sampler(tiny_config, digits
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     assert torch.equal(a[2], b[2])
     assert [r["val_accuracy_ema"] for r in full.history] == [r["val_accuracy_ema"] for r in resumed.history]
+
+
+@pytest.mark.parametrize(("direction", "raw", "ema", "swa", "used"), [
+    ("max", 0.8, 0.9, 0.85, "ema"), ("max", 0.9, 0.8, 0.85, "raw"), ("max", 0.8, 0.85, 0.9, "swa"),
+    ("max", 0.9, 0.9, None, "raw"),  # a tie keeps the raw weights
+    ("min", 0.3, 0.2, None, "ema"), ("min", 0.2, 0.3, 0.25, "raw"),
+])
+def test_the_better_weights_are_used_and_eval_loads_them(tmp_path, direction, raw, ema, swa, used):
+    from types import SimpleNamespace
+
+    from strop.train.inference import checkpoint_path
+    from strop.train.recipe_run import _choose_weights
+
+    run = SimpleNamespace(config=SimpleNamespace(monitor_metric="m", monitor_direction=direction),
+                          ema=SimpleNamespace(best_metric=ema, best_epoch=2))
+    state = SimpleNamespace(best_metric=raw, best_epoch=3, epoch=4)
+    weights = _choose_weights(run, state, swa)
+    assert weights["used"] == used
+    assert weights["checkpoint"] == {"raw": "checkpoints/best.pt", "ema": "checkpoints/best_ema.pt",
+                                     "swa": "checkpoints/swa.pt"}[used]
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / weights["checkpoint"]).write_bytes(b"")
+    (tmp_path / "run.json").write_text(json.dumps({"weights": weights}))
+    assert checkpoint_path(tmp_path) == tmp_path / weights["checkpoint"]
+    assert checkpoint_path(tmp_path, "last") == tmp_path / "checkpoints" / "last.pt"
