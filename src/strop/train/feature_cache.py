@@ -58,6 +58,10 @@ def cache_decision(
 
     if config.feature_cache == "off":
         return False, "feature_cache is off"
+    from strop.train.recipe_run import cache_blocker
+
+    if (why := cache_blocker(config)) is not None:
+        return False, why
     if config.task != "classification":
         return (
             False,

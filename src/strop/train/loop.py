@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from strop.train.distributed import all_reduce_sum
+from strop.train.recipe_run import mix as mix_batch
 from strop.train.tasks import Task, build_task
 
 __all__ = ["NonFiniteLossError", "TrainState", "current_lr", "evaluate", "train_one_epoch"]
@@ -197,6 +198,7 @@ def train_one_epoch(
     group_bad = False  # a non-finite loss in the current accumulation group (on this rank)
     for batch in run.loader:
         batch = run.task.to_device(batch, run.device, run.memory_format)
+        batch = mix_batch(run, batch)  # Mixup/CutMix: soft targets (recipe_run)
         # the epoch's last accumulation group may be short: average over the batches it has
         group = min(accum, total - (state.batch_in_epoch // accum) * accum)
         # DDP all-reduces the gradients once per optimizer step, not once per micro-batch

@@ -28,6 +28,7 @@ from torch import nn
 
 from strop.data.roots import resolve_root as bundled_root
 from strop.train import callbacks as cb
+from strop.train import recipe_run
 from strop.train.checkpoint import load_checkpoint, save_checkpoint
 from strop.train.config import Config
 from strop.train.distributed import DistContext, all_reduce_sum, init_from_env
@@ -207,6 +208,7 @@ def run_epoch(run: Run, state: TrainState, cbs: list[Any], on_step: Any) -> dict
     """Train one epoch (or its rest, after a mid-epoch resume); None when it did not finish."""
     if run.unfreeze is not None and state.batch_in_epoch == 0:
         run.unfreeze.on_epoch_start(state.epoch)
+    recipe_run.on_epoch_start(run, state)
     run.sampler.set_position(state.epoch, state.batch_in_epoch)
     generator = getattr(run.loader, "generator", None)
     if isinstance(generator, torch.Generator):
@@ -246,6 +248,7 @@ def end_epoch(
         run.val_loader,
         reduce=functools.partial(all_reduce_sum, ctx=ctx) if ctx.enabled else None,
     )
+    val_logs.update(recipe_run.after_validation(run, state))  # EMA metrics; SWA averaging
     logs = {**train_logs, **val_logs, "lr": current_lr(run.optimizer)}
     if run.schedule is not None:
         run.schedule.on_epoch_end(logs.get(config.monitor_metric))
@@ -299,6 +302,7 @@ def save_last(run: Run, state: TrainState) -> None:
 def after_step(run: Run, state: TrainState, cbs: Sequence[Any] = ()) -> None:
     """After each optimizer step: agree on a stop across ranks; save every N steps or on a signal
     (``on_checkpoint`` first: the CSV log flushes the rows the checkpoint covers)."""
+    recipe_run.after_step(run)  # EMA update, before any checkpoint of this step
     if run.ctx.enabled:
         # a signal may reach one rank first: all ranks stop at the same step or DDP would hang
         stop = _any_rank(bool(state.interrupted), run.ctx)
@@ -355,6 +359,7 @@ def finish(
     run: Run, state: TrainState, history: list[dict[str, float]], log: Callable[[str], None]
 ) -> None:
     """Plots, and one line for each thing the user should know about the run's end."""
+    recipe_run.finish(run, state, log)  # SWA batchnorm, the weights to use, diagnostics
     if run.ctx.is_main and history:
         from strop.train.report import plot_run
 
@@ -380,7 +385,7 @@ def _run_callbacks(run: Run) -> list[Any]:
     # a combined loss ({dice: 1, bce: 1}) logs each part per step: loss_dice, loss_bce
     names = run.task.metric_names() + [
         f"loss_{name}" for name in getattr(run.loss_fn, "losses", {})
-    ]
+    ] + recipe_run.extra_metric_names(run)
     out: list[Any] = [
         cb.CSVLogger(paths.metrics, names),
         cb.ProgressBar(run.config.epochs, run.batches_per_epoch, enabled=run.config.progress),
