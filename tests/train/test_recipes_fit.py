@@ -21,9 +21,9 @@ def _record_steps(monkeypatch):
     steps: list[dict[str, torch.Tensor]] = []
     original = trainer_mod.after_step
 
-    def recording(run, state):
+    def recording(run, state, **kwargs):
         steps.append({k: v.detach().clone() for k, v in run.model.state_dict().items()})
-        original(run, state)
+        original(run, state, **kwargs)
 
     monkeypatch.setattr(trainer_mod, "after_step", recording)
     return steps
