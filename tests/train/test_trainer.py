@@ -216,6 +216,20 @@ def test_gradual_unfreezing_without_freeze_uses_lr_mult(tiny_config, digits_root
     groups = load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     lrs = sorted({round(g["lr"], 6) for g in groups})
     assert lrs == [0.005, 0.05]  # the backbone joined at lr × lr_mult, the head kept lr
+    # every group's LR is visible: lr (largest) and lr_min (smallest) per step and per epoch
+    epochs, steps = read_metrics(res.run_dir / "metrics.csv")
+    first = [s for s in steps if s["epoch"] == 1]
+    second = [s for s in steps if s["epoch"] == 2]
+    assert all(s["lr_min"] == s["lr"] == 0.05 for s in first)  # head only
+    assert all(s["lr_min"] == pytest.approx(0.005) and s["lr"] == 0.05 for s in second)
+    assert epochs[-1]["lr_min"] == pytest.approx(0.005)
+    # run.json counts what trains in each phase (head only, then the whole resnet18)
+    import json
+
+    by_epoch = json.loads((res.run_dir / "run.json").read_text())["trainable_params_by_epoch"]
+    total = sum(t.numel() for k, t in load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["model"].items()
+                if "running" not in k and "num_batches" not in k)
+    assert by_epoch == {"1": 512 * 3 + 3, "2": total}
 
 
 @pytest.mark.slow

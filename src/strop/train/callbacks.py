@@ -98,7 +98,7 @@ class CSVLogger:
     def __init__(self, path: str | Path, metric_names: list[str], flush_seconds: float = 2.0):
         self.path = Path(path)
         self.flush_seconds = flush_seconds
-        self.fields = ["kind", "epoch", "step", "lr", "loss", *metric_names]
+        self.fields = ["kind", "epoch", "step", "lr", "lr_min", "loss", *metric_names]
 
     def on_fit_start(self, state: Any) -> None:
         rows = [row for row in read_rows(self.path) if _row_done(row, state)]

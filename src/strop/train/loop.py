@@ -74,6 +74,11 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(float(g["lr"]) for g in optimizer.param_groups)
 
 
+def lowest_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The smallest param-group LR (the earliest backbone layers with discriminative LRs)."""
+    return min(float(g["lr"]) for g in optimizer.param_groups)
+
+
 def _first_bad_grad(model: nn.Module) -> str | None:
     for name, p in model.named_parameters():
         if p.grad is not None and not torch.isfinite(p.grad).all():
@@ -207,12 +212,13 @@ def train_one_epoch(
             value, n = _micro_batch(run, batch, state, group, snapshot)
         group_bad = group_bad or not math.isfinite(value)
         at_boundary = state.batch_in_epoch % accum == 0 or state.batch_in_epoch == total
-        lr = current_lr(run.optimizer)  # the LR this step uses, before the schedule moves it
+        # the LRs this step uses, before the schedule moves them
+        lr, lr_min = current_lr(run.optimizer), lowest_lr(run.optimizer)
         if at_boundary:
             _optimizer_step(run, state, group_bad)
             group_bad = False
         now = time.perf_counter()
-        logs = {"loss": value, "lr": lr, "images_per_s": n / max(now - tic, 1e-9)}
+        logs = {"loss": value, "lr": lr, "lr_min": lr_min, "images_per_s": n / max(now - tic, 1e-9)}
         if parts_of:  # strop's CombinedLoss: each part logged beside the sum
             logs.update({f"loss_{k}": float(v) for k, v in run.loss_fn.parts.items()})
         tic = now

@@ -32,7 +32,7 @@ from strop.train import recipe_run
 from strop.train.checkpoint import load_checkpoint, save_checkpoint
 from strop.train.config import Config
 from strop.train.distributed import DistContext, all_reduce_sum, init_from_env
-from strop.train.loop import TrainState, current_lr, train_one_epoch
+from strop.train.loop import TrainState, current_lr, lowest_lr, train_one_epoch
 from strop.train.loop import evaluate as evaluate_model
 from strop.train.metrics import is_better
 from strop.train.rundir import RunDir, read_metrics
@@ -208,6 +208,7 @@ def run_epoch(run: Run, state: TrainState, cbs: list[Any], on_step: Any) -> dict
     """Train one epoch (or its rest, after a mid-epoch resume); None when it did not finish."""
     if run.unfreeze is not None and state.batch_in_epoch == 0:
         run.unfreeze.on_epoch_start(state.epoch)
+        _record_trainable(run, state)
     recipe_run.on_epoch_start(run, state)
     run.sampler.set_position(state.epoch, state.batch_in_epoch)
     generator = getattr(run.loader, "generator", None)
@@ -249,7 +250,7 @@ def end_epoch(
         reduce=functools.partial(all_reduce_sum, ctx=ctx) if ctx.enabled else None,
     )
     val_logs.update(recipe_run.after_validation(run, state))  # EMA metrics; SWA averaging
-    logs = {**train_logs, **val_logs, "lr": current_lr(run.optimizer)}
+    logs = {**train_logs, **val_logs, "lr": current_lr(run.optimizer), "lr_min": lowest_lr(run.optimizer)}
     if run.schedule is not None:
         run.schedule.on_epoch_end(logs.get(config.monitor_metric))
     logs["epoch_seconds"] = time.perf_counter() - t0
@@ -425,6 +426,18 @@ def _global_train_logs(
     if "train_accuracy" in logs:
         out["train_accuracy"] = correct / max(count, 1.0)
     return out
+
+
+def _record_trainable(run: Run, state: TrainState) -> None:
+    """Gradual unfreezing changes what trains: ``run.json`` keeps the trainable count per epoch
+    where it changed (``trainable_params`` is the first epoch's)."""
+    count = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    by_epoch = run.choices.setdefault("trainable_params_by_epoch", {})
+    if by_epoch and list(by_epoch.values())[-1] == count:
+        return
+    by_epoch[str(state.epoch + 1)] = count
+    if run.ctx.is_main and run.paths.root.is_dir() and (run.paths.root / "run.json").exists():
+        (run.paths.root / "run.json").write_text(json.dumps(run.choices, indent=2))
 
 
 def _any_rank(flag: bool, ctx: DistContext) -> bool:
