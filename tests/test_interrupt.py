@@ -71,7 +71,7 @@ def test_strop_train_exits_with_the_signals_status(tmp_path, monkeypatch, capsys
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("epochs: 1\n")
     cut = RunResult(run_dir=tmp_path, best_metric=0.5, best_epoch=1, interrupted=name)
-    monkeypatch.setattr(train_mod, "fit", lambda config, resume=False: cut)
+    monkeypatch.setattr(train_mod, "fit", lambda config, resume=False, exist_ok=False: cut)
     assert main(["train", str(cfg)]) == status
     assert "best" not in capsys.readouterr().out  # the cut run's metric is not a result
 

@@ -275,10 +275,10 @@ def test_a_crash_between_last_and_best_never_leaves_best_behind(ws, tmp_path, mo
     out = tmp_path / "run"
     real_save = trainer_mod.save_checkpoint
 
-    def dies_writing_epoch2_best(payload, path):
+    def dies_writing_epoch2_best(payload, path, **kwargs):
         if Path(path).name == "best.pt" and payload.get("epoch") == 2:
             raise _Died
-        return real_save(payload, path)
+        return real_save(payload, path, **kwargs)
 
     monkeypatch.setattr(trainer_mod, "save_checkpoint", dies_writing_epoch2_best)
     with pytest.raises(_Died):
@@ -298,8 +298,8 @@ def test_metrics_log_covers_every_checkpoint(ws, tmp_path, monkeypatch):
     real_save = trainer_mod.save_checkpoint
     gaps = []
 
-    def save_then_read_the_log(payload, path):
-        written = real_save(payload, path)
+    def save_then_read_the_log(payload, path, **kwargs):
+        written = real_save(payload, path, **kwargs)
         if Path(path).name == "last.pt":
             step = payload["state"]["step"]
             rows = harness.step_rows(out / "metrics.csv")  # a fresh handle: what the disk holds

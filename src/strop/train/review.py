@@ -59,7 +59,8 @@ def write_diagnostics(
 ) -> list[Path]:
     """Write the task's diagnostics (module docstring) to ``out_dir``; returns the files."""
     out = Path(out_dir)
-    stats = {"mean": dataset.mean, "std": dataset.std}
+    # the datasets' normalisation, to show the images; a plain TensorDataset has none (ImageNet's)
+    stats = {k: getattr(dataset, k) for k in ("mean", "std") if hasattr(dataset, k)}
     if task.name == "classification":
         logits, y, images = collect_outputs(model, dataset, device=device, batch_size=batch_size, amp=amp)
         names = classes or [str(i) for i in range(task.num_classes)]
