@@ -2,7 +2,7 @@
 
 The YAML format is public (see ``docs/config.md``)::
 
-    task: classification            # or segmentation
+    task: classification            # or segmentation, detection
     data: {root: path/to/images, image_size: 64, batch_size: 32, val_fraction: 0.2}
     model: {name: resnet18, weights: null, freeze: null}
     loss: cross_entropy             # or any strop.losses.build spec, e.g. {dice: 1.0, bce: 1.0}
@@ -50,8 +50,9 @@ class DataConfig(_Strict):
     image_size: int = Field(64, gt=0)
     batch_size: int = Field(32, gt=0)
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    augment: bool | Literal["none", "standard", "crop"] = Field(
-        False, description="true/standard: random resized crop + flip; crop: no flip (digit-safe)"
+    augment: bool | Literal["none", "standard", "crop", "flip", "photometric", "ssd"] = Field(
+        False, description="true/standard: random resized crop + flip; crop: no flip (digit-safe); "
+        "detection: none | flip (= true) | photometric | ssd"
     )
     num_workers: int | Literal["auto"] = "auto"
     cache: Literal["none", "memory", "disk"] = "none"
@@ -61,6 +62,7 @@ class DataConfig(_Strict):
     val_folder: str | None = Field(
         None, description="validation folder beside train/ (default: val/, valid/ or validation/; 'test' only when named)"
     )
+    format: Literal["auto", "coco", "yolo", "voc"] = Field("auto", description="detection annotations")
 
 
 class ModelConfig(_Strict):
@@ -80,6 +82,17 @@ class ModelConfig(_Strict):
     trust_pickle: bool = Field(False, description="UNSAFE: load legacy pickled weights that can run code")
     keep_head: bool = Field(
         False, description="load the source's head when it fits (default: fine-tune from a new head)"
+    )
+    # detection only (docs/detection.md)
+    trainable_backbone_layers: int | None = Field(None, ge=0, description="torchvision's knob (detection)")
+    box_loss: str | None = Field(None, description="detection: l1 | smooth_l1 | iou | giou | diou | ciou")
+    nms_threshold: float | None = Field(None, gt=0.0, le=1.0)
+    nms_denominator: Literal["union", "min"] = "union"
+    min_size: int | None = Field(None, gt=0, description="detection: resize (default data.image_size)")
+    max_size: int | None = Field(None, gt=0)
+    score_threshold: float | None = Field(None, ge=0.0, lt=1.0)
+    recalibrate_bn: bool | None = Field(
+        None, description="detection: recompute BatchNorm stats before validation (default: when plain BN)"
     )
 
 
@@ -113,7 +126,7 @@ class GradualUnfreezeConfig(_Strict):
 class Config(_Strict):
     """A whole training run. Build it with :func:`load_config` or :func:`config_from_dict`."""
 
-    task: Literal["classification", "segmentation"] = "classification"
+    task: Literal["classification", "segmentation", "detection"] = "classification"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: str | dict[str, Any] = "cross_entropy"
@@ -148,6 +161,23 @@ class Config(_Strict):
         if isinstance(data, dict) and data.get("task") == "segmentation" and "loss" not in data:
             data = {**data, "loss": {"dice": 1.0, "bce": 1.0}}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _detection_defaults(cls, data: Any) -> Any:
+        # a detection config without a model name gets a small detector, not resnet18
+        if isinstance(data, dict) and data.get("task") == "detection":
+            model = data.get("model")
+            if model is None or (isinstance(model, dict) and "name" not in model):
+                data = {**data, "model": {**(model or {}), "name": "fasterrcnn_mobilenet_v3_large_320_fpn"}}
+        return data
+
+    @model_validator(mode="after")
+    def _detection_keys(self) -> Config:
+        from strop.train.detection_run import check_detection_config
+
+        check_detection_config(self)
+        return self
 
     @property
     def monitor_metric(self) -> str:
