@@ -165,8 +165,9 @@ class Config(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _detection_defaults(cls, data: Any) -> Any:
-        # a detection config without a model name gets a small detector, not resnet18
+        # a detection config without a model name gets a small detector, not resnet18; no loss
         if isinstance(data, dict) and data.get("task") == "detection":
+            data = {"loss": "none", **data}  # the detector computes its own losses
             model = data.get("model")
             if model is None or (isinstance(model, dict) and "name" not in model):
                 data = {**data, "model": {**(model or {}), "name": "fasterrcnn_mobilenet_v3_large_320_fpn"}}

@@ -197,14 +197,16 @@ def check_detection_config(config: Any) -> None:
         given = [k for k, default in _DETECTOR_KEYS.items() if getattr(m, k) != default]
         if given:
             raise ValueError(f"model.{given[0]} applies to task: detection only; got task: {config.task}")
+        if config.loss == "none":
+            raise ValueError(f"loss 'none' is for task: detection; got task: {config.task}")
         if config.data.augment in ("flip", "photometric", "ssd"):
             raise ValueError(f"data.augment {config.data.augment!r} is for task: detection; got task: {config.task}")
         return
     problems = []
     if m.name not in DETECTORS:
         problems.append(f"model.name must be one of {', '.join(sorted(DETECTORS))}; got {m.name!r}")
-    if "loss" in config.model_fields_set:
-        problems.append("loss: detection models compute their own losses; drop the key")
+    if config.loss != "none":
+        problems.append(f"loss: detection models compute their own losses; drop the key (got {config.loss!r})")
     if m.freeze not in (None, "backbone"):
         problems.append(f"model.freeze for detection is null or 'backbone'; got {m.freeze!r}")
     if config.data.augment not in DETECTION_AUGMENT:
