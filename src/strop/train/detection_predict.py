@@ -119,10 +119,17 @@ def predict_detections(run_dir: str | Path, images: list[str], *, checkpoint: st
     return rows
 
 
-def _read(path: Path) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image
+def _read_uint8(path: str | Path) -> torch.Tensor:
+    """uint8 (3, H, W) RGB, read with PIL (torchvision.io's decoders are deprecated in 0.29)."""
+    from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor
 
-    return decode_image(str(path), mode=ImageReadMode.RGB).float() / 255
+    with Image.open(path) as im:
+        return pil_to_tensor(im.convert("RGB"))
+
+
+def _read(path: Path) -> torch.Tensor:
+    return _read_uint8(path).float() / 255
 
 
 def write_detections(rows: list[dict[str, Any]], fh: Any, fmt: str = "json") -> None:
@@ -143,18 +150,18 @@ def write_detections(rows: list[dict[str, Any]], fh: Any, fmt: str = "json") -> 
 def draw_detections(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """Each image with its boxes and ``label score`` captions (``torchvision.utils.draw_bounding_boxes``),
     written as ``out_dir/<stem>.png``; returns the paths."""
-    from torchvision.io import ImageReadMode, decode_image, write_png
+    from torchvision.transforms.v2.functional import to_pil_image
     from torchvision.utils import draw_bounding_boxes
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for r in rows:
-        image = decode_image(r["path"], mode=ImageReadMode.RGB)
+        image = _read_uint8(r["path"])
         boxes = torch.tensor(r["boxes"], dtype=torch.float32).reshape(-1, 4)
         captions = [f"{lab} {s:.2f}" for lab, s in zip(r["labels"], r["scores"], strict=True)]
         drawn = draw_bounding_boxes(image, boxes, labels=captions, colors="red", width=1) if len(boxes) else image
         path = out_dir / f"{Path(r['path']).stem}.png"
-        write_png(drawn, str(path))
+        to_pil_image(drawn).save(path)
         written.append(path)
     return written
