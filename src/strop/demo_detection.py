@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["DetectionDemoRow", "format_detection_table", "run_detection_demo"]
+__all__ = ["DetectionDemoRow", "detection_recipes", "format_detection_table", "plot_detection_comparison",
+           "run_detection_demo"]
 
 MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
 
@@ -62,9 +63,11 @@ def run_detection_demo(
     precision: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    recipes: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> list[DetectionDemoRow]:
-    """Run the detection demo into ``out/detection``; returns one row per recipe (module doc)."""
+    """Run the detection demo into ``out/detection``; returns one row per recipe (module doc).
+    ``recipes``: labels of :func:`detection_recipes` to run (default: all three)."""
     from strop.data.shapes_detection import write_shapes_detection
     from strop.train import config_from_dict, fit
 
@@ -94,13 +97,8 @@ def run_detection_demo(
     log(f"      source val mAP {src.best_metric:.3f} in {time.perf_counter() - t:.0f}s; weights saved to {weights}")
 
     log(f"[2/2] target: {n_target} labelled images drawn with another seed, three recipes")
-    recipes = [
-        ("frozen backbone", "frozen-backbone", 0.02, {"weights": str(weights), "trainable_backbone_layers": 0}),
-        ("full fine-tuning", "full-finetune", 0.005, {"weights": str(weights), "trainable_backbone_layers": 6}),
-        ("from scratch", "scratch", 0.02, {}),
-    ]
     rows = []
-    for label, name, lr, model in recipes:
+    for label, name, lr, model in detection_recipes(weights, recipes):
         t = time.perf_counter()
         res = fit(cfg(name, target_root, target_epochs, lr, model))
         best = _best_row(res.history)
@@ -113,6 +111,21 @@ def run_detection_demo(
     plot_detection_comparison(rows, out / "comparison.png")
     log(f"\nplot: {out / 'comparison.png'}; runs: {out / 'runs'}/*/ (strop eval / strop predict --draw)")
     return rows
+
+
+def detection_recipes(weights: str | Path, only: Sequence[str] | None = None) -> list[tuple[str, str, float, dict[str, Any]]]:
+    """``(label, run name, lr, model options)`` of each target recipe; ``weights``: the source file."""
+    recipes = [
+        ("frozen backbone", "frozen-backbone", 0.02, {"weights": str(weights), "trainable_backbone_layers": 0}),
+        ("full fine-tuning", "full-finetune", 0.005, {"weights": str(weights), "trainable_backbone_layers": 6}),
+        ("from scratch", "scratch", 0.02, {}),
+    ]
+    if only is None:
+        return recipes
+    unknown = [r for r in only if r not in [label for label, *_ in recipes]]
+    if unknown:
+        raise ValueError(f"run_detection_demo: recipes must name some of {[label for label, *_ in recipes]}; got {unknown}")
+    return [r for r in recipes if r[0] in only]
 
 
 def _best_row(history: list[dict[str, float]]) -> dict[str, float]:
