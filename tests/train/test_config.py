@@ -102,9 +102,9 @@ def test_shipped_example_configs_validate():
     ("data", "message"),
     [
         (
-            {"data": {"augment": "flip"}},
+            {"data": {"augment": "flop"}},
             "invalid config (dict): data.augment: expected true/false, or one of 'none', "
-            "'standard', 'crop'; got 'flip'",
+            "'standard', 'crop', 'flip', 'photometric', 'ssd'; got 'flop'",
         ),
         (
             {"data": {"num_workers": "many"}},
@@ -124,7 +124,7 @@ def test_union_typed_key_says_once_what_it_accepts(data, message):
 
 def test_union_message_keeps_other_errors():
     with pytest.raises(ValueError) as info:
-        config_from_dict({"data": {"augment": "flip", "image_sise": 3}, "epochs": 0})
+        config_from_dict({"data": {"augment": "flop", "image_sise": 3}, "epochs": 0})
     text = str(info.value)
     assert text.count("data.augment") == 1 and "augment.bool" not in text
     assert "unknown key 'data.image_sise'; did you mean 'image_size'?" in text
