@@ -247,7 +247,7 @@ def run_fit(
             setup_mod, "load_datasets", lambda c: (train, val, [str(i) for i in range(ncls)], ncls)
         )
     with quiet(), patch:
-        result = fit(cfg, callbacks=[StepTimer(), *callbacks], log=log)
+        result = fit(cfg, callbacks=[StepTimer(), *callbacks], exist_ok=True, log=log)  # a rerun replaces
     check_fit(result, what=f"the benchmark fit writing {cfg.output}",
               resume="run the benchmark again (its report is written only when every part finished)")
     return result, times, stamps

@@ -129,3 +129,20 @@ def test_run_writes_markdown_and_keeps_the_analysis(tmp_path, monkeypatch):
     assert "| bf16 matmul | 2 |" in report and "load average at end" in report
     with pytest.raises(SystemExit):
         run.main(["--only", "trainig", "--output", ""])
+
+
+def test_gpu_script_smoke_runs_on_cpu_and_prints_every_candidate():
+    import gpu
+
+    md = gpu.main(["--device", "cpu", "--quick"])
+    for label in ("hand fp32", "hand fp16 + GradScaler", "hand bf16", "hand bf16 + channels_last",
+                  "strop fit (auto, compile: False)"):
+        assert f"| {label} |" in md
+    assert "CPU" in md and "not in the table" in md
+
+
+def test_gpu_peak_table_matches_device_names():
+    import gpu
+
+    assert gpu.peak_tflops("NVIDIA H200") == 989.0 and gpu.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert gpu.peak_tflops("NVIDIA L4") == 121.0 and gpu.peak_tflops("Some NPU") is None

@@ -120,10 +120,14 @@ def make_workspace(root: str | Path, *, epochs: int = 2, model: str = "mobilenet
                      checkpoint_every_steps=checkpoint_every_steps)
 
 
-def start_train(config: Path, *, resume: bool, log_dir: Path, tag: str) -> tuple[subprocess.Popen, Path]:
-    """Start ``python -m strop train CONFIG [--resume]``; stdout+stderr go to ``log_dir/tag.log``."""
+def start_train(config: Path, *, resume: bool, log_dir: Path, tag: str,
+                exist_ok: bool = False) -> tuple[subprocess.Popen, Path]:
+    """Start ``python -m strop train CONFIG [--resume | --exist-ok]``; stdout+stderr go to
+    ``log_dir/tag.log``. ``exist_ok``: a run killed before its first checkpoint starts again in
+    its own folder (without it strop would, rightly, go to ``FOLDER-2``)."""
     log = log_dir / f"{tag}.log"
-    cmd = [sys.executable, "-m", "strop", "train", str(config)] + (["--resume"] if resume else [])
+    flag = ["--resume"] if resume else (["--exist-ok"] if exist_ok else [])
+    cmd = [sys.executable, "-m", "strop", "train", str(config), *flag]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=strop_env())
     return proc, log
@@ -311,7 +315,8 @@ def run_trial(ws: Workspace, ref: Reference, index: int, rng: random.Random, *, 
     attempt = 0
     while True:
         resume = last.exists()
-        proc, log = start_train(cfg, resume=resume, log_dir=ws.root, tag=f"trial{index:03d}-{attempt}")
+        proc, log = start_train(cfg, resume=resume, log_dir=ws.root, tag=f"trial{index:03d}-{attempt}",
+                                exist_ok=attempt > 0)
         res.resumes += resume
         want_kill = res.kills < min(max_kills, kill_budget) and (res.kills == 0 or rng.random() < kill_again)
         killed = False

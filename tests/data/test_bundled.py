@@ -33,8 +33,11 @@ def test_digits_pixels_come_from_load_digits(tmp_path):
         assert labels[index] == 3
         expected = np.rint(images[index].reshape(8, 8) * 255 / 16).astype(np.uint8)
         np.testing.assert_array_equal(np.asarray(Image.open(f)), expected)
-    # the full 0..16 range maps onto 0..255
-    assert expected.min() >= 0 and expected.max() <= 255
+    # the full 0..16 range maps onto 0..255: the last scan's 16s are 255 in its file, its 0s are 0
+    pixels, scan = np.asarray(Image.open(f)), images[index].reshape(8, 8)
+    assert (scan == 16).any() and (scan == 0).any()  # the scan spans the whole range
+    np.testing.assert_array_equal(pixels == 255, scan == 16)
+    np.testing.assert_array_equal(pixels == 0, scan == 0)
 
 
 def test_digits_all_per_class_by_default(tmp_path):

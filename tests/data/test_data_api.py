@@ -33,7 +33,11 @@ PINNED = [
 def test_all_is_pinned_and_resolves():
     assert strop.data.__all__ == PINNED
     for name in PINNED:
-        assert getattr(strop.data, name) is not None
+        obj = getattr(strop.data, name)
+        if callable(obj):  # functions and classes are strop.data's own, not re-exported strays
+            assert obj.__module__.startswith("strop.data."), (name, obj.__module__)
+        else:  # the constants are non-empty tuples/frozensets
+            assert isinstance(obj, (tuple, frozenset, dict, list)) and len(obj) > 0, name
     assert issubclass(strop.data.BadFilesWarning, UserWarning)
 
 

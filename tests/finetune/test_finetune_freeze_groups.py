@@ -90,9 +90,20 @@ def test_param_groups_learning_rates_and_weight_decay():
 def test_param_groups_feed_a_torch_optimizer():
     model = build_model("mobilenet_v3_small", num_classes=3)
     opt = torch.optim.AdamW(param_groups(model, 1e-3, head_lr_mult=5, weight_decay=0.01))
-    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))).sum().backward()
+    before = {p: p.detach().clone() for g in opt.param_groups for p in g["params"]}
     opt.step()
     assert {g["name"] for g in opt.param_groups} >= {"head", "backbone", "backbone (no decay)"}
+    # AdamW's first step by hand: p <- p (1 - lr wd) - lr g / (|g| + eps), with each group's lr/wd
+    for g in opt.param_groups:
+        lr, wd = g["lr"], g["weight_decay"]
+        assert lr == pytest.approx(5e-3 if g["name"].startswith("head") else 1e-3), g["name"]
+        assert wd == (0.0 if "no decay" in g["name"] else 0.01), g["name"]
+        for p in g["params"]:
+            if p.grad is None:
+                continue
+            expected = before[p] * (1 - lr * wd) - lr * p.grad / (p.grad.abs() + 1e-8)
+            torch.testing.assert_close(p.detach(), expected, rtol=1e-4, atol=1e-7)
 
 
 def test_gradual_unfreezing_all_at_once_adds_one_group():

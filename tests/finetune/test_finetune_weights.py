@@ -125,8 +125,13 @@ def test_sha256_checked_before_loading(tutorial_models, tmp_path):
     path = tmp_path / "w.pth"
     torch.save(tutorial_models["resnet18"].state_dict(), path)
     digest = file_sha256(path)
-    build_model("resnet18", num_classes=NUM_CLASSES, weights=path, sha256=digest)
-    build_model("resnet18", num_classes=NUM_CLASSES, weights=path, sha256=digest[:10].upper())
+    import hashlib
+
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    expected = tutorial_models["resnet18"].state_dict()
+    for sha in (digest, digest[:10].upper()):  # a matching digest (or prefix) loads the weights
+        model = build_model("resnet18", num_classes=NUM_CLASSES, weights=path, sha256=sha)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
     with pytest.raises(ValueError, match=r"load_weights: SHA-256 of '.*w\.pth' is [0-9a-f]{64}, expected 0{64}"):
         build_model("resnet18", num_classes=NUM_CLASSES, weights=path, sha256="0" * 64)
     with pytest.raises(ValueError, match="sha256 must be a hex digest"):

@@ -16,7 +16,10 @@ def test_public_api_is_pinned():
         "jaccard_loss", "lovasz_loss", "mse_loss", "nms", "set_value_checks", "tversky_loss", "value_checks", "value_checks_enabled",
     ]
     for name in L.__all__:
-        assert getattr(L, name) is not None
+        obj = getattr(L, name)
+        assert callable(obj) or name == "LOSSES", name
+        if name != "LOSSES":
+            assert obj.__module__.startswith("strop.losses."), (name, obj.__module__)
 
 
 X4 = torch.zeros(2, 5, 8, 8)
@@ -99,7 +102,12 @@ def test_value_checks_can_be_switched_off():
         assert not L.value_checks_enabled()
         out = L.dice_loss(torch.zeros(2, 1, 4), bad)  # no sync, no check: the caller's responsibility
         assert torch.isfinite(out)
-        L.box_iou(torch.tensor([[2.0, 0, 1, 1]]), torch.zeros(1, 4))
+        # an inverted box is not refused: it has no intersection, so the IoU is torchvision's 0
+        import torchvision
+
+        out = L.box_iou(torch.tensor([[2.0, 0, 1, 1]]), torch.zeros(1, 4))
+        ref = torchvision.ops.box_iou(torch.tensor([[2.0, 0, 1, 1]]), torch.zeros(1, 4))
+        assert out.shape == (1, 1) and float(out) == float(ref) == 0.0
         # shape checks stay on
         with pytest.raises(ValueError, match="dice_loss: target must have the shape"):
             L.dice_loss(torch.zeros(2, 1, 4), torch.zeros(2, 1, 5))

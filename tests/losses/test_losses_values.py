@@ -241,4 +241,6 @@ def test_autocast_returns_float32_close_to_fp32(name, fn, dtype):
         # a model under autocast hands the loss a low-precision output
         out = fn(x.to(dtype), t, tb)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+    # measured (torch 2.14, this input): largest error 3.7e-4 absolute (bf16 mse), 2.6e-4 relative
+    # (bf16 box giou); the input's rounding to bf16/fp16 is most of it. Margin ~3x.
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)

@@ -90,3 +90,43 @@ def test_rng_capture_restore_survives_a_checkpoint(tmp_path):
     expected = (torch.rand(3), random.random())
     restore_rng(load_checkpoint(tmp_path / "r.pt")["rng"])
     assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+
+
+def test_shared_frozen_tensors_are_written_once_by_hash_and_verified(tmp_path):
+    import hashlib
+
+    big = torch.randn(256, 256)  # the "frozen backbone": 256 KiB
+    model = {"backbone.w": big, "head.w": torch.ones(2), "head.b": torch.zeros(2)}
+    folder = tmp_path / "ck"
+    save_checkpoint({"model": dict(model), "epoch": 1}, folder / "last.pt", shared_model_keys={"backbone.w"})
+    frozen = sorted(folder.glob("frozen-*.pt"))
+    assert len(frozen) == 1
+    # named by the sha256 of its bytes
+    assert frozen[0].name == f"frozen-{hashlib.sha256(frozen[0].read_bytes()).hexdigest()[:16]}.pt"
+    assert (folder / "last.pt").stat().st_size < big.numel() * 4 // 10  # the head only
+    stamp = frozen[0].stat().st_mtime_ns
+    model["head.w"] = torch.full((2,), 3.0)
+    save_checkpoint({"model": dict(model), "epoch": 2}, folder / "last.pt", shared_model_keys={"backbone.w"})
+    assert sorted(folder.glob("frozen-*.pt")) == frozen and frozen[0].stat().st_mtime_ns == stamp
+    data = load_checkpoint(folder / "last.pt")
+    assert list(data["model"]) == ["backbone.w", "head.w", "head.b"] and "model_shared" not in data
+    assert torch.equal(data["model"]["backbone.w"], big)
+    assert torch.equal(data["model"]["head.w"], torch.full((2,), 3.0)) and data["epoch"] == 2
+    # an altered frozen file is refused, naming the file and the hash
+    raw = bytearray(frozen[0].read_bytes())
+    raw[-10] ^= 0xFF
+    frozen[0].write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"frozen-.*does not match the sha256"):
+        load_checkpoint(folder / "last.pt")
+    frozen[0].unlink()
+    with pytest.raises(CheckpointError, match=r"missing .*whole checkpoints/ folder"):
+        load_checkpoint(folder / "last.pt")
+
+
+def test_changed_frozen_tensors_get_a_new_file(tmp_path):
+    w = torch.zeros(4)
+    save_checkpoint({"model": {"w": w, "h": torch.ones(1)}}, tmp_path / "last.pt", shared_model_keys={"w"})
+    w.add_(1.0)  # in place: the version counter moves, so the memo must not reuse the old file
+    save_checkpoint({"model": {"w": w, "h": torch.ones(1)}}, tmp_path / "last.pt", shared_model_keys={"w"})
+    assert len(list(tmp_path.glob("frozen-*.pt"))) == 2
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.ones(4))

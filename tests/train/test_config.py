@@ -84,7 +84,9 @@ def test_overrides_parse_yaml_values_and_reject_garbage():
 
 def test_config_is_frozen():
     c = Config()
-    with pytest.raises(Exception, match="frozen"):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         c.epochs = 3  # type: ignore[misc]
 
 
@@ -102,9 +104,10 @@ def test_shipped_example_configs_validate():
     ("data", "message"),
     [
         (
-            {"data": {"augment": "flop"}},
+            {"data": {"augment": "mirror"}},
             "invalid config (dict): data.augment: expected true/false, or one of 'none', "
-            "'standard', 'crop', 'flip', 'photometric', 'ssd'; got 'flop'",
+            "'flip', 'standard', 'crop', 'trivialaugment', 'randaugment', 'autoaugment', "
+            "'augmix', 'photometric', 'ssd'; got 'mirror'",
         ),
         (
             {"data": {"num_workers": "many"}},
@@ -124,7 +127,7 @@ def test_union_typed_key_says_once_what_it_accepts(data, message):
 
 def test_union_message_keeps_other_errors():
     with pytest.raises(ValueError) as info:
-        config_from_dict({"data": {"augment": "flop", "image_sise": 3}, "epochs": 0})
+        config_from_dict({"data": {"augment": "mirror", "image_sise": 3}, "epochs": 0})
     text = str(info.value)
     assert text.count("data.augment") == 1 and "augment.bool" not in text
     assert "unknown key 'data.image_sise'; did you mean 'image_size'?" in text

@@ -175,7 +175,7 @@ def interrupted_then_resumed(data_root, tmp_path_factory):
     acc = _config(data_root, base / "acc", data={"batch_size": 8}, accumulation_steps=2)
     res = _config(data_root, base / "res")
     rc1, out1, secs1 = _run_driver(
-        [{"config": acc, "report": str(base / "acc.json")},
+        [{"config": acc, "report": str(base / "acc.json"), "count_allreduce": True},
          {"config": res, "report": str(base / "res.json"), "action": "sigterm_launcher", "rank": 1, "step": 3}],
         base,
     )
@@ -266,6 +266,66 @@ def test_global_batch_and_accumulation_do_not_depend_on_process_count(interrupte
     assert _max_diff(w8x2_ddp, w8x2) < ACROSS_WORLD_ATOL
     assert json.loads((r["acc"] / "run.json").read_text())["per_process_batch"] == 4
     assert _load(r["acc"])["state"]["step"] == STEPS
+    # no_sync(): 8 micro-batches per rank (2 epochs × 4) but one gradient all-reduce per
+    # optimizer step, i.e. 8 / accumulation_steps 2 = STEPS rounds (each over all its buckets)
+    micro_batches = 2 * (32 // 2) // 4
+    for rep in reports:
+        assert rep["rounds"] == micro_batches // 2 == STEPS, rep
+        assert rep["buckets"] >= rep["rounds"], rep  # DDP rebuilds its buckets after the first step
+
+
+@pytest.mark.slow
+def test_nan_loss_on_one_rank_makes_every_rank_skip_that_step_together(data_root, one_process, tmp_path,
+                                                                      monkeypatch):
+    from strop.train import trainer
+
+    run = tmp_path / "run"
+    cfg = _config(data_root, run, nonfinite="skip")
+    # rank 1's second training batch (step 2) has a NaN loss; rank 0's is fine
+    rc, out, secs = _run_driver(
+        [{"config": cfg, "report": str(tmp_path / "r.json"), "nan_at": {"rank": 1, "call": 2}}],
+        tmp_path, env={"STROP_DIST_TIMEOUT": "60"},
+    )
+    assert rc == 0, out[-4000:]
+    assert secs < 60, out[-3000:]  # nobody waited for the collective timeout
+    ckpt = _load(run)
+    assert ckpt["state"]["step"] == STEPS and ckpt["state"]["epoch"] == 2
+    assert ckpt["state"]["nonfinite_batches"] == 1  # rank 0 skipped the step it had a finite loss for
+    assert "skipped 1 batch(es) with a non-finite loss or gradient" in out
+    # the reference: one process, global batch 16, whose step 2 is skipped (the skip of one process)
+    monkeypatch.setattr(trainer, "build_run", trainer.build_run)
+    _instrument({"nan_at": {"rank": 0, "call": 2}}, {})
+    ref = _config(data_root, tmp_path / "ref", nonfinite="skip")
+    assert _fit_here(ref).history[-1]["nonfinite_batches"] == 1
+    w2, w1 = _weights(run), _weights(tmp_path / "ref")
+    assert _max_diff(w2, w1) < ACROSS_WORLD_ATOL
+    assert _max_diff(w2, _weights(one_process["b16"][0])) > 100 * ACROSS_WORLD_ATOL  # the skip mattered
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_rank_under_max_restarts_completes_unattended_with_equal_weights(
+    data_root, two_process, tmp_path
+):
+    run = tmp_path / "run"
+    cfg = _config(data_root, run, checkpoint_every_steps=1)
+    spec = tmp_path / "spec.json"
+    # rank 1 dies at step 4 (mid-epoch 2); last.pt holds step 3; torchrun restarts both workers once
+    spec.write_text(json.dumps([{"config": cfg, "report": str(tmp_path / "r.json"), "action": "sigkill_self",
+                                 "rank": 1, "step": 4}]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "--max-restarts=1", __file__, str(spec)]
+    rc, out, _ = _launch(cmd, timeout=2 * LAUNCH_TIMEOUT_S, env={"STROP_DIST_TIMEOUT": "60"})
+    assert rc == 0, out[-4000:]
+    assert "failed (exitcode: -9) local_rank: 1" in out, out[-3000:]  # torchrun saw the SIGKILL
+    assert "restarted by torchrun (TORCHELASTIC_RESTART_COUNT=1): resuming from checkpoints/last.pt" in out
+    assert "at epoch 2, batch 1, step 3" in out  # resumed mid-epoch from the step-3 checkpoint
+    reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("r.json.rank*"))]
+    assert [(r["restarts"], r["run_dir"], r["interrupted"]) for r in reports] == [(1, str(run), None)] * 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("run")] == ["run"]  # no run-2
+    resumed, uninterrupted = _weights(run), _weights(two_process[0])
+    for k in uninterrupted:  # same world size, same operations: bitwise equal
+        assert torch.equal(resumed[k], uninterrupted[k]), k
+    _assert_one_log(run)
 
 
 def test_scale_lr_follows_the_global_batch_not_the_process_count(data_root, tmp_path):
@@ -385,6 +445,8 @@ class _Action:
     def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:
         if self.done or state.step != self.step or int(os.environ["RANK"]) != self.rank:
             return
+        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+            return  # the fault happens once: the attempt torchrun restarts runs clean
         self.done = True
         if self.kind == "sigkill_self":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -398,6 +460,46 @@ class _Action:
             time.sleep(0.02)
 
 
+class _NaNLossAt:
+    """A loss that is NaN at its ``call``-th training call (validation runs without grad)."""
+
+    def __init__(self, loss_fn: Any, call: int):
+        self.loss_fn, self.call, self.calls = loss_fn, call, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        loss = self.loss_fn(*args, **kwargs)
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls == self.call:
+                return loss * float("nan")
+        return loss
+
+
+def _instrument(job: dict[str, Any], counts: dict[str, int]) -> None:
+    """Patch the run fit builds: a NaN loss on one rank, and/or a DDP comm hook that counts
+    gradient all-reduces (``rounds``: how often bucket 0 was reduced; ``buckets``: all calls)."""
+    from strop.train import trainer
+
+    build = trainer.__dict__.setdefault("_unpatched_build_run", trainer.build_run)
+
+    def build_run(*args: Any, **kwargs: Any) -> Any:
+        run = build(*args, **kwargs)
+        if "nan_at" in job and int(os.environ.get("RANK", "0")) == job["nan_at"]["rank"]:
+            run.loss_fn = _NaNLossAt(run.loss_fn, job["nan_at"]["call"])
+        if job.get("count_allreduce"):
+            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+            def hook(process_group, bucket):  # unannotated: DDP checks a hook's annotations
+                counts["buckets"] += 1
+                counts["rounds"] += bucket.index() == 0
+                return allreduce_hook(process_group, bucket)
+
+            run.module.register_comm_hook(None, hook)
+        return run
+
+    trainer.build_run = build_run
+
+
 def _driver(spec_path: str) -> int:
     """Run the jobs in ``spec_path`` in this (torchrun worker) process, one ``fit`` after another."""
     from strop.train import config_from_dict, fit
@@ -406,8 +508,13 @@ def _driver(spec_path: str) -> int:
     rank = os.environ.get("RANK", "0")
     for job in json.loads(Path(spec_path).read_text()):
         cbs = [_Action(job["action"], job["rank"], job["step"])] if job.get("action") else []
+        counts = {"buckets": 0, "rounds": 0}
+        _instrument(job, counts)
         result = fit(config_from_dict(job["config"]), resume=job.get("resume", False), callbacks=cbs)
-        Path(f"{job['report']}.rank{rank}").write_text(json.dumps({"interrupted": result.interrupted}))
+        Path(f"{job['report']}.rank{rank}").write_text(json.dumps({
+            "interrupted": result.interrupted, "run_dir": str(result.run_dir), **counts,
+            "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+        }))
         if result.interrupted:
             return 130
     return 0

@@ -216,6 +216,20 @@ def test_gradual_unfreezing_without_freeze_uses_lr_mult(tiny_config, digits_root
     groups = load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     lrs = sorted({round(g["lr"], 6) for g in groups})
     assert lrs == [0.005, 0.05]  # the backbone joined at lr × lr_mult, the head kept lr
+    # every group's LR is visible: lr (largest) and lr_min (smallest) per step and per epoch
+    epochs, steps = read_metrics(res.run_dir / "metrics.csv")
+    first = [s for s in steps if s["epoch"] == 1]
+    second = [s for s in steps if s["epoch"] == 2]
+    assert all(s["lr_min"] == s["lr"] == 0.05 for s in first)  # head only
+    assert all(s["lr_min"] == pytest.approx(0.005) and s["lr"] == 0.05 for s in second)
+    assert epochs[-1]["lr_min"] == pytest.approx(0.005)
+    # run.json counts what trains in each phase (head only, then the whole resnet18)
+    import json
+
+    by_epoch = json.loads((res.run_dir / "run.json").read_text())["trainable_params_by_epoch"]
+    total = sum(t.numel() for k, t in load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["model"].items()
+                if "running" not in k and "num_batches" not in k)
+    assert by_epoch == {"1": 512 * 3 + 3, "2": total}
 
 
 @pytest.mark.slow
@@ -248,4 +262,25 @@ def test_trust_pickle_in_the_config_reaches_the_weights_loader(tiny_config, digi
     trusted = tiny_config(digits_root, tmp_path / "b",
                           model={"name": "resnet18", "weights": str(legacy), "trust_pickle": True})
     model, _, _ = build_engine_parts(trusted, 3, torch.device("cpu"), None)
-    assert torch.equal(model.state_dict()["fc.weight"], state["fc.weight"])
+    # the backbone comes from the file; the head is new (model.keep_head defaults to false)
+    assert torch.equal(model.state_dict()["conv1.weight"], state["conv1.weight"])
+    assert not torch.equal(model.state_dict()["fc.weight"], state["fc.weight"])
+
+
+@pytest.mark.slow
+def test_feature_cache_checkpoints_hold_the_head_and_resume_exactly(tiny_config, digits_root, tmp_path):
+    """Under the feature cache the frozen backbone is stored once (frozen-<sha>.pt) and last.pt
+    holds the head; best.pt stays self-contained; resuming reaches the uninterrupted run's weights."""
+    over = {"model": {"name": "resnet18", "freeze": "backbone"}, "feature_cache": "auto"}
+    full = fit(tiny_config(digits_root, tmp_path / "full", epochs=2, **over))
+    ck = full.run_dir / "checkpoints"
+    frozen = list(ck.glob("frozen-*.pt"))
+    assert full.choices["feature_cache"] is True and len(frozen) == 1
+    assert (ck / "last.pt").stat().st_size * 50 < frozen[0].stat().st_size
+    best = torch.load(ck / "best.pt", weights_only=True)  # read without strop: a whole model
+    assert "model_shared" not in best and best["model"].keys() == _weights(full.run_dir).keys()
+    fit(tiny_config(digits_root, tmp_path / "part", epochs=1, **over))
+    resumed = fit(tiny_config(digits_root, tmp_path / "part", epochs=2, **over), resume=True)
+    a, b = _weights(full.run_dir), _weights(resumed.run_dir)
+    assert len(a) == len(b) > 100  # the whole resnet18 state comes back, not the head alone
+    _assert_same_weights(a, b)

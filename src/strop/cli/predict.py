@@ -14,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files (or folders of images)")
     p.add_argument("--out", default=None, help="file to write (default: standard output)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--tta", action="store_true", help="average the probabilities of the image and its mirror")
     p.add_argument("--format", default=None, choices=["json", "csv"],
                    help="detection: json (default) or csv (one line per box)")
     p.add_argument("--score", type=float, default=0.5, help="detection: keep boxes scoring at least this")
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("predict: --draw and --format json are for detection runs; this is a classification run")
     from strop.train.inference import predict_images
 
-    rows = predict_images(args.run_dir, args.images, checkpoint=args.checkpoint)
+    rows = predict_images(args.run_dir, args.images, checkpoint=args.checkpoint, tta=args.tta)
     fh = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115
     try:
         writer = csv.DictWriter(fh, fieldnames=["path", "class", "probability"])

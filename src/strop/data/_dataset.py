@@ -17,7 +17,6 @@ from strop.data.transforms import (
     IMAGENET_STD,
     Augment,
     augmentation,
-    is_deterministic,
     normalization,
     resolve_size,
 )
@@ -50,7 +49,8 @@ def make_cache(
 
 class FolderDataset(Dataset[Any]):
     """Base of the folder datasets: sets ``image_size`` ``(H, W)``, ``mean``, ``std``,
-    ``augment``, ``deterministic`` (no random augmentation runs) and ``cache``."""
+    ``augment``, ``deterministic`` (no random augmentation runs) and ``cache``. ``task``,
+    ``hflip``, ``color_jitter``, ``random_erasing``: see :func:`strop.data.transforms.augmentation`."""
 
     samples: list[Any]
 
@@ -62,13 +62,19 @@ class FolderDataset(Dataset[Any]):
         augment: Augment,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        task: str = "classification",
+        hflip: bool = True,
+        color_jitter: float | Sequence[float] | None = None,
+        random_erasing: float = 0.0,
     ) -> None:
         self.image_size = resolve_size(func, image_size)
         self.mean = check_stats(func, "mean", mean)
         self.std = check_stats(func, "std", std)
         self.augment = augment
-        self._augment = augmentation(func, augment, self.image_size)
-        self.deterministic = is_deterministic(func, augment)
+        self._augment = augmentation(func, augment, self.image_size, task=task, hflip=hflip,
+                                     color_jitter=color_jitter, random_erasing=random_erasing)
+        # colour jitter / erasing are random even with augment="none"
+        self.deterministic = self._augment is None
         self._normalize = normalization(self.mean, self.std)
         self.cache: SampleCache | None = None
 

@@ -67,7 +67,15 @@ def list_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """Image candidates and unsupported files under ``folder`` (recursive, sorted, no hidden)."""
     images: list[Path] = []
     other: list[Path] = []
+    # (device, inode) of the folders walked and of folder's ancestors: a symlink back to one of
+    # them is a loop (a/loop -> .. would list the data again and again), so it is not followed
+    seen = {_dir_id(p) for p in folder.resolve().parents}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        key = _dir_id(Path(dirpath))
+        if key in seen:  # reached again through a symlink: walked already
+            dirnames[:] = []
+            continue
+        seen.add(key)
         # torchvision counts e.g. `.ipynb_checkpoints` as data; hidden folders are never data here
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
@@ -82,14 +90,27 @@ def list_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return images, other
 
 
+def _dir_id(path: Path) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (st.st_dev, st.st_ino)
+
+
 def check_image_file(path: Path) -> tuple[str | None, tuple[int, int] | None]:
     """``(reason, (width, height))``: reason is ``None`` for a readable image."""
     try:
         if path.stat().st_size == 0:
             return "zero-byte file", None
-        with Image.open(path) as img:
-            size = img.size
-            img.verify()
+        with warnings.catch_warnings():
+            # PIL warns above Image.MAX_IMAGE_PIXELS and refuses above twice that; both refused
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                size = img.size
+                img.verify()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return f"refused: decompression bomb ({exc})", None
     except UnidentifiedImageError:
         return "not an image", None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error ...

@@ -1,7 +1,10 @@
-"""Data that ships with strop (nothing is downloaded): handwritten digits and synthetic shapes.
+"""Data that ships with strop (nothing is downloaded): handwritten digits, glyphs and shapes.
 
 - :func:`write_digits`: scikit-learn's ``load_digits`` (1,797 real 8x8 scans of handwritten
   digits, UCI "Optical Recognition of Handwritten Digits", values 0-16) as an ImageFolder of PNGs.
+- :func:`write_glyphs`: letters and symbols (no digits) rendered in the fonts matplotlib ships,
+  randomly slanted, stretched and thickened, then reduced to 8x8 exactly as the digits were
+  scanned: a source task for transfer learning to the handwritten digits.
 - :func:`write_shapes`: circles, squares and triangles on noisy textured backgrounds, with
   masks, as ``images/`` + ``masks/``.
 
@@ -23,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from strop._checks import check_positive, fail
 
-__all__ = ["MANIFEST", "write_digits", "write_shapes"]
+__all__ = ["GLYPH_CHARS", "MANIFEST", "write_digits", "write_glyphs", "write_shapes"]
 
 MANIFEST = "strop_dataset.json"
 _VERSION = 1
@@ -156,6 +159,131 @@ def write_digits(
             img.save(path / rel)
             files.append(rel)
     return _finish(path, "digits", params, files)
+
+
+#: The default glyph classes: 26 capitals, the 16 small letters whose shape differs from their
+#: capital once scaled to the same height (c, k, l, o, p, s, v, w, x, z do not), 11 symbols. No
+#: digit: the digits are the target task, and its classes must stay new to a glyph-trained model.
+GLYPH_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ" "abdefghijmnqrtuy" "&@#?%$+=<>*"
+
+# fonts in matplotlib's mpl-data/fonts/ttf; the Computer Modern ones (BaKoMa) put other symbols
+# at the ASCII punctuation positions, so they draw letters only
+_GLYPH_FONTS = (
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSansMono-BoldOblique.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf", "STIXGeneral.ttf", "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
+)
+_LETTER_ONLY_FONTS = ("cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmtt10.ttf", "cmti10.ttf")
+
+
+def glyph_class_name(ch: str) -> str:
+    """The folder name of character ``ch``: its code point and Unicode name, e.g.
+    ``"0041-latin-capital-letter-a"`` (unique on case-insensitive file systems too)."""
+    import unicodedata
+
+    return f"{ord(ch):04x}-" + unicodedata.name(ch).lower().replace(" ", "-")
+
+
+def _render_glyph(rng: np.random.Generator, ch: str, font: Any) -> np.ndarray:
+    """One glyph as the digits were made: a binary 32x32 bitmap, the shape scaled to fill the box
+    (aspect kept) and centred, then the count of ink pixels in each 4x4 block -> 8x8 in 0..16."""
+    canvas = 96
+    layer = Image.new("L", (canvas, canvas), 0)
+    # a pen 0-3 px wider than the font's own stroke (the glyph is ~36 px tall here)
+    ImageDraw.Draw(layer).text((canvas / 2, canvas / 2), ch, fill=255, font=font, anchor="mm",
+                               stroke_width=int(rng.integers(0, 4)), stroke_fill=255)
+    # a random slant, rotation and stretch, as different hands write
+    angle = np.deg2rad(rng.uniform(-12.0, 12.0))
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    shear = np.array([[1.0, rng.uniform(-0.3, 0.3)], [0.0, 1.0]])
+    a = rot @ shear @ np.diag(rng.uniform(0.75, 1.25, 2))
+    inv = np.linalg.inv(a)
+    c = np.full(2, canvas / 2)
+    off = c - inv @ c
+    layer = layer.transform((canvas, canvas), Image.Transform.AFFINE,
+                            (inv[0, 0], inv[0, 1], off[0], inv[1, 0], inv[1, 1], off[1]),
+                            resample=Image.Resampling.BILINEAR)
+    ink = np.asarray(layer) > 127
+    ys, xs = np.nonzero(ink)
+    box = np.zeros((32, 32), dtype=bool)
+    if len(ys) == 0:
+        return box.reshape(8, 4, 8, 4).sum(axis=(1, 3))
+    shape = Image.fromarray(ink[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.uint8) * 255)
+    scale = 32 * rng.uniform(0.85, 1.0) / max(shape.size)
+    w, h = max(1, round(shape.size[0] * scale)), max(1, round(shape.size[1] * scale))
+    shape = shape.resize((w, h), Image.Resampling.BILINEAR)
+    y0, x0 = (32 - h) // 2, (32 - w) // 2
+    box[y0:y0 + h, x0:x0 + w] = np.asarray(shape) > 127
+    return box.reshape(8, 4, 8, 4).sum(axis=(1, 3))
+
+
+def write_glyphs(
+    root: str | os.PathLike[str],
+    *,
+    chars: str = GLYPH_CHARS,
+    per_class: int = 100,
+    seed: int = 0,
+    size: int = 32,
+) -> Path:
+    """Write rendered characters as ``root/<class>/<index>.png``; return ``root``.
+
+    Each image draws one character of ``chars`` in a random font of those matplotlib ships
+    (DejaVu Sans/Mono/Serif and STIX in four styles; for letters also five Computer Modern
+    faces), with a random extra stroke width (0-3 px on a ~36 px glyph), rotation (±12°), shear
+    (±0.3) and stretch (0.75-1.25 per axis). It is then made the way scikit-learn's digits were
+    (UCI optdigits): a binary 32x32 bitmap with the shape scaled to fill the box and centred,
+    reduced to 8x8 by counting ink pixels per 4x4 block (0-16), written like
+    :func:`write_digits` (``round(v * 255 / 16)``, bilinear to ``size``, 8-bit grayscale). So a
+    model trained on glyphs sees the digits' pixel statistics but none of their classes.
+    Folders are named by :func:`glyph_class_name` (sorted order = code point order).
+
+    Args:
+        chars: the classes, distinct printable characters; digits are allowed but not the default.
+        per_class: images per character.
+        seed: fixes every random choice (``numpy.random.default_rng``).
+        size: side of the written images in pixels (>= 8).
+    """
+    func = "write_glyphs"
+    path = _check_root(func, root)
+    if not isinstance(chars, str):
+        fail(func, f"chars must be a string of characters; got {type(chars).__name__} {chars!r}",
+             exc=TypeError)
+    if len(chars) < 2 or len(set(chars)) != len(chars) or not all(ch.isprintable() and not ch.isspace()
+                                                                  for ch in chars):
+        fail(func, f"chars must hold at least 2 distinct printable, non-space characters; got {chars!r}")
+    check_positive(func, "per_class", per_class, integer=True)
+    check_positive(func, "seed", seed, allow_zero=True, integer=True)
+    check_positive(func, "size", size, integer=True)
+    if size < 8:
+        fail(func, f"size must be >= 8 (glyphs are made at 8x8, like the digits); got {size}")
+
+    params = {"chars": chars, "per_class": per_class, "seed": seed, "size": size}
+    if _up_to_date(func, path, "glyphs", params):
+        return path
+
+    import matplotlib
+    from PIL import ImageFont
+
+    font_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    fonts = {name: ImageFont.truetype(str(font_dir / name), 48) for name in _GLYPH_FONTS + _LETTER_ONLY_FONTS}
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    files: list[str] = []
+    for ch in sorted(chars):
+        names = _GLYPH_FONTS + (_LETTER_ONLY_FONTS if ch.isascii() and ch.isalpha() else ())
+        folder = glyph_class_name(ch)
+        (path / folder).mkdir(exist_ok=True)
+        for i in range(per_class):
+            counts = _render_glyph(rng, ch, fonts[names[int(rng.integers(len(names)))]])
+            img = Image.fromarray(np.rint(counts * (255.0 / 16.0)).astype(np.uint8))
+            if size != 8:
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            rel = f"{folder}/{i:04d}.png"
+            img.save(path / rel)
+            files.append(rel)
+    return _finish(path, "glyphs", params, files)
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -64,9 +64,14 @@ class ImageFolderDataset(FolderDataset):
         std: Sequence[float] = IMAGENET_STD,
         cache: CacheSpec = None,
         cache_root: str | os.PathLike[str] | None = None,
+        hflip: bool = True,
+        color_jitter: float | Sequence[float] | None = None,
+        random_erasing: float = 0.0,
     ) -> None:
         func = "ImageFolderDataset"
-        super().__init__(func, image_size=image_size, augment=augment, mean=mean, std=std)
+        super().__init__(func, image_size=image_size, augment=augment, mean=mean, std=std,
+                         task="classification", hflip=hflip, color_jitter=color_jitter,
+                         random_erasing=random_erasing)
         self.samples = [(Path(p), int(t)) for p, t in samples]
         self.targets = [t for _, t in self.samples]
         self.classes = list(classes)
@@ -167,6 +172,9 @@ def image_folder(
     strict: bool = False,
     cache: CacheSpec = None,
     val_folder: str | None = None,
+    hflip: bool = True,
+    color_jitter: float | Sequence[float] | None = None,
+    random_erasing: float = 0.0,
 ) -> tuple[ImageFolderDataset, ImageFolderDataset, list[str]]:
     """Classification datasets from a folder tree: ``(train_ds, val_ds, classes)``.
 
@@ -187,8 +195,11 @@ def image_folder(
             ``None``: the images' own size, when they all share one (else ``ValueError``).
         augment: training augmentation (``val_ds`` never augments): ``False``; ``True`` /
             ``"standard"`` = ``RandomResizedCrop(scale=(0.7, 1))`` + horizontal flip; ``"crop"``
-            = the crop alone (use it for digits and text, which a flip changes); or a callable
-            on the ``uint8`` tensor.
+            = the crop alone (use it for digits and text, which a flip changes); ``"flip"``,
+            ``"trivialaugment"``, ``"randaugment"``, ``"autoaugment"``, ``"augmix"``; or a
+            callable on the ``uint8`` tensor (:func:`strop.data.transforms.augmentation`).
+        hflip, color_jitter, random_erasing: training-only augmentation options (no flip in any
+            preset; ``ColorJitter`` strength; ``RandomErasing`` probability).
         mean, std: per-channel normalisation after scaling to [0, 1]; torchvision ``Weights``
             give theirs as ``weights.transforms().mean/std``. Default: ImageNet's.
         strict: ``False`` skips unreadable/non-image files with one :class:`BadFilesWarning`;
@@ -210,7 +221,8 @@ def image_folder(
     size = None if image_size is None else resolve_size(func, image_size)
     check_common(func, val_fraction, seed)
     mean, std = check_stats(func, "mean", mean), check_stats(func, "std", std)
-    augmentation(func, augment, size or (1, 1))  # validate now, not at the first item
+    options = {"hflip": hflip, "color_jitter": color_jitter, "random_erasing": random_erasing}
+    augmentation(func, augment, size or (1, 1), task="classification", **options)  # validate now
     check_cache(func, cache)
     path = check_root(func, root)
     train_dir, val_dir = split_layout(func, path, val_folder)
@@ -238,6 +250,6 @@ def image_folder(
 
     common: dict[str, Any] = {"image_size": size, "mean": mean, "std": std}
     common.update(cache=cache, cache_root=path)
-    train_ds = ImageFolderDataset(train_samples, classes, augment=augment, **common)
+    train_ds = ImageFolderDataset(train_samples, classes, augment=augment, **common, **options)
     val_ds = ImageFolderDataset(val_samples, classes, augment=False, **common)
     return train_ds, val_ds, list(classes)

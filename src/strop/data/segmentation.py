@@ -71,10 +71,15 @@ class SegmentationFolderDataset(FolderDataset):
         std: Sequence[float] = IMAGENET_STD,
         cache: CacheSpec = None,
         cache_root: str | os.PathLike[str] | None = None,
+        hflip: bool = True,
+        color_jitter: float | Sequence[float] | None = None,
+        random_erasing: float = 0.0,
         mask_dtype: torch.dtype = torch.uint8,
     ) -> None:
         func = "SegmentationFolderDataset"
-        super().__init__(func, image_size=image_size, augment=augment, mean=mean, std=std)
+        super().__init__(func, image_size=image_size, augment=augment, mean=mean, std=std,
+                         task="segmentation", hflip=hflip, color_jitter=color_jitter,
+                         random_erasing=random_erasing)
         self.samples = [(Path(i), Path(m)) for i, m in samples]
         self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
@@ -256,6 +261,9 @@ def segmentation_folder(
     std: Sequence[float] = IMAGENET_STD,
     cache: CacheSpec = None,
     val_folder: str | None = None,
+    hflip: bool = True,
+    color_jitter: float | Sequence[float] | None = None,
+    random_erasing: float = 0.0,
 ) -> tuple[SegmentationFolderDataset, SegmentationFolderDataset, int]:
     """Segmentation datasets from ``images/`` + ``masks/``: ``(train_ds, val_ds, num_classes)``.
 
@@ -282,14 +290,17 @@ def segmentation_folder(
 
     Items are ``(float32 (3, H, W), int64 (H, W))``: the image resized bilinear, the mask
     nearest. ``augment`` (train only; ``True`` = crop + flip, ``"crop"``, or a callable on
-    ``(tv_tensors.Image, tv_tensors.Mask)``) moves image and mask together. ``cache`` and
+    ``(tv_tensors.Image, tv_tensors.Mask)``) moves image and mask together; ``hflip``,
+    ``color_jitter`` and ``random_erasing`` (train only) as in :func:`image_folder` (photometric
+    ops reach the image only). ``cache`` and
     ``image_size=None`` (the images' own size, when they all share one) as in :func:`image_folder`.
     """
     func = "segmentation_folder"
     size = None if image_size is None else resolve_size(func, image_size)
     check_common(func, val_fraction, seed)
     mean, std = check_stats(func, "mean", mean), check_stats(func, "std", std)
-    augmentation(func, augment, size or (1, 1))
+    options = {"hflip": hflip, "color_jitter": color_jitter, "random_erasing": random_erasing}
+    augmentation(func, augment, size or (1, 1), task="segmentation", **options)
     check_cache(func, cache)
     _check_label_args(func, num_classes, ignore_index)
     path = check_root(func, root)
@@ -323,6 +334,6 @@ def segmentation_folder(
     common: dict[str, Any] = {"image_size": size, "num_classes": num_classes, "mean": mean}
     common.update(ignore_index=ignore_index, std=std, cache=cache, cache_root=path)
     common["mask_dtype"] = torch.uint8 if values.min() >= 0 and values.max() <= 255 else torch.int32
-    train_ds = SegmentationFolderDataset(train_pairs, augment=augment, **common)
+    train_ds = SegmentationFolderDataset(train_pairs, augment=augment, **common, **options)
     val_ds = SegmentationFolderDataset(val_pairs, augment=False, **common)
     return train_ds, val_ds, num_classes

@@ -9,9 +9,11 @@ and so are the CSV log and early stopping. Output streams are injected so they c
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -88,12 +90,15 @@ class CSVLogger:
     """``metrics.csv``: one row per optimizer step (kind=step: lr, loss) and per epoch (kind=epoch).
 
     The file is appended to, so a resumed run continues the same log; rows past the resume point
-    (written after the last checkpoint by a run that crashed) are dropped first.
+    (written after the last checkpoint by a run that crashed) are dropped first. Step rows are
+    written in batches (every ``flush_seconds``), and always before a checkpoint: when a
+    checkpoint is on disk, so are the rows of the steps it covers.
     """
 
-    def __init__(self, path: str | Path, metric_names: list[str]):
+    def __init__(self, path: str | Path, metric_names: list[str], flush_seconds: float = 2.0):
         self.path = Path(path)
-        self.fields = ["kind", "epoch", "step", "lr", "loss", *metric_names]
+        self.flush_seconds = flush_seconds
+        self.fields = ["kind", "epoch", "step", "lr", "lr_min", "loss", *metric_names]
 
     def on_fit_start(self, state: Any) -> None:
         rows = [row for row in read_rows(self.path) if _row_done(row, state)]
@@ -105,8 +110,12 @@ class CSVLogger:
             writer.writerows(rows)
         os.replace(tmp, self.path)
         self._fh = open(self.path, "a", newline="")  # noqa: SIM115 - closed in on_fit_end
-        self._writer = csv.DictWriter(self._fh, fieldnames=self.fields, extrasaction="ignore")
+        # rows are buffered in memory and written in batches: at least every `flush_seconds`,
+        # before every checkpoint (on_checkpoint), at epoch end and at the end of the fit
+        self._buffer = io.StringIO()
+        self._writer = csv.DictWriter(self._buffer, fieldnames=self.fields, extrasaction="ignore")
         self._last_step = state.step
+        self._flushed_at = time.monotonic()
 
     def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:
         if state.step != self._last_step:  # one row per optimizer step, not per micro-batch
@@ -114,18 +123,43 @@ class CSVLogger:
             self._writer.writerow(
                 {"kind": "step", "epoch": state.epoch + 1, "step": state.step, **logs}
             )
-            # flushed before the step's checkpoint is written, so the log covers what it covers,
-            # and one whole row per write cannot be torn by a kill
+            if time.monotonic() - self._flushed_at >= self.flush_seconds:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows in one ``write`` and flush it to the OS (a kill then cuts at
+        most the last row, which a resume drops)."""
+        text = self._buffer.getvalue()
+        try:
+            if text:
+                self._fh.write(text)
+                self._buffer.seek(0)
+                self._buffer.truncate()
             self._fh.flush()
+        except OSError as exc:
+            # a full disk or a read-only folder: one line naming the file; checkpoints are kept
+            raise OSError(
+                exc.errno,
+                f"could not write {self.path}: {exc.strerror or exc}; training stopped, "
+                "the checkpoints written so far are kept (continue with --resume)",
+            ) from None
+        self._flushed_at = time.monotonic()
+
+    def on_checkpoint(self, state: Any) -> None:
+        """Before a checkpoint is written: its steps' rows reach the file first."""
+        self.flush()
 
     def on_epoch_end(self, state: Any, logs: dict[str, float]) -> None:
         self._writer.writerow(
             {"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, **logs}
         )
-        self._fh.flush()
+        self.flush()
 
     def on_fit_end(self, state: Any) -> None:
-        self._fh.close()
+        try:
+            self.flush()
+        finally:
+            self._fh.close()
 
 
 def _row_done(row: dict[str, str], state: Any) -> bool:

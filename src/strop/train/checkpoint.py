@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import io
 import os
 import pickle
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +50,89 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+# folder -> (signature of the frozen tensors, file name, sha256): a frozen part unchanged since
+# the last save (same tensors, same version counters) is neither serialised nor hashed again
+_SHARED_MEMO: dict[Path, tuple[tuple[Any, ...], str, str]] = {}
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _split_shared(payload: dict[str, Any], folder: Path, keys: Collection[str]) -> dict[str, Any]:
+    """Move ``payload["model"][k]`` for ``k`` in ``keys`` (a frozen backbone) into a file named by
+    its sha256 beside the checkpoint, written once; the checkpoint records the name and hash."""
+    model = payload["model"]
+    frozen = {k: model[k] for k in model if k in keys}
+    signature = tuple((k, t.data_ptr(), t._version, tuple(t.shape)) for k, t in frozen.items())
+    memo = _SHARED_MEMO.get(folder)
+    if memo is not None and memo[0] == signature and (folder / memo[1]).is_file():
+        name, digest = memo[1], memo[2]
+    else:
+        buf = io.BytesIO()
+        torch.save({"format_version": FORMAT_VERSION, "tensors": frozen}, buf)
+        data = buf.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"frozen-{digest[:16]}.pt"
+        target = folder / name
+        if not (target.is_file() and _sha256(target) == digest):
+            _write_atomic(target, lambda fh: fh.write(data))
+        _SHARED_MEMO[folder] = (signature, name, digest)
+    rest = {k: v for k, v in model.items() if k not in frozen}
+    shared = {"file": name, "sha256": digest, "order": list(model)}
+    return {**payload, "model": rest, "model_shared": shared}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _merge_shared(data: dict[str, Any], path: Path, map_location: Any) -> None:
+    """Inverse of :func:`_split_shared`: the frozen tensors back into ``data["model"]``, after
+    checking the file's sha256 against the one the checkpoint recorded."""
+    ref = data.pop("model_shared")
+    file = path.parent / ref["file"]
+    if not file.is_file():
+        raise CheckpointError(
+            f"could not read checkpoint {path}: its frozen tensors are in {file}, which is missing "
+            "(copy the whole checkpoints/ folder, not one file)"
+        )
+    raw = file.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != ref["sha256"]:
+        raise CheckpointError(
+            f"could not read checkpoint {path}: {file} does not match the sha256 the checkpoint "
+            f"recorded ({ref['sha256'][:16]}…); it was altered or replaced"
+        )
+    frozen = torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)["tensors"]
+    model = {**data["model"], **frozen}
+    data["model"] = {k: model[k] for k in ref["order"]}
+
+
+def save_checkpoint(
+    payload: dict[str, Any], path: str | Path, *, shared_model_keys: Collection[str] | None = None
+) -> Path:
     """Write ``payload`` (plus ``format_version``) atomically to ``path``.
+
+    ``shared_model_keys``: entries of ``payload["model"]`` that do not change during the run (a
+    frozen backbone under the feature cache); they are written once to
+    ``frozen-<sha256>.pt`` beside ``path`` and referenced by name and hash, so each checkpoint
+    holds only what trains. :func:`load_checkpoint` puts them back, after checking the hash.
 
     On failure (disk full, folder unwritable) raises :class:`CheckpointError` naming the path;
     the previous file at ``path`` is untouched and the temporary file is removed.
@@ -57,6 +141,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if shared_model_keys:
+            payload = _split_shared(payload, path.parent, shared_model_keys)
         with open(tmp, "wb") as fh:
             torch.save({"format_version": FORMAT_VERSION, **payload}, fh)
             fh.flush()
@@ -123,4 +209,6 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path} has format_version {data['format_version']}; this strop reads up to {FORMAT_VERSION}"
         )
+    if "model_shared" in data:
+        _merge_shared(data, path, map_location)
     return data

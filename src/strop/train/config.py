@@ -27,12 +27,24 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from strop._checks import did_you_mean
+from strop.train.config_recipes import (
+    DataRecipeFields,
+    EMAConfig,
+    MixupConfig,
+    OptimizerConfig,
+    RecipeFields,
+    SWAConfig,
+    check_recipe_config,
+)
 
 __all__ = [
     "Config",
     "DataConfig",
+    "EMAConfig",
+    "MixupConfig",
     "ModelConfig",
     "OptimizerConfig",
+    "SWAConfig",
     "apply_overrides",
     "config_from_dict",
     "load_config",
@@ -43,17 +55,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(_Strict):
+class DataConfig(DataRecipeFields, _Strict):
     """Where the images are and how they are batched."""
 
     root: str | None = Field(None, description="folder of class folders, or train/ + val/; images/ + masks/ for segmentation")
     image_size: int = Field(64, gt=0)
     batch_size: int = Field(32, gt=0)
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    augment: bool | Literal["none", "standard", "crop", "flip", "photometric", "ssd"] = Field(
-        False, description="true/standard: random resized crop + flip; crop: no flip (digit-safe); "
-        "detection: none | flip (= true) | photometric | ssd"
-    )
     num_workers: int | Literal["auto"] = "auto"
     cache: Literal["none", "memory", "disk"] = "none"
     strict: bool = False
@@ -96,19 +104,6 @@ class ModelConfig(_Strict):
     )
 
 
-class OptimizerConfig(_Strict):
-    """A torch optimizer by name, with discriminative LR options."""
-
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.01, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    head_lr_mult: float = Field(1.0, gt=0.0)
-    layer_decay: float | None = Field(None, gt=0.0, le=1.0)
-
-
 class EarlyStoppingConfig(_Strict):
     """Stop when ``monitor`` has not improved for ``patience`` epochs."""
 
@@ -123,7 +118,7 @@ class GradualUnfreezeConfig(_Strict):
     lr_mult: float = Field(0.1, gt=0.0)
 
 
-class Config(_Strict):
+class Config(RecipeFields, _Strict):
     """A whole training run. Build it with :func:`load_config` or :func:`config_from_dict`."""
 
     task: Literal["classification", "segmentation", "detection"] = "classification"
@@ -134,7 +129,7 @@ class Config(_Strict):
     schedule: str | dict[str, Any] | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
-    compile: bool = False
+    compile: bool | Literal["auto"] = False  # auto: a short probe decides (train/autocompile.py)
     device: str = "auto"
     epochs: int = Field(10, gt=0)
     accumulation_steps: int = Field(1, gt=0)
@@ -178,6 +173,11 @@ class Config(_Strict):
         from strop.train.detection_run import check_detection_config
 
         check_detection_config(self)
+        return self
+
+    @model_validator(mode="after")
+    def _recipe_checks(self) -> Config:
+        check_recipe_config(self)
         return self
 
     @property
@@ -288,8 +288,14 @@ def config_from_dict(data: Mapping[str, Any] | None, *, source: str = "(dict)") 
         data = {}
     if not isinstance(data, Mapping):
         raise TypeError(f"invalid config {source}: expected a mapping at the top level; got {type(data).__name__}")
+    from strop.train.recipes import apply_recipe
+
     try:
-        return Config.model_validate(dict(data))
+        data = apply_recipe(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"invalid config {source}: {exc}") from None
+    try:
+        return Config.model_validate(data)
     except ValidationError as err:
         raise ValueError(_format_errors(err, source)) from None
 

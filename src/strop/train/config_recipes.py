@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from strop._checks import fail
+from strop._checks import did_you_mean, fail
 from strop.data.transforms import AUGMENTATIONS
-from strop.optim import IMPLEMENTATIONS, OPTIMIZERS, check_options
+from strop.optim import IMPLEMENTATIONS, OPTIMIZERS, check_options, optimizer_options
 
 __all__ = [
     "SOFT_TARGET_LOSSES",
@@ -47,7 +47,11 @@ __all__ = [
     "uses_auto_class_weights",
 ]
 
-AugmentName = Literal[AUGMENTATIONS]  # type: ignore[valid-type]
+#: keys every optimizer section accepted before options were per optimizer (ignored where unused)
+LEGACY_OPTIONS = ("momentum", "nesterov", "betas")
+
+# photometric and ssd are detection presets (strop.train.detection_run)
+AugmentName = Literal[(*AUGMENTATIONS, "photometric", "ssd")]  # type: ignore[valid-type]
 OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
 
 
@@ -113,8 +117,27 @@ class OptimizerConfig(BaseModel):
     layer_decay: float | None = Field(None, gt=0.0, le=1.0)
     implementation: Literal[IMPLEMENTATIONS] = "auto"  # type: ignore[valid-type]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_options(cls, data: Any) -> Any:
+        # momentum / nesterov / betas were fields of every optimizer section before the options
+        # became the optimizer's own; configs and checkpoints written then carry them for
+        # optimizers that never used them (SGD's betas, AdamW's momentum): dropped, as then
+        if not isinstance(data, Mapping):
+            return data
+        try:
+            accepted = optimizer_options(str(data.get("name", "sgd")))
+        except ValueError:
+            return data  # the name's own error follows
+        return {k: v for k, v in data.items() if k not in LEGACY_OPTIONS or k in accepted}
+
     @model_validator(mode="after")
     def _own_options(self) -> OptimizerConfig:
+        accepted = [*type(self).model_fields, *optimizer_options(self.name)]
+        for key in self.model_extra or {}:
+            if key not in accepted and key not in ("foreach", "fused"):
+                raise ValueError(f"unknown key 'optimizer.{key}'{did_you_mean(key, accepted)} "
+                                 f"(options of {self.name!r}: {', '.join(optimizer_options(self.name))})")
         try:
             check_options("optimizer", self.name, dict(self.model_extra or {}))
         except ValueError as exc:

@@ -199,7 +199,7 @@ def check_detection_config(config: Any) -> None:
             raise ValueError(f"model.{given[0]} applies to task: detection only; got task: {config.task}")
         if config.loss == "none":
             raise ValueError(f"loss 'none' is for task: detection; got task: {config.task}")
-        if config.data.augment in ("flip", "photometric", "ssd"):
+        if config.data.augment in ("photometric", "ssd"):
             raise ValueError(f"data.augment {config.data.augment!r} is for task: detection; got task: {config.task}")
         return
     problems = []

@@ -143,7 +143,10 @@ def init_from_env(device: torch.device, *, timeout_s: float | None = None) -> Di
             )
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         torch.cuda.set_device(local)
-    kwargs = {"device_id": torch.device("cuda", local)} if backend == "nccl" else {}
+    kwargs: dict[str, object] = {"device_id": torch.device("cuda", local)} if backend == "nccl" else {}
+    store = _restart_store(rank, world, datetime.timedelta(seconds=timeout))
+    if store is not None:
+        kwargs["store"] = store
     dist.init_process_group(
         backend=backend,
         rank=rank,
@@ -155,6 +158,32 @@ def init_from_env(device: torch.device, *, timeout_s: float | None = None) -> Di
         atexit.register(_destroy_owned_group)
     _owned_group = True
     return DistContext(rank=rank, world_size=world, local_rank=local, backend=backend)
+
+
+def _restart_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """After a torchrun restart, the rendezvous store under a prefix of this attempt; else None.
+
+    torchrun's agent keeps one store for all attempts of a launch, and the process group's keys
+    do not name the attempt: a restarted rank 0 can read the address a dead rank published in the
+    previous attempt and fail with ``connectFullMesh ... Connection refused`` (seen on CPU/gloo,
+    torch 2.14, under load). A prefix per ``TORCHELASTIC_RESTART_COUNT`` keeps attempts apart.
+    """
+    try:
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    except ValueError:
+        return None
+    if restarts <= 0 or "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        return None
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts it
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=not agent and rank == 0,
+        timeout=timeout,
+        multi_tenant=not agent,
+    )
+    return dist.PrefixStore(f"strop/attempt_{restarts}", store)
 
 
 def _destroy_owned_group() -> None:

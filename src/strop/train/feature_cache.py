@@ -60,6 +60,10 @@ def cache_decision(
         return False, "feature_cache is off"
     if config.task == "detection":
         return False, "detection trains the whole detector on lists of images"
+    from strop.train.recipe_run import cache_blocker
+
+    if (why := cache_blocker(config)) is not None:
+        return False, why
     if config.task != "classification":
         return (
             False,
@@ -78,7 +82,7 @@ def cache_decision(
             False,
             "not used in distributed runs (each rank would cache its own shard); training uncached",
         )
-    if config.compile:
+    if config.compile is True:
         return False, "compile is on; the cached path trains an uncompiled head"
     return (
         True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,21 +14,34 @@ from strop.train.config import Config, config_from_dict
 from strop.train.setup import build_parts, load_datasets, resolve_device
 from strop.train.tasks import build_task
 
-__all__ = ["evaluate_run", "export_weights", "load_run_model", "lr_find_config", "predict_images"]
+__all__ = ["checkpoint_path", "evaluate_run", "export_weights", "load_run_model", "lr_find_config", "predict_images"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def checkpoint_path(run_dir: str | Path, checkpoint: str = "best") -> Path:
+    """The checkpoint file ``checkpoint`` names: ``"best"`` is the weights ``run.json`` says
+    validated best (``weights.checkpoint``: the raw best, the EMA's best or SWA's), ``"last"``
+    and any other name the file ``checkpoints/<name>.pt``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    if checkpoint == "best":
+        choices = run_dir / "run.json"
+        weights = json.loads(choices.read_text()).get("weights") if choices.is_file() else None
+        if weights and (run_dir / weights["checkpoint"]).is_file():
+            return run_dir / weights["checkpoint"]
+    return run_dir / "checkpoints" / f"{checkpoint}.pt"
 
 
 def load_run_model(
     run_dir: str | Path, checkpoint: str = "best"
 ) -> tuple[nn.Module, Config, dict[str, Any]]:
-    """``(model in eval mode, config, checkpoint dict)`` from a run folder."""
+    """``(model in eval mode, config, checkpoint dict)`` from a run folder (see
+    :func:`checkpoint_path` for which weights ``"best"`` is)."""
     from strop import finetune
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder not found: {run_dir}")
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    path = checkpoint_path(run_dir, checkpoint)
     ck = load_checkpoint(path)
     config = config_from_dict(ck["config"], source=str(path))
     if config.task == "detection":
@@ -40,11 +54,25 @@ def load_run_model(
     return model.eval(), config, ck
 
 
-def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best") -> dict[str, float]:
-    """Validation metrics of a run's checkpoint (the same split the run validated on)."""
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    checkpoint: str = "best",
+    tta: bool = False,
+    diagnostics: str | Path | None = None,
+) -> dict[str, float]:
+    """Validation metrics of a run's checkpoint (the same split the run validated on).
+
+    ``tta``: also the metrics with test-time augmentation (``*_tta``) and the gain over the plain
+    model (``*_tta_gain``: TTA minus plain), see :func:`strop.train.tta_run.tta_views`.
+    ``diagnostics``: a folder for the confusion matrix / per-class table / top losses (or the
+    segmentation table and overlays) of this checkpoint (:mod:`strop.train.review`).
+    """
     from strop.losses import build
     from strop.precision import resolve
     from strop.train.loop import evaluate
+    from strop.train.recipe_run import loss_spec
+    from strop.train.tta_run import TTAModel, tta_views
 
     model, config, _ = load_run_model(run_dir, checkpoint)
     if config.task == "detection":
@@ -52,16 +80,26 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best") -> dict[str, 
 
         return evaluate_detector_run(run_dir, checkpoint=checkpoint, loaded=(model, config))
     device = resolve_device(config.device)
-    _, val_ds, _, n = load_datasets(config)
+    train_ds, val_ds, classes, n = load_datasets(config)
     loader = _loader(config, val_ds, device, shuffle=False)
-    return evaluate(
-        model.to(device),
-        build(config.loss),
-        loader,
-        task=build_task(config.task, n),
-        precision=resolve(config.precision, device),
-        device=device,
-    )
+    task = build_task(config.task, n)
+    loss_fn = build(loss_spec(config, train_ds))
+    precision = resolve(config.precision, device)
+    model = model.to(device)
+    metrics = evaluate(model, loss_fn, loader, task=task, precision=precision, device=device)
+    if tta:
+        tta_model = TTAModel(model, **tta_views(config, task))
+        with_tta = evaluate(tta_model, loss_fn, loader, task=task, precision=precision, device=device)
+        for key, value in with_tta.items():
+            metrics[f"{key}_tta"] = value
+            metrics[f"{key}_tta_gain"] = value - metrics[key]
+    if diagnostics is not None:
+        from strop.precision import MixedPrecision
+        from strop.train.review import write_diagnostics
+
+        write_diagnostics(model, val_ds, task, classes, diagnostics, device=device,
+                          batch_size=config.data.batch_size, amp=MixedPrecision(precision))
+    return metrics
 
 
 def _loader(config: Config, dataset: Any, device: torch.device, *, shuffle: bool) -> Any:
@@ -87,10 +125,13 @@ def expand_images(paths: list[str]) -> list[Path]:
 
 @torch.no_grad()
 def predict_images(
-    run_dir: str | Path, images: list[str], *, checkpoint: str = "best"
+    run_dir: str | Path, images: list[str], *, checkpoint: str = "best", tta: bool = False
 ) -> list[dict[str, Any]]:
-    """``[{"path", "class", "probability"}]`` for each image (classification runs)."""
+    """``[{"path", "class", "probability"}]`` for each image (classification runs); ``tta``
+    averages the probabilities over the flipped views (:func:`strop.train.tta_run.tta_views`)."""
     from strop.data import load_image_tensor
+    from strop.train.tta import tta_predict
+    from strop.train.tta_run import tta_views
 
     model, config, ck = load_run_model(run_dir, checkpoint)
     if config.task != "classification":
@@ -101,7 +142,10 @@ def predict_images(
     rows = []
     for path in expand_images(list(images)):
         x = load_image_tensor(path, image_size=config.data.image_size)
-        probs = torch.softmax(model(x[None]).float(), dim=1)[0]
+        if tta:
+            probs = tta_predict(model, x[None], **tta_views(config, build_task(config.task, len(classes))))[0]
+        else:
+            probs = torch.softmax(model(x[None]).float(), dim=1)[0]
         p, i = probs.max(0)
         rows.append(
             {"path": str(path), "class": classes[int(i)], "probability": round(float(p), 6)}
@@ -118,7 +162,7 @@ def export_weights(
 ) -> Path:
     """Write the model's weights alone; safetensors is recommended (loading it runs no code)."""
     run_dir = Path(run_dir)
-    ck = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
+    ck = load_checkpoint(checkpoint_path(run_dir, checkpoint))
     state = {k: v.contiguous() for k, v in ck["model"].items()}
     path = Path(out) if out else run_dir / f"model.{fmt}"
     if fmt == "safetensors":
@@ -159,7 +203,7 @@ def lr_find_config(
     memory_format = resolve_memory_format(config.memory_format, device, precision)
     train_ds, _, _, n = load_datasets(config)
     task = build_task(config.task, n)
-    model, loss_fn, optimizer = build_parts(config, n)
+    model, loss_fn, optimizer = build_parts(config, n, train_ds)
     model = model.to(device, memory_format=memory_format)
     loader = _loader(config, train_ds, device, shuffle=True)
 

@@ -15,6 +15,7 @@ Neither prints: callbacks do.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from strop.train.distributed import all_reduce_sum
+from strop.train.recipe_run import mix as mix_batch
 from strop.train.tasks import Task, build_task
 
 __all__ = ["NonFiniteLossError", "TrainState", "current_lr", "evaluate", "train_one_epoch"]
@@ -71,6 +74,11 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(float(g["lr"]) for g in optimizer.param_groups)
 
 
+def lowest_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The smallest param-group LR (the earliest backbone layers with discriminative LRs)."""
+    return min(float(g["lr"]) for g in optimizer.param_groups)
+
+
 def _first_bad_grad(model: nn.Module) -> str | None:
     for name, p in model.named_parameters():
         if p.grad is not None and not torch.isfinite(p.grad).all():
@@ -78,9 +86,24 @@ def _first_bad_grad(model: nn.Module) -> str | None:
     return None
 
 
-def _optimizer_step(run: Any, state: TrainState) -> None:
-    """One optimizer step at an accumulation boundary; the schedule follows every attempt."""
+def _optimizer_step(run: Any, state: TrainState, local_bad: bool = False) -> None:
+    """One optimizer step at an accumulation boundary; the schedule follows every attempt.
+
+    ``local_bad``: a micro-batch of this group had a non-finite loss here. Under DDP with
+    ``nonfinite: skip`` every rank learns it (one scalar all-reduce) and all skip the step
+    together: the all-reduced gradient alone may hide it (a ReLU that is off everywhere turns the
+    NaN into 0)."""
     config = run.config
+    ctx = getattr(run, "ctx", None)
+    if ctx is not None and ctx.enabled and config.nonfinite == "skip":
+        flag = all_reduce_sum(torch.tensor([1.0 if local_bad else 0.0], dtype=torch.float64), ctx)
+        if float(flag.item()) > 0:
+            state.nonfinite_batches += 0 if local_bad else 1  # the bad rank counted its batch
+            run.optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            if run.schedule is not None:
+                run.schedule.on_optimizer_step()
+            return
     result = run.amp.optimizer_step(
         run.optimizer, clip_grad_norm=config.clip_grad_norm, check_finite=True
     )
@@ -99,11 +122,29 @@ def _optimizer_step(run: Any, state: TrainState) -> None:
         run.schedule.on_optimizer_step()
 
 
+class _BufferSnapshot:
+    """The module's buffers (BatchNorm running statistics and counters) before a forward pass,
+    kept in tensors allocated once and refreshed with one ``_foreach_copy_`` per batch, so that a
+    skipped non-finite batch leaves them exactly as they were."""
+
+    def __init__(self, buffers: list[Tensor]) -> None:
+        self.buffers = buffers
+        self.saved = [torch.empty_like(b) for b in buffers]
+
+    def take(self) -> None:
+        torch._foreach_copy_(self.saved, self.buffers)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        torch._foreach_copy_(self.buffers, self.saved)
+
+
 def _micro_batch(
-    run: Any, batch: Any, state: TrainState, group: int, buffers: list[Tensor]
+    run: Any, batch: Any, state: TrainState, group: int, snapshot: _BufferSnapshot | None
 ) -> tuple[float, int]:
     """Forward, loss and backward of one batch; returns ``(loss value, batch size)``."""
-    saved = [b.clone() for b in buffers]
+    if snapshot is not None:
+        snapshot.take()
     with run.amp.autocast():
         loss, main = run.task.forward_loss(
             run.module, run.loss_fn, batch, run.config.model.aux_weight
@@ -111,8 +152,12 @@ def _micro_batch(
     state.batch_in_epoch += 1
     value, n = float(loss.detach()), run.task.batch_size(batch)
     sums = state.epoch_sums
+    if not math.isfinite(value) and run.config.nonfinite == "skip" and run.ctx.enabled:
+        # the other ranks are in this step's gradient all-reduce: take part in it (with NaN
+        # gradients); the step is then skipped on every rank (see _optimizer_step)
+        run.amp.backward(loss * float("nan"))
     if math.isfinite(value):
-        run.amp.backward(loss / group)
+        run.amp.backward(loss / group if group > 1 else loss)
         sums["loss"] += value * n
         sums["count"] += n
         sums["correct"] += run.task.train_counts(main, batch)
@@ -123,10 +168,15 @@ def _micro_batch(
         )
     else:
         state.nonfinite_batches += 1
-        with torch.no_grad():  # a NaN forward already wrote NaN into BatchNorm's running stats
-            for buf, old in zip(buffers, saved, strict=True):
-                buf.copy_(old)
+        if snapshot is not None:  # a NaN forward already wrote NaN into BatchNorm's running stats
+            snapshot.restore()
     return value, n
+
+
+def _grad_sync(module: nn.Module, syncs: bool) -> contextlib.AbstractContextManager[Any]:
+    """DDP's ``no_sync()`` for a micro-batch that does not end an accumulation group."""
+    no_sync = getattr(module, "no_sync", None)
+    return contextlib.nullcontext() if syncs or no_sync is None else no_sync()
 
 
 def train_one_epoch(
@@ -147,19 +197,28 @@ def train_one_epoch(
     accum, total = run.config.accumulation_steps, run.batches_per_epoch
     parts_of = getattr(run.loss_fn, "parts", None) is not None
     buffers = list(run.module.buffers()) if run.config.nonfinite == "skip" else []
+    snapshot = _BufferSnapshot(buffers) if buffers else None
     run.optimizer.zero_grad(set_to_none=True)
     tic = time.perf_counter()
+    group_bad = False  # a non-finite loss in the current accumulation group (on this rank)
     for batch in run.loader:
         batch = run.task.to_device(batch, run.device, run.memory_format)
+        batch = mix_batch(run, batch)  # Mixup/CutMix: soft targets (recipe_run)
         # the epoch's last accumulation group may be short: average over the batches it has
         group = min(accum, total - (state.batch_in_epoch // accum) * accum)
-        value, n = _micro_batch(run, batch, state, group, buffers)
+        # DDP all-reduces the gradients once per optimizer step, not once per micro-batch
+        syncs = (state.batch_in_epoch + 1) % accum == 0 or state.batch_in_epoch + 1 == total
+        with _grad_sync(run.module, syncs):
+            value, n = _micro_batch(run, batch, state, group, snapshot)
+        group_bad = group_bad or not math.isfinite(value)
         at_boundary = state.batch_in_epoch % accum == 0 or state.batch_in_epoch == total
-        lr = current_lr(run.optimizer)  # the LR this step uses, before the schedule moves it
+        # the LRs this step uses, before the schedule moves them
+        lr, lr_min = current_lr(run.optimizer), lowest_lr(run.optimizer)
         if at_boundary:
-            _optimizer_step(run, state)
+            _optimizer_step(run, state, group_bad)
+            group_bad = False
         now = time.perf_counter()
-        logs = {"loss": value, "lr": lr, "images_per_s": n / max(now - tic, 1e-9)}
+        logs = {"loss": value, "lr": lr, "lr_min": lr_min, "images_per_s": n / max(now - tic, 1e-9)}
         if parts_of:  # strop's CombinedLoss: each part logged beside the sum
             logs.update({f"loss_{k}": float(v) for k, v in run.loss_fn.parts.items()})
         tic = now

@@ -24,6 +24,8 @@ from strop.train.config import Config
 from strop.train.distributed import DistContext, barrier, wrap_model
 from strop.train.feature_cache import TensorBatches, cache_decision, extract_features
 from strop.train.metrics import check_monitor
+from strop.train.recipe_run import attach as attach_recipe
+from strop.train.recipe_run import build_train_sampler, loss_spec
 from strop.train.rundir import RunDir
 from strop.train.sampler import ResumableSampler
 from strop.train.state import UnfreezeProgress
@@ -65,6 +67,13 @@ class Run:
     classes: list[str] | None
     paths: RunDir
     choices: dict[str, Any] = field(default_factory=dict)
+    # model state keys that never change (the frozen backbone under the feature cache): stored
+    # once beside the checkpoints and referenced by hash (strop.train.checkpoint)
+    frozen_keys: frozenset[str] | None = None
+    ema: Any | None = None  # strop.train.recipe_run.AveragedWeights
+    swa: Any | None = None  # strop.train.swa.SWA
+    mixer: Any | None = None  # strop.data.mixing.BatchMix
+    val_images: Any | None = None  # the validation images (diagnostics), also with cached features
 
     @property
     def num_classes(self) -> int:
@@ -80,10 +89,14 @@ class Run:
             "state": state,
             "unfreeze": self.unfreeze,
             "model": self.model,
+            "swa": self.swa,  # before the optimizer: a restored SWALR sets LRs the optimizer then restores
             "optimizer": self.optimizer,
             "scheduler": self.schedule,
             "amp": self.amp,
             "early_stopping": self.early,
+            "ema": self.ema,
+            "mixer": self.mixer,
+            "sampler": self.sampler if hasattr(self.sampler, "state_dict") else None,
         }
 
     def metadata(self) -> dict[str, Any]:
@@ -132,6 +145,9 @@ def load_datasets(config: Config) -> tuple[Any, Any, list[str] | None, int]:
         strict=d.strict,
         cache=None if d.cache == "none" else d.cache,
         val_folder=d.val_folder,
+        hflip=d.hflip,
+        color_jitter=d.color_jitter,
+        random_erasing=d.random_erasing,
     )
     root = resolve_root(d.root)
     classes: list[str] | None = None
@@ -161,8 +177,11 @@ def load_datasets(config: Config) -> tuple[Any, Any, list[str] | None, int]:
     return train_ds, val_ds, classes, n
 
 
-def build_parts(config: Config, num_classes: int) -> tuple[nn.Module, Any, torch.optim.Optimizer]:
-    """``(model, loss_fn, optimizer)`` from the config (no schedule: it needs the loader size)."""
+def build_parts(
+    config: Config, num_classes: int, train_ds: Any = None
+) -> tuple[nn.Module, Any, torch.optim.Optimizer]:
+    """``(model, loss_fn, optimizer)`` from the config (no schedule: it needs the loader size);
+    ``train_ds`` counts the classes for ``loss weight: auto``."""
     from strop import finetune, losses
 
     if config.task == "detection":
@@ -191,7 +210,7 @@ def build_parts(config: Config, num_classes: int) -> tuple[nn.Module, Any, torch
         # the head-only phase starts now, so the optimizer's first groups hold the head alone and the
         # plan adds the backbone at lr × lr_mult when it unfreezes it
         unfreeze_plan(config).on_epoch_start(0, model)
-    return model, losses.build(config.loss), build_optimizer(config, model)
+    return model, losses.build(loss_spec(config, train_ds)), build_optimizer(config, model)
 
 
 def unfreeze_plan(config: Config) -> Any:
@@ -207,8 +226,9 @@ def unfreeze_plan(config: Config) -> Any:
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD / Adam / AdamW over ``finetune.param_groups`` (head LR multiplier, layer decay)."""
-    from strop import finetune
+    """The config's ``torch.optim`` optimizer by name (:func:`strop.optim.build_optimizer`) over
+    ``finetune.param_groups`` (head LR multiplier, layer decay, no decay on norms/biases)."""
+    from strop import finetune, optim
 
     o = config.optimizer
     lr = o.lr
@@ -222,11 +242,10 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
         layer_decay=o.layer_decay,
         weight_decay=o.weight_decay,
     )
-    if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
-    if o.name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=o.betas)
-    return torch.optim.AdamW(groups, lr=lr, betas=o.betas)
+    return optim.build_optimizer(
+        o.name, groups, lr=lr, weight_decay=o.weight_decay, implementation=o.implementation,
+        **o.options(),
+    )
 
 
 def build_schedule(config: Config, optimizer: Any, steps_per_epoch: int) -> Any:
@@ -302,6 +321,7 @@ def build_run(
     """Build every part of the run ``config`` describes, for this process (see the module doc)."""
     from strop.finetune.build import load_summary
     from strop.precision import MixedPrecision, resolve, resolve_memory_format
+    from strop.train.autocompile import maybe_compile
 
     precision = resolve(config.precision, device)
     memory_format = resolve_memory_format(config.memory_format, device, precision)
@@ -309,12 +329,10 @@ def build_run(
         memory_format = torch.contiguous_format
     train_ds, val_ds, classes, task = _data(config, ctx)
     per_rank_batch = config.data.batch_size // ctx.world_size
-    sampler = ResumableSampler(
-        train_ds, ctx=ctx, seed=config.seed, shuffle=True, batch_size=per_rank_batch
-    )
+    sampler = build_train_sampler(config, train_ds, ctx, per_rank_batch)
     batches_per_epoch = math.ceil(len(sampler) / per_rank_batch)
     steps_per_epoch = math.ceil(batches_per_epoch / config.accumulation_steps)
-    model, loss_fn, optimizer = build_parts(config, task.num_classes)
+    model, loss_fn, optimizer = build_parts(config, task.num_classes, train_ds)
     loaded = load_summary(model)
     if loaded:
         log(loaded)
@@ -337,12 +355,15 @@ def build_run(
     )
     # fmt: on
     run.choices = _choices(run, precision, per_rank_batch)
+    run.val_images = val_ds
+    attach_recipe(run, log)
     log(
         f"precision: {precision.name} ({precision.reason}); memory format: {run.choices['memory_format']}"
     )
     train_ds, val_ds = _training_module(run, train_ds, val_ds, per_rank_batch, log)
     _loaders(run, train_ds, val_ds, per_rank_batch)
     task.attach(run, train_ds)
+    maybe_compile(run, log)  # compile: false | true | auto (a short probe decides)
     return run
 
 
@@ -369,10 +390,12 @@ def _training_module(
             )
             for ds in (train_ds, val_ds)
         )
-        run.sampler = ResumableSampler(
-            train_ds, ctx=run.ctx, seed=config.seed, shuffle=True, batch_size=batch
-        )
+        run.sampler = build_train_sampler(config, train_ds, run.ctx, batch)
         run.module = head
+        head_tensors = {id(t) for t in head.state_dict(keep_vars=True).values()}
+        run.frozen_keys = frozenset(
+            k for k, t in run.model.state_dict(keep_vars=True).items() if id(t) not in head_tensors
+        )
         choices["feature_cache"] = True
         log(
             f"feature cache: used — {why} ({len(train_ds) + len(val_ds)} items in "
@@ -384,13 +407,6 @@ def _training_module(
     run.module = wrap_model(
         run.model, run.ctx, device=run.device, sync_batchnorm=config.sync_batchnorm
     )
-    if config.compile:
-        try:
-            run.module = torch.compile(run.module)
-            choices["compile"] = True
-        except Exception as exc:  # compile support varies by platform; training must not
-            log(f"torch.compile unavailable ({type(exc).__name__}: {exc}); training uncompiled")
-            choices["compile_fallback"] = f"{type(exc).__name__}: {exc}"
     return train_ds, val_ds
 
 

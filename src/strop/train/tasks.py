@@ -119,7 +119,10 @@ class Classification(Task):
     def train_counts(self, main: Tensor, batch: Any) -> float:
         if main.dim() != 2:
             return 0.0
-        return float((main.detach().argmax(1) == batch[1]).sum())
+        y = batch[1]
+        if y.is_floating_point():  # Mixup/CutMix soft targets: scored against their argmax
+            y = y.argmax(1)
+        return float((main.detach().argmax(1) == y).sum())
 
     def val_totals(self) -> Tensor:
         return torch.zeros(4, dtype=torch.float64)  # loss·count, count, top-1 and top-5 correct

@@ -22,18 +22,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import yaml
 from torch import nn
 
 from strop.data.roots import resolve_root as bundled_root
 from strop.train import callbacks as cb
+from strop.train import recipe_run
 from strop.train.checkpoint import load_checkpoint, save_checkpoint
 from strop.train.config import Config
 from strop.train.distributed import DistContext, all_reduce_sum, init_from_env
-from strop.train.loop import TrainState, current_lr, train_one_epoch
+from strop.train.loop import TrainState, current_lr, lowest_lr, train_one_epoch
 from strop.train.loop import evaluate as evaluate_model
 from strop.train.metrics import is_better
 from strop.train.rundir import RunDir, read_metrics
+from strop.train.runfolder import RunClaim, RunInUseError, claim_run_dir, elastic_restart
 from strop.train.sampler import ResumableSampler
 from strop.train.setup import Run, build_parts, build_run, build_schedule, resolve_device
 from strop.train.signals import stop_on_signals
@@ -74,39 +77,37 @@ def fit(
     config: Config,
     *,
     resume: bool = False,
+    exist_ok: bool = False,
     callbacks: Sequence[Any] = (),
     log: Callable[[str], None] | None = None,
 ) -> RunResult:
-    """Train as ``config`` says; returns a :class:`RunResult`. See the module docstring."""
+    """Train as ``config`` says; returns a :class:`RunResult`. See the module docstring.
+
+    The run folder is claimed first (:func:`claim_folder`): a new run never writes into a folder
+    that holds another run (it goes to ``output-2``, ... unless ``exist_ok``), and the folder is
+    locked for the whole of ``fit``. Under torchrun with restarts a restarted worker resumes from
+    ``last.pt`` by itself.
+    """
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
     ctx, device = start_process(config)
     log = (log or _log_default) if ctx.is_main else _silent
-    paths = RunDir(Path(config.output))
-    if resume and not paths.last.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {paths.last}; start without --resume")
-
-    run = build_run(config, ctx, device, log)
-    state = TrainState()
-    if resume:
-        restore(run, state, log)
-    history = read_history(run, state) if resume else []
-    cbs = [*_run_callbacks(run), *([run.early] if run.early is not None else []), *callbacks]
-    on_step = functools.partial(after_step, run)
-
-    cb.call(cbs, "on_fit_start", state)
+    if resume and not RunDir(Path(config.output)).last.is_file():
+        raise FileNotFoundError(
+            f"--resume: no checkpoint at {RunDir(Path(config.output)).last}; start without --resume"
+        )
+    claim, config, resume = claim_folder(config, ctx, resume=resume, exist_ok=exist_ok, log=log)
     try:
-        with stop_on_signals(state):
-            while state.epoch < config.epochs and not state.should_stop:
-                epoch_t0 = time.perf_counter()
-                train_logs = run_epoch(run, state, cbs, on_step)
-                if train_logs is None:
-                    break  # interrupted (a checkpoint was saved) or a callback stopped mid-epoch
-                history.append(end_epoch(run, state, cbs, train_logs, epoch_t0))
+        run = build_run(config, ctx, device, log)
+        state = TrainState()
+        if resume:
+            restore(run, state, log)
+        history = read_history(run, state) if resume else []
+        cbs = [*_run_callbacks(run), *([run.early] if run.early is not None else []), *callbacks]
+        train_epochs(run, state, cbs, history)
+        finish(run, state, history, log)
     finally:
-        cb.call(cbs, "on_fit_end", state)  # closes the CSV log even when training raised
-
-    finish(run, state, history, log)
+        claim.release()
     return RunResult(
         run_dir=run.paths.root,
         history=history,
@@ -117,6 +118,81 @@ def fit(
         interrupted=state.interrupted,
         choices=run.choices,
     )
+
+
+def train_epochs(
+    run: Run, state: TrainState, cbs: list[Any], history: list[dict[str, float]]
+) -> None:
+    """The epoch loop: train, validate, checkpoint, until the last epoch, a stop or a signal."""
+    on_step = functools.partial(after_step, run, cbs=cbs)
+    cb.call(cbs, "on_fit_start", state)
+    try:
+        with stop_on_signals(state):
+            while state.epoch < run.config.epochs and not state.should_stop:
+                epoch_t0 = time.perf_counter()
+                train_logs = run_epoch(run, state, cbs, on_step)
+                if train_logs is None:
+                    break  # interrupted (a checkpoint was saved) or a callback stopped mid-epoch
+                history.append(end_epoch(run, state, cbs, train_logs, epoch_t0))
+    finally:
+        cb.call(cbs, "on_fit_end", state)  # closes the CSV log even when training raised
+
+
+def claim_folder(
+    config: Config, ctx: DistContext, *, resume: bool, exist_ok: bool, log: Callable[[str], None]
+) -> tuple[RunClaim | _NoClaim, Config, bool]:
+    """Global rank 0 claims and locks the run folder (:func:`~strop.train.runfolder.claim_run_dir`)
+    and tells the other ranks which one, before anything is written; returns ``(claim, config
+    with output = that folder, resume)``. A worker that torchrun restarted resumes from
+    ``last.pt`` by itself (or starts again in the same folder when none was saved yet)."""
+    claim: RunClaim | _NoClaim = _NoClaim()
+    message: list[Any] = [None, None, False]  # folder, refusal, restarted by torchrun
+    failure: Exception | None = None
+    if ctx.is_main:
+        try:
+            claim = _claim_with_retry(config.output, resume=resume, exist_ok=exist_ok)
+            message = [str(claim.folder), None, claim.resumed_by_restart]
+        except (RunInUseError, OSError) as exc:
+            failure, message = exc, [None, str(exc), False]
+    if ctx.enabled:  # every rank learns the folder (or the refusal) before any rank writes
+        dist.broadcast_object_list(message, src=0)
+    folder, refusal, restarted = message
+    if failure is not None:
+        raise failure
+    if refusal is not None:
+        raise RunInUseError(f"rank 0 could not claim the run folder: {refusal}")
+    if isinstance(claim, RunClaim) and claim.note:
+        log(claim.note)
+    log(f"run folder: {folder}")
+    if restarted:
+        has_last = RunDir(Path(folder)).last.is_file()
+        resume = resume or has_last
+        log(f"restarted by torchrun (TORCHELASTIC_RESTART_COUNT={elastic_restart()[1]}): "
+            + ("resuming from checkpoints/last.pt" if has_last else "no checkpoint yet, starting again")
+            + f" in {folder}")
+    if folder != config.output:
+        config = config.model_copy(update={"output": folder})
+    return claim, config, resume
+
+
+def _claim_with_retry(output: str, *, resume: bool, exist_ok: bool) -> RunClaim:
+    """:func:`claim_run_dir`; a restarted torchrun worker waits up to 30 s for the lock of its
+    folder, which the previous attempt's rank 0 may still hold while torchrun stops it."""
+    deadline = time.monotonic() + (30.0 if elastic_restart()[1] > 0 else 0.0)
+    while True:
+        try:
+            return claim_run_dir(output, resume=resume, exist_ok=exist_ok)
+        except RunInUseError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
+class _NoClaim:
+    """What ranks other than 0 hold: nothing to release."""
+
+    def release(self) -> None:
+        pass
 
 
 def start_process(config: Config) -> tuple[DistContext, torch.device]:
@@ -132,6 +208,8 @@ def run_epoch(run: Run, state: TrainState, cbs: list[Any], on_step: Any) -> dict
     """Train one epoch (or its rest, after a mid-epoch resume); None when it did not finish."""
     if run.unfreeze is not None and state.batch_in_epoch == 0:
         run.unfreeze.on_epoch_start(state.epoch)
+        _record_trainable(run, state)
+    recipe_run.on_epoch_start(run, state)
     run.sampler.set_position(state.epoch, state.batch_in_epoch)
     generator = getattr(run.loader, "generator", None)
     if isinstance(generator, torch.Generator):
@@ -171,7 +249,8 @@ def end_epoch(
         run.val_loader,
         reduce=functools.partial(all_reduce_sum, ctx=ctx) if ctx.enabled else None,
     )
-    logs = {**train_logs, **val_logs, "lr": current_lr(run.optimizer)}
+    val_logs.update(recipe_run.after_validation(run, state))  # EMA metrics; SWA averaging
+    logs = {**train_logs, **val_logs, "lr": current_lr(run.optimizer), "lr_min": lowest_lr(run.optimizer)}
     if run.schedule is not None:
         run.schedule.on_epoch_end(logs.get(config.monitor_metric))
     logs["epoch_seconds"] = time.perf_counter() - t0
@@ -201,7 +280,7 @@ def end_epoch(
                 "epoch": state.epoch,
                 "metrics": logs,
             },
-            run.paths.best,
+            run.paths.best,  # self-contained: best.pt is what users copy and load elsewhere
         )
     save_last(run, state)
     return row
@@ -218,11 +297,13 @@ def save_last(run: Run, state: TrainState) -> None:
     if run.ctx.is_main:
         payload = {**dump_state(run.stateful(state)), **run.metadata()}
         payload["state"]["epoch_sums"] = dict(sums)
-        save_checkpoint(payload, run.paths.last)
+        save_checkpoint(payload, run.paths.last, shared_model_keys=run.frozen_keys)
 
 
-def after_step(run: Run, state: TrainState) -> None:
-    """After each optimizer step: agree on a stop across ranks; save every N steps or on a signal."""
+def after_step(run: Run, state: TrainState, cbs: Sequence[Any] = ()) -> None:
+    """After each optimizer step: agree on a stop across ranks; save every N steps or on a signal
+    (``on_checkpoint`` first: the CSV log flushes the rows the checkpoint covers)."""
+    recipe_run.after_step(run)  # EMA update, before any checkpoint of this step
     if run.ctx.enabled:
         # a signal may reach one rank first: all ranks stop at the same step or DDP would hang
         stop = _any_rank(bool(state.interrupted), run.ctx)
@@ -231,6 +312,7 @@ def after_step(run: Run, state: TrainState) -> None:
         state.should_stop = state.should_stop or stop
     n = run.config.checkpoint_every_steps
     if state.interrupted or (n and state.step % n == 0):
+        cb.call(list(cbs), "on_checkpoint", state)
         save_last(run, state)
 
 
@@ -278,6 +360,7 @@ def finish(
     run: Run, state: TrainState, history: list[dict[str, float]], log: Callable[[str], None]
 ) -> None:
     """Plots, and one line for each thing the user should know about the run's end."""
+    recipe_run.finish(run, state, log)  # SWA batchnorm, the weights to use, diagnostics
     if run.ctx.is_main and history:
         from strop.train.report import plot_run
 
@@ -303,7 +386,7 @@ def _run_callbacks(run: Run) -> list[Any]:
     # a combined loss ({dice: 1, bce: 1}) logs each part per step: loss_dice, loss_bce
     names = run.task.metric_names() + [
         f"loss_{name}" for name in getattr(run.loss_fn, "losses", {})
-    ]
+    ] + recipe_run.extra_metric_names(run)
     out: list[Any] = [
         cb.CSVLogger(paths.metrics, names),
         cb.ProgressBar(run.config.epochs, run.batches_per_epoch, enabled=run.config.progress),
@@ -343,6 +426,18 @@ def _global_train_logs(
     if "train_accuracy" in logs:
         out["train_accuracy"] = correct / max(count, 1.0)
     return out
+
+
+def _record_trainable(run: Run, state: TrainState) -> None:
+    """Gradual unfreezing changes what trains: ``run.json`` keeps the trainable count per epoch
+    where it changed (``trainable_params`` is the first epoch's)."""
+    count = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    by_epoch = run.choices.setdefault("trainable_params_by_epoch", {})
+    if by_epoch and list(by_epoch.values())[-1] == count:
+        return
+    by_epoch[str(state.epoch + 1)] = count
+    if run.ctx.is_main and run.paths.root.is_dir() and (run.paths.root / "run.json").exists():
+        (run.paths.root / "run.json").write_text(json.dumps(run.choices, indent=2))
 
 
 def _any_rank(flag: bool, ctx: DistContext) -> bool:

@@ -1,0 +1,14 @@
+"""Suite-wide settings: hypothesis runs a fixed, reproducible set of examples.
+
+The ``ci`` profile (the default) derandomizes hypothesis, so a failure in CI reproduces on any
+machine with the same code; ``HYPOTHESIS_PROFILE=explore`` draws fresh random examples locally
+(hypothesis then prints the ``@reproduce_failure`` blob of a failing example).
+"""
+
+import os
+
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
