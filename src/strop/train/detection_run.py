@@ -269,7 +269,7 @@ def build_detector_from(config: Any, num_classes: int, weights: Any) -> nn.Modul
 
 
 def build_detection_parts(config: Any, num_classes: int) -> tuple[nn.Module, DetectionLoss, torch.optim.Optimizer]:
-    """``(detector, DetectionLoss, optimizer)``: SGD/Adam/AdamW over ``detector_param_groups``
+    """``(detector, DetectionLoss, optimizer)``: the config's optimizer over ``detector_param_groups``
     (backbone and neck at ``optimizer.lr``, heads at ``lr × head_lr_mult``; no decay on norms and
     biases)."""
     from strop.finetune.detection import detector_param_groups
@@ -279,10 +279,9 @@ def build_detection_parts(config: Any, num_classes: int) -> tuple[nn.Module, Det
     lr = o.lr * (config.data.batch_size * config.accumulation_steps / 256 if config.scale_lr else 1.0)
     groups = detector_param_groups(model, lr * o.head_lr_mult, backbone_lr_mult=1 / o.head_lr_mult,
                                    neck_lr_mult=1 / o.head_lr_mult, weight_decay=o.weight_decay)
-    if o.name == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
-    elif o.name == "adam":
-        optimizer = torch.optim.Adam(groups, lr=lr, betas=o.betas)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=o.betas)
+    from strop import optim
+
+    optimizer = optim.build_optimizer(
+        o.name, groups, lr=lr, weight_decay=o.weight_decay, implementation=o.implementation, **o.options()
+    )
     return model, DetectionLoss(config.model.name), optimizer
