@@ -94,7 +94,7 @@ def test_label_offset_round_trips(name, offset):
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    root = write_shapes_detection(tmp_path_factory.mktemp("shapes"), n_train=12, n_val=4, size=96)
+    root = write_shapes_detection(tmp_path_factory.mktemp("shapes"), n_train=12, n_val=4, size=64)
     train, _, classes = detection_folder(root)
     records = [r for r in train if r.boxes][:4]
     ds = DetectionDataset(records, classes)
@@ -103,23 +103,24 @@ def shapes(tmp_path_factory):
 
 @pytest.mark.slow
 def test_ssdlite_learns_the_shapes(shapes):
-    """40 Adam steps on 4 images: loss falls and mAP@.5 on those images rises from ~0 to > 0.5.
+    """15 Adam steps on 4 images of 64 px: loss falls and mAP@.5 on those images rises from ~0 to
+    > 0.5 (about 3 s of CPU; 40 steps at 96 px took 276 s under load in phase 1).
 
     The bound is independent of strop's metric code: the untrained model's mAP, from pycocotools.
     """
     batch, _ = shapes
     torch.manual_seed(0)
     model = build_detector("ssdlite320_mobilenet_v3_large", num_classes=3, score_thresh=0.0)
-    # 96-pixel images stay 96 pixels (SSDLite's builder fixes 320; its anchors are relative)
-    model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (96,), 96, (96, 96)
+    # 64-pixel images stay 64 pixels (SSDLite's builder fixes 320; its anchors are relative)
+    model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (64,), 64, (64, 64)
     task = DetectionTask(model, CLASSES)
     images, targets = task.to_device(batch, "cpu")
     with torch.no_grad():
         before = [dict(p) for p in task.update(task.metrics(), model.eval(), images, targets)]
     truths = [{"boxes": t["boxes"], "labels": t["labels"] - 1} for t in targets]
     bound = _pycocotools(before, truths, 3)[0][1]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = [train_one_epoch(model, [batch], optimizer, task)["train_loss"] for _ in range(40)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = [train_one_epoch(model, [batch], optimizer, task)["train_loss"] for _ in range(15)]
     assert np.mean(losses[-5:]) < 0.2 * losses[0]
     assert update_bn(model, [batch], task) > 0
     after = evaluate_detection(model, [batch], task)
@@ -130,7 +131,7 @@ def test_ssdlite_learns_the_shapes(shapes):
 def test_faster_rcnn_loss_falls_and_bf16_autocast_runs(shapes):
     batch, _ = shapes
     torch.manual_seed(0)
-    model = build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, min_size=96, max_size=96,
+    model = build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, min_size=64, max_size=64,
                            rpn_batch_size_per_image=32, box_batch_size_per_image=32,
                            rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=50)
     task = DetectionTask(model, CLASSES)

@@ -107,7 +107,7 @@ def test_shipped_example_configs_validate():
             {"data": {"augment": "mirror"}},
             "invalid config (dict): data.augment: expected true/false, or one of 'none', "
             "'flip', 'standard', 'crop', 'trivialaugment', 'randaugment', 'autoaugment', "
-            "'augmix'; got 'mirror'",
+            "'augmix', 'photometric', 'ssd'; got 'mirror'",
         ),
         (
             {"data": {"num_workers": "many"}},

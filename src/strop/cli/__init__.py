@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("strop.cli.demo", "the main job: transfer learning on bundled digits (or shapes), compared"),
     "train": ("strop.cli.train", "fine-tune a model from a YAML config"),
     "eval": ("strop.cli.evaluate", "metrics of a run's best checkpoint on its validation split"),
-    "predict": ("strop.cli.predict", "class and probability per image, as CSV"),
+    "predict": ("strop.cli.predict", "class and probability per image (CSV); boxes for detection runs"),
     "export": ("strop.cli.export", "export a run's weights (safetensors recommended)"),
     "lr-find": ("strop.cli.lr_find", "LR range test on a training config; writes the plot"),
     "lr-plot": ("strop.cli.lr_plot", "draw learning-rate schedules to PNG (and CSV)"),

@@ -12,7 +12,7 @@ import sys
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="strop-demo", help="folder for data, runs and plots (default strop-demo)")
-    p.add_argument("--task", default="classification", choices=["classification", "segmentation"])
+    p.add_argument("--task", default="classification", choices=["classification", "segmentation", "detection"])
     p.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 3; classification)")
     p.add_argument("--sizes", default=None,
                    help="labelled images per class on the target task, comma-separated (default 5,10,30; classification)")
@@ -25,6 +25,11 @@ def run(args: argparse.Namespace) -> int:
 
     from strop.demo import DemoInterrupted, DemoPlan, run_demo
 
+    if args.task == "detection":
+        from strop.demo_detection import run_detection_demo
+
+        run_detection_demo(args.out, progress=not args.no_progress)
+        return 0
     plan = DemoPlan.quick() if args.quick else DemoPlan()
     if args.seeds is not None:
         if args.seeds < 1:

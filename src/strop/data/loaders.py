@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,7 @@ def make_loader(
     drop_last: bool = False,
     sampler: Sampler[Any] | None = None,
     persistent_workers: bool | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader[Any]:
     """A ``DataLoader`` with reproducible order and settings suited to the machine.
 
@@ -120,6 +121,7 @@ def make_loader(
         persistent_workers=workers > 0 if persistent_workers is None else (persistent_workers and workers > 0),
         worker_init_fn=seed_worker if workers > 0 else None,
         generator=generator,
+        collate_fn=collate_fn,
     )
 
 

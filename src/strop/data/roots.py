@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from strop.data.bundled import write_digits, write_shapes
+from strop.data.shapes_detection import write_shapes_detection
 
 __all__ = ["BUNDLED", "PREFIX", "data_home", "resolve_root"]
 
@@ -25,6 +26,8 @@ BUNDLED: dict[str, Callable[[Path], Path]] = {
     "shapes": functools.partial(write_shapes, num_classes=2),
     # the same images with one class per shape kind
     "shapes-multiclass": functools.partial(write_shapes, num_classes=4),
+    # synthetic detection (COCO json): circles, squares, triangles, 96 px
+    "shapes-detection": write_shapes_detection,
 }
 
 

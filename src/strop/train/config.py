@@ -2,7 +2,7 @@
 
 The YAML format is public (see ``docs/config.md``)::
 
-    task: classification            # or segmentation
+    task: classification            # or segmentation, detection
     data: {root: path/to/images, image_size: 64, batch_size: 32, val_fraction: 0.2}
     model: {name: resnet18, weights: null, freeze: null}
     loss: cross_entropy             # or any strop.losses.build spec, e.g. {dice: 1.0, bce: 1.0}
@@ -70,6 +70,7 @@ class DataConfig(DataRecipeFields, _Strict):
     val_folder: str | None = Field(
         None, description="validation folder beside train/ (default: val/, valid/ or validation/; 'test' only when named)"
     )
+    format: Literal["auto", "coco", "yolo", "voc"] = Field("auto", description="detection annotations")
 
 
 class ModelConfig(_Strict):
@@ -90,6 +91,17 @@ class ModelConfig(_Strict):
     keep_head: bool = Field(
         False, description="load the source's head when it fits (default: fine-tune from a new head)"
     )
+    # detection only (docs/detection.md)
+    trainable_backbone_layers: int | None = Field(None, ge=0, description="torchvision's knob (detection)")
+    box_loss: str | None = Field(None, description="detection: l1 | smooth_l1 | iou | giou | diou | ciou")
+    nms_threshold: float | None = Field(None, gt=0.0, le=1.0)
+    nms_denominator: Literal["union", "min"] = "union"
+    min_size: int | None = Field(None, gt=0, description="detection: resize (default data.image_size)")
+    max_size: int | None = Field(None, gt=0)
+    score_threshold: float | None = Field(None, ge=0.0, lt=1.0)
+    recalibrate_bn: bool | None = Field(
+        None, description="detection: recompute BatchNorm stats before validation (default: when plain BN)"
+    )
 
 
 class EarlyStoppingConfig(_Strict):
@@ -109,7 +121,7 @@ class GradualUnfreezeConfig(_Strict):
 class Config(RecipeFields, _Strict):
     """A whole training run. Build it with :func:`load_config` or :func:`config_from_dict`."""
 
-    task: Literal["classification", "segmentation"] = "classification"
+    task: Literal["classification", "segmentation", "detection"] = "classification"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: str | dict[str, Any] = "cross_entropy"
@@ -144,6 +156,24 @@ class Config(RecipeFields, _Strict):
         if isinstance(data, dict) and data.get("task") == "segmentation" and "loss" not in data:
             data = {**data, "loss": {"dice": 1.0, "bce": 1.0}}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _detection_defaults(cls, data: Any) -> Any:
+        # a detection config without a model name gets a small detector, not resnet18; no loss
+        if isinstance(data, dict) and data.get("task") == "detection":
+            data = {"loss": "none", **data}  # the detector computes its own losses
+            model = data.get("model")
+            if model is None or (isinstance(model, dict) and "name" not in model):
+                data = {**data, "model": {**(model or {}), "name": "fasterrcnn_mobilenet_v3_large_320_fpn"}}
+        return data
+
+    @model_validator(mode="after")
+    def _detection_keys(self) -> Config:
+        from strop.train.detection_run import check_detection_config
+
+        check_detection_config(self)
+        return self
 
     @model_validator(mode="after")
     def _recipe_checks(self) -> Config:

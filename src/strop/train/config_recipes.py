@@ -50,7 +50,8 @@ __all__ = [
 #: keys every optimizer section accepted before options were per optimizer (ignored where unused)
 LEGACY_OPTIONS = ("momentum", "nesterov", "betas")
 
-AugmentName = Literal[AUGMENTATIONS]  # type: ignore[valid-type]
+# photometric and ssd are detection presets (strop.train.detection_run)
+AugmentName = Literal[(*AUGMENTATIONS, "photometric", "ssd")]  # type: ignore[valid-type]
 OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
 
 

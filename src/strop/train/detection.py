@@ -19,17 +19,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.detection import MeanAveragePrecision
 
 from strop._checks import fail
 from strop.data.detection import detection_collate
 from strop.finetune.detection import detector_info
 
-__all__ = ["DetectionTask", "evaluate_detection", "train_one_epoch", "update_bn"]
+if TYPE_CHECKING:
+    from torchmetrics.detection import MeanAveragePrecision
+
+__all__ = ["SUMMARY_METRICS", "DetectionTask", "evaluate_detection", "train_one_epoch", "update_bn"]
 
 Batch = tuple[Sequence[Tensor], Sequence[dict[str, Any]]]
 # torchmetrics' keys -> strop's metric names (COCO's summary lines, in its order)
@@ -39,6 +41,7 @@ _SUMMARY = {
     "mar_10": "val_mar_10", "mar_100": "val_mar_100", "mar_small": "val_mar_small",
     "mar_medium": "val_mar_medium", "mar_large": "val_mar_large",
 }
+SUMMARY_METRICS = tuple(_SUMMARY.values())  # the COCO summary as strop names, in COCO's order
 
 
 class DetectionTask:
@@ -105,6 +108,8 @@ class DetectionTask:
         metric's states gather across processes on ``compute`` (torchmetrics does it). COCO scores
         the 100 best detections per image (``maxDets``), as every COCO number does; detectors that
         return more (SSD: 200-300) are not warned about."""
+        from torchmetrics.detection import MeanAveragePrecision
+
         metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
         metric.warn_on_many_detections = False
         return metric

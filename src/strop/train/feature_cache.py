@@ -58,6 +58,8 @@ def cache_decision(
 
     if config.feature_cache == "off":
         return False, "feature_cache is off"
+    if config.task == "detection":
+        return False, "detection trains the whole detector on lists of images"
     from strop.train.recipe_run import cache_blocker
 
     if (why := cache_blocker(config)) is not None:

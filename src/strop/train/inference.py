@@ -44,6 +44,10 @@ def load_run_model(
     path = checkpoint_path(run_dir, checkpoint)
     ck = load_checkpoint(path)
     config = config_from_dict(ck["config"], source=str(path))
+    if config.task == "detection":
+        from strop.train.detection_predict import load_detector_run
+
+        return load_detector_run(run_dir, checkpoint)
     task = build_task(config.task, ck["num_classes"])
     model = finetune.build_model(config.model.name, num_classes=task.out_channels, weights=None)
     model.load_state_dict(ck["model"])
@@ -71,6 +75,10 @@ def evaluate_run(
     from strop.train.tta_run import TTAModel, tta_views
 
     model, config, _ = load_run_model(run_dir, checkpoint)
+    if config.task == "detection":
+        from strop.train.detection_predict import evaluate_detector_run
+
+        return evaluate_detector_run(run_dir, checkpoint=checkpoint, loaded=(model, config))
     device = resolve_device(config.device)
     train_ds, val_ds, classes, n = load_datasets(config)
     loader = _loader(config, val_ds, device, shuffle=False)
@@ -102,7 +110,8 @@ def _loader(config: Config, dataset: Any, device: torch.device, *, shuffle: bool
                        num_workers=d.num_workers, device=device)  # fmt: skip
 
 
-def _expand(paths: list[str]) -> list[Path]:
+def expand_images(paths: list[str]) -> list[Path]:
+    """Image files, folders expanded to the images in them (sorted)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -131,7 +140,7 @@ def predict_images(
         )
     classes = ck["classes"]
     rows = []
-    for path in _expand(list(images)):
+    for path in expand_images(list(images)):
         x = load_image_tensor(path, image_size=config.data.image_size)
         if tta:
             probs = tta_predict(model, x[None], **tta_views(config, build_task(config.task, len(classes))))[0]

@@ -277,6 +277,9 @@ def evaluate(
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
+    validate = getattr(task, "validate", None)
+    if validate is not None:  # detection: COCO mAP from torchmetrics, synced by torchmetrics
+        return validate(model, loader, amp=amp, device=device)
     was_training = model.training
     model.eval()
     totals = task.val_totals()

@@ -302,7 +302,7 @@ def finish(run: Any, state: Any, log: Callable[[str], None]) -> None:
         parts = ", ".join(f"{k} {v['metric']:.4f}" for k, v in weights["candidates"].items()
                           if v["metric"] is not None)
         log(f"weights: {weights['used']} ({weights['monitor']}: {parts}) -> {weights['checkpoint']}")
-    if run.val_images is None:
+    if run.val_images is None or run.config.task == "detection":  # detection: `strop eval` has the COCO table
         return
     from strop.train.checkpoint import load_checkpoint
     from strop.train.review import write_diagnostics

@@ -106,6 +106,7 @@ class Run:
             "classes": self.classes,
             "num_classes": self.num_classes,
             "strop_version": __version__,
+            **self.task.metadata(self.model),
         }
 
 
@@ -150,7 +151,11 @@ def load_datasets(config: Config) -> tuple[Any, Any, list[str] | None, int]:
     )
     root = resolve_root(d.root)
     classes: list[str] | None = None
-    if config.task == "classification":
+    if config.task == "detection":
+        from strop.train.detection_run import detection_datasets
+
+        train_ds, val_ds, classes, n = detection_datasets(config)
+    elif config.task == "classification":
         train_ds, val_ds, classes = sdata.image_folder(root, **common)
         n = len(classes)
     else:
@@ -179,6 +184,10 @@ def build_parts(
     ``train_ds`` counts the classes for ``loss weight: auto``."""
     from strop import finetune, losses
 
+    if config.task == "detection":
+        from strop.train.detection_run import build_detection_parts
+
+        return build_detection_parts(config, num_classes)
     m = config.model
     model = finetune.build_model(
         m.name,
@@ -274,7 +283,7 @@ def _data(config: Config, ctx: DistContext) -> tuple[Any, Any, list[str] | None,
     if not ctx.is_main:
         barrier(ctx)
     train_ds, val_ds, classes, num_classes = load_datasets(config)
-    task = build_task(config.task, num_classes)
+    task = build_task(config.task, num_classes, classes)
     check_monitor(config.monitor_metric, task.metric_names())
     if ctx.is_main:
         barrier(ctx)
@@ -316,6 +325,8 @@ def build_run(
 
     precision = resolve(config.precision, device)
     memory_format = resolve_memory_format(config.memory_format, device, precision)
+    if config.task == "detection":  # lists of differently sized images: no memory format
+        memory_format = torch.contiguous_format
     train_ds, val_ds, classes, task = _data(config, ctx)
     per_rank_batch = config.data.batch_size // ctx.world_size
     sampler = build_train_sampler(config, train_ds, ctx, per_rank_batch)
@@ -351,6 +362,7 @@ def build_run(
     )
     train_ds, val_ds = _training_module(run, train_ds, val_ds, per_rank_batch, log)
     _loaders(run, train_ds, val_ds, per_rank_batch)
+    task.attach(run, train_ds)
     maybe_compile(run, log)  # compile: false | true | auto (a short probe decides)
     return run
 
@@ -413,7 +425,8 @@ def _loaders(run: Run, train_ds: Any, val_ds: Any, batch: int) -> None:
         run.val_loader = TensorBatches(val_ds, batch_size=batch, sampler=val_sampler)
         return
     common = dict(
-        batch_size=batch, shuffle=False, seed=config.seed, num_workers=config.data.num_workers
+        batch_size=batch, shuffle=False, seed=config.seed, num_workers=config.data.num_workers,
+        collate_fn=run.task.collate_fn,
     )
     run.loader = make_loader(
         train_ds,

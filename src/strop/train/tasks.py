@@ -1,4 +1,5 @@
-"""What differs between tasks, in one small object each: classification and segmentation.
+"""What differs between tasks, in one small object each: classification and segmentation here;
+detection in :mod:`strop.train.detection_run`.
 
 The training loop and :func:`~strop.train.loop.evaluate` treat a batch as opaque: the task moves
 it to the device, runs the model on it and turns the output into a loss, counts what training
@@ -25,6 +26,7 @@ class Task:
     name = ""
     default_monitor = ""
     train_metrics: tuple[str, ...] = ("train_loss",)
+    collate_fn: Any = None  # the DataLoader's collate_fn (None: torch's default)
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -39,6 +41,13 @@ class Task:
 
     def val_metric_names(self) -> list[str]:
         raise NotImplementedError
+
+    def attach(self, run: Any, train_ds: Any) -> None:
+        """Called once the run is built (detection keeps a BatchNorm recalibration loader)."""
+
+    def metadata(self, model: nn.Module) -> dict[str, Any]:
+        """What checkpoints record about the task besides the classes (detection: the detector)."""
+        return {}
 
     def metric_names(self) -> list[str]:
         """Every per-epoch metric a run of this task logs."""
@@ -167,11 +176,20 @@ class Segmentation(Task):
         return out
 
 
-TASKS: dict[str, type[Task]] = {"classification": Classification, "segmentation": Segmentation}
+from strop.train.detection_run import Detection  # noqa: E402  (it subclasses Task)
+
+TASKS: dict[str, type[Task]] = {
+    "classification": Classification,
+    "segmentation": Segmentation,
+    "detection": Detection,
+}
 
 
-def build_task(name: str, num_classes: int) -> Task:
-    """The :class:`Task` called ``name`` for ``num_classes`` classes (background counted)."""
+def build_task(name: str, num_classes: int, classes: list[str] | None = None) -> Task:
+    """The :class:`Task` called ``name`` for ``num_classes`` classes (background counted;
+    detection: object classes, named by ``classes``)."""
     if name not in TASKS:
         raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}; got {name!r}")
+    if name == "detection":
+        return Detection(num_classes, classes)
     return TASKS[name](num_classes)
