@@ -61,6 +61,9 @@ class DataConfig(DataRecipeFields, _Strict):
     root: str | None = Field(None, description="folder of class folders, or train/ + val/; images/ + masks/ for segmentation")
     image_size: int = Field(64, gt=0)
     batch_size: int = Field(32, gt=0)
+    val_batch_size: int | None = Field(
+        None, gt=0, description="global batch for validation and eval (default: max(batch_size, 64); detection: batch_size)"
+    )
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     num_workers: int | Literal["auto"] = "auto"
     cache: Literal["none", "memory", "disk"] = "none"

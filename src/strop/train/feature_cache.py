@@ -33,21 +33,24 @@ class TensorBatches:
     are exactly the ones a ``DataLoader(dataset, batch_size, sampler=sampler)`` yields.
     """
 
-    def __init__(self, dataset: TensorDataset, *, batch_size: int, sampler: Any = None):
+    def __init__(
+        self, dataset: TensorDataset, *, batch_size: int, sampler: Any = None, drop_last: bool = False
+    ):
         self.tensors = dataset.tensors
         self.batch_size = batch_size
         self.sampler = sampler
+        self.drop_last = drop_last
 
     def __iter__(self) -> Any:
         n = len(self.tensors[0])
         order = torch.as_tensor(list(self.sampler)) if self.sampler is not None else torch.arange(n)
-        for i in range(0, len(order), self.batch_size):
+        for i in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[i : i + self.batch_size]
             yield tuple(t[idx] for t in self.tensors)
 
     def __len__(self) -> int:
         n = len(self.sampler) if self.sampler is not None else len(self.tensors[0])
-        return -(-n // self.batch_size)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
 def cache_decision(

@@ -11,7 +11,7 @@ from torch import nn
 
 from strop.train.checkpoint import load_checkpoint
 from strop.train.config import Config, config_from_dict
-from strop.train.setup import build_parts, load_datasets, resolve_device
+from strop.train.setup import build_parts, load_datasets, resolve_device, val_batch_size
 from strop.train.tasks import build_task
 
 __all__ = ["checkpoint_path", "evaluate_run", "export_weights", "load_run_model", "lr_find_config", "predict_images"]
@@ -81,7 +81,7 @@ def evaluate_run(
         return evaluate_detector_run(run_dir, checkpoint=checkpoint, loaded=(model, config))
     device = resolve_device(config.device)
     train_ds, val_ds, classes, n = load_datasets(config)
-    loader = _loader(config, val_ds, device, shuffle=False)
+    loader = _loader(config, val_ds, device, shuffle=False, batch_size=val_batch_size(config))
     task = build_task(config.task, n)
     loss_fn = build(loss_spec(config, train_ds))
     precision = resolve(config.precision, device)
@@ -98,15 +98,17 @@ def evaluate_run(
         from strop.train.review import write_diagnostics
 
         write_diagnostics(model, val_ds, task, classes, diagnostics, device=device,
-                          batch_size=config.data.batch_size, amp=MixedPrecision(precision))
+                          batch_size=val_batch_size(config), amp=MixedPrecision(precision))
     return metrics
 
 
-def _loader(config: Config, dataset: Any, device: torch.device, *, shuffle: bool) -> Any:
+def _loader(
+    config: Config, dataset: Any, device: torch.device, *, shuffle: bool, batch_size: int | None = None
+) -> Any:
     from strop.data import make_loader
 
     d = config.data
-    return make_loader(dataset, batch_size=d.batch_size, shuffle=shuffle, seed=config.seed,
+    return make_loader(dataset, batch_size=batch_size or d.batch_size, shuffle=shuffle, seed=config.seed,
                        num_workers=d.num_workers, device=device)  # fmt: skip
 
 

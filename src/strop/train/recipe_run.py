@@ -306,11 +306,12 @@ def finish(run: Any, state: Any, log: Callable[[str], None]) -> None:
         return
     from strop.train.checkpoint import load_checkpoint
     from strop.train.review import write_diagnostics
+    from strop.train.setup import val_batch_size
 
     model = copy.deepcopy(run.model)
     model.load_state_dict(load_checkpoint(run.paths.root / weights["checkpoint"],
                                           map_location=run.device)["model"])
     files = write_diagnostics(model, run.val_images, run.task, run.classes,
                               run.paths.root / "diagnostics", device=run.device,
-                              batch_size=run.config.data.batch_size, amp=run.amp)
+                              batch_size=val_batch_size(run.config), amp=run.amp)
     log("diagnostics: " + ", ".join(str(f) for f in files))

@@ -38,6 +38,8 @@ __all__ = [
     "build_schedule",
     "load_datasets",
     "resolve_device",
+    "training_batches",
+    "val_batch_size",
 ]
 
 
@@ -305,6 +307,7 @@ def _choices(run: Run, precision: Any, per_rank_batch: int) -> dict[str, Any]:
         "world_size": run.ctx.world_size,
         "backend": run.ctx.backend,
         "per_process_batch": per_rank_batch,
+        "per_process_val_batch": val_batch_size(run.config, run.ctx.world_size),
         "steps_per_epoch": run.steps_per_epoch,
         "compile": False,
         "feature_cache": False,
@@ -330,7 +333,7 @@ def build_run(
     train_ds, val_ds, classes, task = _data(config, ctx)
     per_rank_batch = config.data.batch_size // ctx.world_size
     sampler = build_train_sampler(config, train_ds, ctx, per_rank_batch)
-    batches_per_epoch = math.ceil(len(sampler) / per_rank_batch)
+    batches_per_epoch = training_batches(len(sampler), per_rank_batch)
     steps_per_epoch = math.ceil(batches_per_epoch / config.accumulation_steps)
     model, loss_fn, optimizer = build_parts(config, task.num_classes, train_ds)
     loaded = load_summary(model)
@@ -410,10 +413,33 @@ def _training_module(
     return train_ds, val_ds
 
 
+def training_batches(samples: int, batch: int) -> int:
+    """Training batches per epoch: a last batch of a single image is dropped (BatchNorm cannot
+    normalise one value per channel in training mode; fastai drops every short last batch),
+    any other short last batch is kept."""
+    if samples > 1 and batch > 1 and samples % batch == 1:
+        return samples // batch
+    return math.ceil(samples / batch)
+
+
+def val_batch_size(config: Any, world_size: int = 1) -> int:
+    """Images per validation batch on each process: ``data.val_batch_size`` divided among the
+    processes, else max(the training batch, 64) — a forward pass without autograd needs a third
+    of a training step's memory, and a few-shot recipe's batch of 10 would make validation the
+    slowest part of an epoch. Detection keeps the training batch (its images are large)."""
+    d = config.data
+    if d.val_batch_size is not None:
+        return max(1, d.val_batch_size // world_size)
+    per_rank = max(1, d.batch_size // world_size)
+    return per_rank if config.task == "detection" else max(per_rank, 64)
+
+
 def _loaders(run: Run, train_ds: Any, val_ds: Any, batch: int) -> None:
     from strop.data import make_loader
 
     config, ctx = run.config, run.ctx
+    val_batch = val_batch_size(config, ctx.world_size)
+    drop_last = run.batches_per_epoch * batch < len(run.sampler)  # see training_batches
     val_sampler = None
     if ctx.enabled:  # each rank validates its share; metrics are summed across ranks
         val_sampler = DistributedSampler(
@@ -421,15 +447,17 @@ def _loaders(run: Run, train_ds: Any, val_ds: Any, batch: int) -> None:
         )
     if run.choices["feature_cache"]:
         # cached tensors: sliced batches, no per-item indexing or collation
-        run.loader = TensorBatches(train_ds, batch_size=batch, sampler=run.sampler)
-        run.val_loader = TensorBatches(val_ds, batch_size=batch, sampler=val_sampler)
+        run.loader = TensorBatches(train_ds, batch_size=batch, sampler=run.sampler, drop_last=drop_last)
+        run.val_loader = TensorBatches(val_ds, batch_size=val_batch, sampler=val_sampler)
         return
     common = dict(
-        batch_size=batch, shuffle=False, seed=config.seed, num_workers=config.data.num_workers,
+        shuffle=False, seed=config.seed, num_workers=config.data.num_workers,
         collate_fn=run.task.collate_fn,
     )
     run.loader = make_loader(
         train_ds,
+        batch_size=batch,
+        drop_last=drop_last,
         device=run.device,
         sampler=run.sampler,
         **common,
@@ -437,4 +465,6 @@ def _loaders(run: Run, train_ds: Any, val_ds: Any, batch: int) -> None:
         # seeds follow the epoch (reseeded by the loop) and a resumed run draws the same numbers
         persistent_workers=None if getattr(train_ds, "deterministic", True) else False,
     )
-    run.val_loader = make_loader(val_ds, device=run.device, sampler=val_sampler, **common)
+    run.val_loader = make_loader(
+        val_ds, batch_size=val_batch, device=run.device, sampler=val_sampler, **common
+    )
