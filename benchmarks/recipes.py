@@ -100,10 +100,16 @@ def strop_candidate(name: str, **config: Any) -> Candidate:
     return Candidate(name, "strop", config)
 
 
+#: A value that removes the key from the merged config (``None`` is an explicit null).
+DROP = "<drop>"
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if v == DROP:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
@@ -146,7 +152,9 @@ CANDIDATES: list[Candidate] = [
     strop_candidate("strop docs today", **DOCS),
     strop_candidate("strop best", **BEST),
     strop_candidate("strop best, half the epochs", **BEST, epochs=6),
-    # strop_candidate("strop recipe: fine_tune", recipe="fine_tune"),  # when the preset lands
+    # the preset as a user runs it: its own batch (10) and precision (auto: bf16 where the CPU
+    # runs it natively) instead of BASE's batch 32 and fp32
+    strop_candidate("strop recipe: fine_tune", recipe="fine_tune", data={"batch_size": DROP}, precision=DROP),
 ]
 
 
