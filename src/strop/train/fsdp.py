@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -225,7 +226,11 @@ def load_sharded(
         )
     msd, osd = get_state_dict(model, optimizer)
     target = {"model": msd, "optimizer": osd}
-    dcp.load(target, checkpoint_id=folder)
+    # one process without a group (a resume on fewer processes) reads every shard itself; DCP
+    # warns that it assumes so even when told (no_dist=True): that is the intent here
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(target, checkpoint_id=folder, no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=target["model"],
                    optim_state_dict=target["optimizer"])
 
