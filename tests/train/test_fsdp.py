@@ -194,9 +194,9 @@ def test_fsdp_on_two_processes_reaches_the_ddp_weights_and_reads_like_any_run(la
     shards = base / "fsdp" / "checkpoints" / last["sharded"]["folder"]
     assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert sorted(p.name for p in shards.parent.iterdir()) == sorted(["best.pt", "last.pt", shards.name])
-    from strop.train.inference import export_weights
-
     from safetensors.torch import load_file
+
+    from strop.train.inference import export_weights
 
     _equal(load_file(export_weights(base / "fsdp", checkpoint="last", out=base / "w.safetensors")), ddp)
 
