@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from strop._checks import fail
-from strop.train.checkpoint import CheckpointError, _fsync_dir, save_checkpoint
+from strop.train.checkpoint import CheckpointError, save_checkpoint
 
 __all__ = [
     "MIN_SHARD_PARAMS",
@@ -189,12 +189,24 @@ def save_sharded(
     return last
 
 
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (skipped where a folder cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _point_last_at(folder: Path, name: str, last: Path, payload: dict[str, Any]) -> None:
     """Rank 0: rename the written shards into place, replace ``last`` to name them, prune."""
     tmp = folder / f"{name}.tmp"
     try:
         os.replace(tmp, folder / name)  # every rank has written (dcp.save ends in a collective)
-        _fsync_dir(folder)
+        _fsync_folder(folder)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint {last}: {exc.strerror or exc}; the "
