@@ -146,6 +146,9 @@ class Config(RecipeFields, _Strict):
     nonfinite: Literal["skip", "stop"] = "skip"
     checkpoint_every_steps: int | None = Field(None, gt=0)
     sync_batchnorm: bool = False
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="several processes: ddp (replicated model) or fsdp (FSDP2, sharded model)"
+    )
     scale_lr: bool = Field(
         False, description="linear scaling rule: lr is for 256 images per step; uses lr × batch_size × accumulation_steps / 256"
     )
@@ -181,6 +184,13 @@ class Config(RecipeFields, _Strict):
     @model_validator(mode="after")
     def _recipe_checks(self) -> Config:
         check_recipe_config(self)
+        return self
+
+    @model_validator(mode="after")
+    def _strategy_checks(self) -> Config:
+        from strop.train.fsdp import check_fsdp_config
+
+        check_fsdp_config(self)
         return self
 
     @property

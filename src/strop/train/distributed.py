@@ -194,16 +194,27 @@ def _destroy_owned_group() -> None:
 
 
 def wrap_model(
-    model: nn.Module, ctx: DistContext, *, device: torch.device, sync_batchnorm: bool = False
+    model: nn.Module,
+    ctx: DistContext,
+    *,
+    device: torch.device,
+    sync_batchnorm: bool = False,
+    strategy: str = "ddp",
 ) -> nn.Module:
-    """``DistributedDataParallel`` around ``model`` (SyncBatchNorm first when asked).
+    """``DistributedDataParallel`` around ``model`` (SyncBatchNorm first when asked), or, with
+    ``strategy="fsdp"``, ``model`` itself sharded in place by FSDP2 (:mod:`strop.train.fsdp`).
 
     DDP averages gradients over processes, so with equal per-process batches a step equals a
     one-process step on the global batch (BatchNorm aside: it normalises per process unless
     ``sync_batchnorm``). ``find_unused_parameters`` is on only when some parameters are frozen.
+    One process: ``model`` unchanged, whatever the strategy.
     """
     if not ctx.enabled:
         return model
+    if strategy == "fsdp":
+        from strop.train.fsdp import shard_model
+
+        return shard_model(model)
     if sync_batchnorm:
         from strop.finetune.freeze import convert_sync_batchnorm
 

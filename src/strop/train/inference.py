@@ -11,6 +11,7 @@ from torch import nn
 
 from strop.train.checkpoint import load_checkpoint
 from strop.train.config import Config, config_from_dict
+from strop.train.fsdp import require_full_model
 from strop.train.setup import build_parts, load_datasets, resolve_device, val_batch_size
 from strop.train.tasks import build_task
 
@@ -50,7 +51,7 @@ def load_run_model(
         return load_detector_run(run_dir, checkpoint)
     task = build_task(config.task, ck["num_classes"])
     model = finetune.build_model(config.model.name, num_classes=task.out_channels, weights=None)
-    model.load_state_dict(ck["model"])
+    model.load_state_dict(require_full_model(ck, path))
     return model.eval(), config, ck
 
 
@@ -164,8 +165,9 @@ def export_weights(
 ) -> Path:
     """Write the model's weights alone; safetensors is recommended (loading it runs no code)."""
     run_dir = Path(run_dir)
-    ck = load_checkpoint(checkpoint_path(run_dir, checkpoint))
-    state = {k: v.contiguous() for k, v in ck["model"].items()}
+    path = checkpoint_path(run_dir, checkpoint)
+    ck = load_checkpoint(path)
+    state = {k: v.contiguous() for k, v in require_full_model(ck, path).items()}
     path = Path(out) if out else run_dir / f"model.{fmt}"
     if fmt == "safetensors":
         from safetensors.torch import save_file

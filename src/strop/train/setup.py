@@ -20,6 +20,7 @@ from torch.utils.data import DistributedSampler
 
 from strop import __version__
 from strop.train import callbacks as cb
+from strop.train import fsdp
 from strop.train.config import Config
 from strop.train.distributed import DistContext, barrier, wrap_model
 from strop.train.feature_cache import TensorBatches, cache_decision, extract_features
@@ -80,6 +81,11 @@ class Run:
     @property
     def num_classes(self) -> int:
         return self.task.num_classes
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP2 shards the model over the processes (``strategy: fsdp`` on more than one)."""
+        return self.config.strategy == "fsdp" and self.ctx.enabled
 
     def to_device(self, batch: Any) -> Any:
         """``batch`` on the run's device (images in its memory format), as the task moves it."""
@@ -407,9 +413,23 @@ def _training_module(
         return train_ds, val_ds
     if config.feature_cache != "off":
         log(f"feature cache: not used — {why}")
+    names = fsdp.param_names(run.model)
     run.module = wrap_model(
-        run.model, run.ctx, device=run.device, sync_batchnorm=config.sync_batchnorm
+        run.model, run.ctx, device=run.device, sync_batchnorm=config.sync_batchnorm,
+        strategy=config.strategy,
     )
+    if run.sharded:
+        # fully_shard replaced every parameter by a sharded one: the optimizer (and the schedule
+        # stepping it) must hold the new ones
+        run.optimizer = fsdp.rebind_optimizer(run.optimizer, names, run.model)
+        run.schedule = build_schedule(config, run.optimizer, run.steps_per_epoch)
+    choices["strategy"] = "fsdp" if run.sharded else "ddp" if run.ctx.enabled else "none"
+    if config.strategy == "fsdp":
+        log("strategy: fsdp — " + ("model sharded over the processes (FSDP2 fully_shard)"
+                                   if run.sharded else "one process, nothing to shard: plain model"))
+    if run.sharded and run.val_images is not None:
+        run.val_images = None  # diagnostics would run the sharded model on rank 0 alone
+        log("diagnostics: not written during fsdp runs; `strop eval RUN_DIR` writes them")
     return train_ds, val_ds
 
 

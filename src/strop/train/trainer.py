@@ -28,7 +28,7 @@ from torch import nn
 
 from strop.data.roots import resolve_root as bundled_root
 from strop.train import callbacks as cb
-from strop.train import recipe_run
+from strop.train import fsdp, recipe_run
 from strop.train.checkpoint import load_checkpoint, save_checkpoint
 from strop.train.config import Config
 from strop.train.distributed import DistContext, all_reduce_sum, init_from_env
@@ -259,7 +259,7 @@ def end_epoch(
     # a NaN model is never saved as best, whatever its metric says
     is_best = is_better(
         logs.get(config.monitor_metric), state.best_metric, config.monitor_direction
-    ) and _finite(run.model)
+    ) and _finite(run)
     if is_best:
         state.best_metric = float(logs[config.monitor_metric])
         state.best_epoch = state.epoch + 1
@@ -272,29 +272,38 @@ def end_epoch(
         state.should_stop = _any_rank(state.should_stop, ctx)
     # best before last: a crash between the two then redoes this epoch and rewrites best.pt,
     # instead of resuming past a best.pt that was never written
+    weights = _model_state(run) if is_best else None  # fsdp: every rank gathers
     if is_best and ctx.is_main:
         save_checkpoint(
             {
-                "model": run.model.state_dict(),
+                "model": weights,
                 **run.metadata(),
                 "epoch": state.epoch,
                 "metrics": logs,
             },
             run.paths.best,  # self-contained: best.pt is what users copy and load elsewhere
         )
-    save_last(run, state)
+    # the last epoch's last.pt of an fsdp run holds the full model too: eval/predict/export read it
+    save_last(run, state, full_model=state.epoch >= config.epochs or state.should_stop)
     return row
 
 
-def save_last(run: Run, state: TrainState) -> None:
+def save_last(run: Run, state: TrainState, *, full_model: bool = False) -> None:
     """``last.pt``: every stateful part of the run. All ranks call it at the same step: it holds
-    the epoch's train sums over all ranks (on resume rank 0 carries them, the others start at 0)."""
+    the epoch's train sums over all ranks (on resume rank 0 carries them, the others start at 0).
+    Under fsdp every rank writes its shards (:func:`strop.train.fsdp.save_sharded`);
+    ``full_model`` also puts the gathered model into ``last.pt`` (the end of an fsdp run)."""
     sums = state.epoch_sums
     if run.ctx.enabled and sums:
         keys = sorted(sums)
         total = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64), run.ctx)
         sums = dict(zip(keys, total.tolist(), strict=True))
-    if run.ctx.is_main:
+    if run.sharded:
+        payload = {**dump_state(fsdp.stateful_rest(run.stateful(state))), **run.metadata()}
+        payload["state"]["epoch_sums"] = dict(sums)
+        fsdp.save_sharded(run.model, run.optimizer, payload, run.paths.last, rank=run.ctx.rank,
+                          full_model=full_model)
+    elif run.ctx.is_main:
         payload = {**dump_state(run.stateful(state)), **run.metadata()}
         payload["state"]["epoch_sums"] = dict(sums)
         save_checkpoint(payload, run.paths.last, shared_model_keys=run.frozen_keys)
@@ -329,7 +338,11 @@ def restore(run: Run, state: TrainState, log: Callable[[str], None]) -> None:
             "--resume: data.batch_size/accumulation_steps changed since the mid-epoch checkpoint "
             f"{last}; resume with the old values or from an epoch-end checkpoint"
         )
-    restore_state(run.stateful(state), ck)
+    objects = run.stateful(state)
+    if "sharded" in ck:  # an fsdp checkpoint: model + optimizer from its DCP shards
+        fsdp.load_sharded(run.model, run.optimizer, ck, last)
+        objects = fsdp.stateful_rest(objects)
+    restore_state(objects, ck)
     if (
         run.schedule is not None
         and ck.get("scheduler") is not None
@@ -445,7 +458,14 @@ def _any_rank(flag: bool, ctx: DistContext) -> bool:
     return bool(all_reduce_sum(t, ctx).item() > 0)
 
 
-def _finite(model: nn.Module) -> bool:
+def _finite(run: Run) -> bool:
+    if run.sharded:  # each rank checks its shards; all agree
+        return fsdp.sharded_finite(run.model, functools.partial(all_reduce_sum, ctx=run.ctx))
     return all(
-        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()
+        bool(torch.isfinite(t).all()) for t in run.model.state_dict().values() if t.is_floating_point()
     )
+
+
+def _model_state(run: Run) -> dict[str, torch.Tensor]:
+    """The whole model's state dict (under fsdp gathered on rank 0; every rank calls it)."""
+    return fsdp.full_model_state(run.model) if run.sharded else run.model.state_dict()
