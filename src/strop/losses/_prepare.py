@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +39,7 @@ __all__ = [
     "MODES",
     "REDUCTIONS",
     "Prepared",
+    "check_alpha",
     "check_ignore_index",
     "check_mode",
     "check_reduction",
@@ -101,6 +102,20 @@ def check_ignore_index(func: str, ignore_index: int | None) -> None:
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         fail(func, f"ignore_index must be an int or None; got {type(ignore_index).__name__} {ignore_index!r}",
              exc=TypeError)
+
+
+def check_alpha(func: str, alpha: float | Sequence[float] | None, mode: str) -> None:
+    """Focal's ``alpha``: ``None``, a float in ``[0, 1]``, or (multiclass) one weight per class."""
+    if alpha is None:
+        return
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        if not 0 <= alpha <= 1:
+            fail(func, f"alpha must lie in [0, 1] (or be None for no weighting); got {alpha!r}")
+        return
+    if mode == "multiclass" and isinstance(alpha, (Sequence, Tensor)) and not isinstance(alpha, str):
+        return
+    fail(func, f"alpha must be a float in [0, 1], None{', or one weight per class' if mode == 'multiclass' else ''}; "
+               f"got {type(alpha).__name__} {alpha!r}", exc=TypeError)
 
 
 def check_tensor(func: str, arg: str, value: object, *, floating: bool = False) -> Tensor:

@@ -40,7 +40,7 @@ from strop.losses.modules import (
 __all__ = ["LOSSES", "CombinedLoss", "build"]
 
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
-LOSSES.register("bce", "bce_with_logits", "binary_cross_entropy")(BCEWithLogitsLoss)
+LOSSES.register("bce", "bce_loss", "bce_with_logits", "binary_cross_entropy")(BCEWithLogitsLoss)
 LOSSES.register("box_iou", "box_iou_loss", "iou_loss")(BoxIoULoss)
 LOSSES.register("cross_entropy", "ce", "cross_entropy_loss")(CrossEntropyLoss)
 LOSSES.register("dice", "dice_loss")(DiceLoss)
