@@ -287,11 +287,6 @@ _POLICIES: dict[str, Callable[[], v2.Transform]] = {
 }
 
 
-def is_deterministic(func: str, augment: Augment) -> bool:
-    """Whether ``augment`` leaves every sample unchanged from one epoch to the next."""
-    return _check_augment(func, augment) == "none"
-
-
 def as_tv(
     image: Tensor, mask: Tensor | None = None
 ) -> tuple[tv_tensors.Image, tv_tensors.Mask | None]:

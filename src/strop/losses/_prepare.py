@@ -178,14 +178,6 @@ class Prepared:
     def num_classes(self) -> int:
         return self.input.shape[1]
 
-    def probs(self) -> Tensor:
-        """``(N, C, P)`` probabilities: sigmoid (binary/multilabel) or softmax over C."""
-        if not self.from_logits:
-            return self.input
-        if self.mode == "multiclass":
-            return torch.softmax(self.input, dim=1)
-        return torch.sigmoid(self.input)
-
     def onehot(self, dtype: torch.dtype | None = None) -> Tensor:
         """``(N, C, P)`` float target: one-hot labels (multiclass) or the target, ignored -> 0."""
         if self.target is not None:
