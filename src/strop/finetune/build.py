@@ -1,4 +1,4 @@
-"""``build_model``: the tutorial's transfer-learning steps in one call."""
+"""``build_model``: the transfer-learning steps (architecture, weights, head, freezing) in one call."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def build_model(
 ) -> nn.Module:
     """A torchvision model ready to fine-tune for ``num_classes`` classes (on CPU).
 
-    Equivalent to the tutorial's ``models.resnet18(pretrained=True)`` + freezing +
+    Equivalent to ``models.resnet18(weights=...)`` + freezing +
     ``model.fc = nn.Linear(512, num_classes)``, for any classification builder of torchvision
     (``strop.finetune.available_models()``) and the segmentation builders (``fcn_*``,
     ``deeplabv3_*``, ``lraspp_mobilenet_v3_large``).

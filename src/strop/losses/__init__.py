@@ -3,16 +3,16 @@
 ======================  =====================  ======================================================
 function                module                 what
 ======================  =====================  ======================================================
-``mse_loss``            ``MSELoss``            true-mean MSE (the tutorial's summed); array-likes OK
+``mse_loss``            ``MSELoss``            true-mean MSE; array-likes OK
 ``dice_loss``           ``DiceLoss``           soft Dice, binary / multiclass / multilabel
 ``jaccard_loss``        ``JaccardLoss``        soft IoU
 ``tversky_loss``        ``TverskyLoss``        Tversky; ``gamma != 1`` is focal-Tversky
 ``dice_bce_loss``       ``DiceBCELoss``        BCE with logits + Dice (autocast-safe)
 ``focal_loss``          ``FocalLoss``          per-element focal loss (Lin et al. 2017)
 ``lovasz_loss``         ``LovaszLoss``         Lovász hinge / Lovász-softmax
-``box_iou``             —                      pairwise IoU (``denominator="min"``: tutorial's isMin)
+``box_iou``             —                      pairwise IoU (``denominator="min"``: over the smaller box)
 ``box_iou_loss``        ``BoxIoULoss``         1 - IoU / GIoU / DIoU / CIoU, element-wise
-``nms``                 —                      greedy NMS; ``denominator="min"``: tutorial's isMin
+``nms``                 —                      greedy NMS; ``denominator="min"``: over the smaller box
 ``batched_nms``         —                      NMS per category
 ``cross_entropy_loss``  ``CrossEntropyLoss``   ``F.cross_entropy`` with validation
 ``bce_loss``            ``BCEWithLogitsLoss``  ``F.binary_cross_entropy_with_logits`` with validation

@@ -66,8 +66,8 @@ def focal_loss(
           reduction="none")`` summed over channels (multiclass; MONAI's ``"mean"`` also divides
           by C), and ``FocalLoss(alpha=alpha, gamma=gamma)`` for binary/multilabel.
 
-    The tutorial's ``FocalLoss`` applied the focal factor to the *mean* BCE, which down-weights
-    every pixel equally and so is just a rescaled BCE; this is the per-element definition.
+    The focal factor is applied per element: applied to the *mean* BCE instead, it would weigh
+    every pixel by the same factor (a rescaled BCE, no focusing on hard examples).
     """
     func = "focal_loss"
     check_positive(func, "gamma", gamma, allow_zero=True)
@@ -360,12 +360,12 @@ cross_entropy = cross_entropy_loss
 def mse_loss(input: object, target: object, reduction: str = "mean") -> Tensor:
     """Mean squared error ``mean((input - target)**2)``; ``F.mse_loss`` with validation.
 
-    Accepts tensors and array-likes (lists, numpy arrays), as the tutorial's ``MSE`` did; an
-    array-like goes to the other argument's device. Integer values compute in float32.
+    Accepts tensors and array-likes (lists, numpy arrays); an array-like goes to the other
+    argument's device. Integer values compute in float32.
     Shapes must match exactly (torch would broadcast with only a warning).
 
-    ``reduction="mean"`` (default) is the true mean. The tutorial's ``MSE`` returned
-    ``((output-target)**2).sum().mean()``, i.e. the *sum*, N times larger. An empty input gives 0.
+    ``reduction="mean"`` (default) is the true mean (not ``((input - target)**2).sum().mean()``,
+    which is the *sum*, N times larger). An empty input gives 0.
 
     Same number as ``F.mse_loss(input, target, reduction=reduction)`` and ``nn.MSELoss``.
     """

@@ -65,7 +65,7 @@ def _check_warmup(func: str, warmup_steps: Any, start_factor: Any, kind: Any) ->
 
 
 class StepDecayLR(_FactorLR):
-    """The tutorial's ``adjust_learning_rate``: ``lr = base_lr * factor ** (epoch // period)``.
+    """Step decay per epoch: ``lr = base_lr * factor ** (epoch // period)``.
 
     Args:
         optimizer: the optimizer.
