@@ -219,12 +219,10 @@ def _stop_on_signals() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         raise BenchInterrupted(signal.Signals(signum).name)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    from strop.train.signals import handling_signals
+
+    with handling_signals(handler):
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 # -- data -------------------------------------------------------------------------------------

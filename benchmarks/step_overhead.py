@@ -28,31 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from common import digits_folder, in_memory, median, run_fit
-from training import BATCH, _loader, _resnet18
+from training import BATCH, _loader, hand_setup, hand_step
 
 __all__ = ["main", "measure"]
 
 
 def hand_steps(data: tuple[Any, Any, int], on_step: Any = None) -> list[float]:
     """CPU seconds of each step of the best hand loop (one epoch over ``data``)."""
-    train, _, ncls = data
-    model = _resnet18(ncls, frozen=False).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model.train()
+    model, opt = hand_setup(data, fast=True, frozen=False)
     times, last = [], time.thread_time()
-    running, correct = 0.0, 0
-    for x, y in _loader(train):
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running += loss.item() * len(y)
-        correct += int((out.argmax(1) == y).sum())
+    for x, y in _loader(data[0]):
+        hand_step(model, opt, x, y, fast=True)
         now = time.thread_time()
         times.append(now - last)
         last = now

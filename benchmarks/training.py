@@ -93,31 +93,38 @@ def _loader(ds: Any) -> DataLoader:
                       generator=torch.Generator().manual_seed(0))
 
 
-def hand_loop(data: tuple[Any, Any, int], *, fast: bool, frozen: bool) -> Result:
-    """One epoch of a hand-written loop. ``fast``: bf16 autocast + channels_last; else fp32 NCHW."""
-    train, _, ncls = data
+def hand_setup(data: tuple[Any, Any, int], *, fast: bool, frozen: bool) -> tuple[nn.Module, Any]:
+    """The hand loop's model and optimizer. ``fast``: channels_last (and frozen BN in eval mode)."""
+    _, _, ncls = data
     model = _resnet18(ncls, frozen)
-    fmt = torch.channels_last if fast else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    model = model.to(memory_format=torch.channels_last if fast else torch.contiguous_format)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     model.train()
     if frozen and fast:
         _frozen_bn_eval(model)
+    return model, opt
+
+
+def hand_step(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor, *, fast: bool) -> tuple[float, int]:
+    """One step of the hand loop (``fast``: bf16 autocast + channels_last inputs) and the tutorial's
+    bookkeeping, which strop logs too: ``(summed loss, correct predictions)``."""
+    x = x.contiguous(memory_format=torch.channels_last if fast else torch.contiguous_format)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item() * len(y), int((out.argmax(1) == y).sum())
+
+
+def hand_loop(data: tuple[Any, Any, int], *, fast: bool, frozen: bool) -> Result:
+    """One epoch of a hand-written loop. ``fast``: bf16 autocast + channels_last; else fp32 NCHW."""
+    model, opt = hand_setup(data, fast=fast, frozen=frozen)
     timer = Timer()
-    running_loss, correct, seen = 0.0, 0, 0
     timer.start()
-    for x, y in _loader(train):
-        x = x.contiguous(memory_format=fmt)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        # the tutorial's bookkeeping (strop logs the same numbers)
-        running_loss += loss.item() * len(y)
-        correct += int((out.argmax(1) == y).sum())
-        seen += len(y)
+    for x, y in _loader(data[0]):
+        hand_step(model, opt, x, y, fast=fast)
         timer.tick()
     return Result("best" if fast else "tutorial", timer.times)
 

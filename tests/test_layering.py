@@ -53,14 +53,6 @@ def test_every_block_exists():
         assert _modules(block) and all(p.exists() for p in _modules(block)), block
 
 
-# Private names imported from public modules elsewhere, owned by other work in progress; each is
-# to go (and leave this set) when its file next changes. Nothing may be added here.
-KNOWN_PRIVATE_IMPORTS = {
-    ("finetune/weights.py", "strop.finetune.zoo", "_FAMILIES"),
-    ("losses/modules.py", "strop.losses.classification", "_check_alpha"),
-}
-
-
 def _private_imports() -> set[tuple[str, str, str]]:
     """``(file, module, name)`` for every ``from strop.X import _name`` where no part of X is private."""
     found = set()
@@ -79,12 +71,7 @@ def _private_imports() -> set[tuple[str, str, str]]:
 
 
 def test_public_modules_do_not_hand_out_private_names():
-    assert _private_imports() - KNOWN_PRIVATE_IMPORTS == set()
-
-
-def test_the_known_private_imports_still_exist():
-    # once one is fixed it must leave KNOWN_PRIVATE_IMPORTS, so that it cannot come back unnoticed
-    assert _private_imports() >= KNOWN_PRIVATE_IMPORTS
+    assert _private_imports() == set()
 
 
 MAX_TRAIN_FUNCTION_LINES = 80

@@ -80,8 +80,8 @@ MUTANTS: list[Mutant] = [
     if reduction == "none":""", LOSS_TESTS, "reduction='none' keeps ignored elements"),
     Mutant("reduce-mean-all", "losses/_prepare.py", "return total / count.clamp_min(1).to(total.dtype)",
            "return total / loss.numel()", LOSS_TESTS, "masked mean divides by all elements"),
-    # (Prepared.probs has no caller today — a mutant there is dead code. overlap_plain's softmax is
-    # reached only as the fused path's reference in test_fused.py, hence FOCAL_TESTS)
+    # (overlap_plain's softmax is reached only as the fused path's reference in test_fused.py,
+    # hence FOCAL_TESTS)
     Mutant("probs-sigmoid-multiclass", "losses/_fused.py", """    elif mode == "multiclass":
         probs = torch.softmax(x, dim=1)
     else:""", """    elif mode == "multiclass":

@@ -10,7 +10,7 @@
    class) that no run trains on. Four recipes, same images, same number of optimizer steps:
 
    ===========================  ==========================================================
-   frozen pretrained backbone   the tutorial's recipe: load the .pth, freeze it, new head
+   frozen pretrained backbone   feature extraction: load the .pth, freeze it, new head
    recommended fine-tuning      :data:`FINE_TUNE`: ``recipe: fine_tune``, head first, then all
    frozen random backbone       the frozen recipe without the pretrained weights
    from scratch                 :data:`SCRATCH`: random init, everything trains from the start
@@ -108,7 +108,7 @@ class DemoPlan:
     precision: str = "fp32"
     digits_per_class: int | None = None  # cap on load_digits images per digit (tests)
     min_epochs: int = 3
-    model: str = "resnet18"  # the tutorial's network
+    model: str = "resnet18"
 
     @classmethod
     def quick(cls) -> DemoPlan:

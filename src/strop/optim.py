@@ -8,8 +8,8 @@ did-you-mean); ``implementation`` picks torch's kernel:
   Adam, AdamW, SGD and Adagrad, on the devices torch lists as fused-capable);
 - ``"auto"``: ``fused`` where the optimizer and the parameters' device support it, else
   ``foreach`` where the optimizer has it, else the for-loop. (torch's own default is foreach on
-  CUDA and the for-loop on CPU; on this project's CPU, fused AdamW/SGD steps were measured faster
-  than both — see ``benchmarks/optimizer_impl.py``.)
+  CUDA and the for-loop on CPU; ``benchmarks/optimizer_impl.py`` times the three, see
+  docs/config.md.)
 
 Refused, with the reason: ``lbfgs`` (its ``step`` needs a closure that re-evaluates the loss),
 ``sparse_adam`` (sparse gradients only), ``muon`` (2-D weights only, while fine-tuning groups hold

@@ -21,7 +21,7 @@ from strop.finetune import (
     split_outputs,
     unfreeze,
 )
-from strop.finetune.zoo import build_architecture
+from strop.finetune.zoo import architecture_of, build_architecture
 
 
 def _bns(module):
@@ -189,6 +189,18 @@ def test_model_spec_by_name():
     assert model_spec("efficientnet_b3").input_size == 300
     spec = model_spec("deeplabv3_resnet50")
     assert spec.task == "segmentation" and spec.output_layers == ("classifier.4", "aux_classifier.4")
+
+
+def test_a_built_model_remembers_its_architecture_name_without_an_attribute():
+    from torchvision.models import efficientnet_b3
+
+    model = build_architecture("efficientnet_b3", num_classes=5, device="meta")
+    assert architecture_of(model) == "efficientnet_b3"
+    # the variant's own input size (torchvision's crop_size for its weights), not EfficientNet's 224
+    assert model_spec(model).input_size == 300
+    assert not any(name.startswith("_strop") for name in vars(model))
+    elsewhere = efficientnet_b3(num_classes=5)
+    assert architecture_of(elsewhere) is None and model_spec(elsewhere).input_size == 224
 
 
 def test_public_api_is_pinned():

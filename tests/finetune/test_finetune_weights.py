@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from torchvision.models import get_model_weights
 
 from strop.finetune import UnsafeWeightsError, build_model, load_weights, read_state_dict
-from strop.finetune.build import load_summary
+from strop.finetune.build import load_report_of, load_summary
 from strop.finetune.weights import file_sha256, hub_cache_path
 
 
@@ -65,7 +65,7 @@ def test_weights_round_trip(tutorial_models, tmp_path, monkeypatch, name, fmt):
     weights = _write(fmt, state, name, tmp_path, monkeypatch)
     model = build_model(name, num_classes=NUM_CLASSES, weights=weights)
     _assert_loaded(model, state, name)
-    report = model._strop_load_report
+    report = load_report_of(model)
     assert report.ok and set(report.head_reset) == {f"{p}.{s}" for p in OUTPUT_LAYERS[name] for s in ("weight", "bias")}
     if name == "inception_v3":
         assert model.transform_input  # torchvision's setting for pretrained weights
@@ -79,7 +79,7 @@ def test_keep_head_loads_a_same_class_count_head_and_checkpoint_dicts_are_unwrap
     torch.save({"epoch": 3, "model": {f"module.{k}": v for k, v in state.items()}, "best": 0.5}, path)
     model = build_model("resnet18", num_classes=NUM_CLASSES, weights=path, keep_head=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
-    assert model._strop_load_report.head_reset == ()
+    assert load_report_of(model).head_reset == ()
     assert load_summary(model) == (
         f"weights {str(path)!r}: {len(state)} tensors loaded; head loaded from the source (same class count)"
     )
@@ -100,7 +100,7 @@ def test_fine_tuning_starts_from_a_new_head_even_with_the_same_class_count(tutor
     assert all(torch.equal(got[k], v) for k, v in state.items() if not k.startswith("fc."))
     for k in ("fc.weight", "fc.bias"):
         assert torch.equal(got[k], fresh.state_dict()[k]) and not torch.equal(got[k], state[k])
-    report = model._strop_load_report
+    report = load_report_of(model)
     assert report.ok and report.head_reset == ("fc.weight", "fc.bias")
     assert report.loaded == len(state) - 2
     assert load_summary(model) == (

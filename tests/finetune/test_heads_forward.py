@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.models import get_model
 
 from strop.finetune import build_model, replace_head
+from strop.finetune.build import load_report_of
 
 NUM_CLASSES = 3
 
@@ -89,7 +90,7 @@ def test_build_model_from_1000_class_weights_resets_the_head_and_runs(tmp_path):
     path = tmp_path / "googlenet.pth"
     torch.save(ref.state_dict(), path)
     model = build_model("googlenet", num_classes=NUM_CLASSES, weights=path)
-    assert set(model._strop_load_report.head_reset) >= {"fc.weight", "aux1.fc2.weight", "aux2.fc2.weight"}
+    assert set(load_report_of(model).head_reset) >= {"fc.weight", "aux1.fc2.weight", "aux2.fc2.weight"}
     assert torch.equal(model.conv1.conv.weight, ref.conv1.conv.weight)
     assert model.fc.in_features == ref.fc.in_features and model.fc.out_features == NUM_CLASSES
     out = model.train()(torch.randn(2, 3, 32, 32))

@@ -12,7 +12,7 @@ def test_public_api_is_pinned():
     assert L.__all__ == [
         "LOSSES", "BCEWithLogitsLoss", "BoxIoULoss", "CombinedLoss", "CrossEntropyLoss", "DiceBCELoss",
         "DiceLoss", "FocalLoss", "JaccardLoss", "LovaszLoss", "MSELoss", "TverskyLoss", "batched_nms", "bce",
-        "box_iou", "box_iou_loss", "build", "cross_entropy", "dice_bce_loss", "dice_loss", "focal_loss",
+        "bce_loss", "box_iou", "box_iou_loss", "build", "cross_entropy", "cross_entropy_loss", "dice_bce_loss", "dice_loss", "focal_loss",
         "jaccard_loss", "lovasz_loss", "mse_loss", "nms", "set_value_checks", "tversky_loss", "value_checks", "value_checks_enabled",
     ]
     for name in L.__all__:
@@ -85,10 +85,10 @@ X4 = torch.zeros(2, 5, 8, 8)
      r"mse_loss: target must have the shape of input \(3,\); got \(3, 1\)"),
     (lambda: L.mse_loss(torch.zeros(3), "abc"), TypeError, r"mse_loss: target must be a tensor or array-like"),
     (lambda: L.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 3])), ValueError,
-     r"cross_entropy: target class ids must lie in \[0, 2\]; got values in \[0, 3\]"),
+     r"cross_entropy_loss: target class ids must lie in \[0, 2\]; got values in \[0, 3\]"),
     (lambda: L.cross_entropy(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long)), ValueError,
-     r"cross_entropy: target must have shape \(N, \.\.\.\)=\(2,\)"),
-    (lambda: L.bce(torch.zeros(2, 3), torch.full((2, 3), -0.5)), ValueError, r"bce: target .* must lie in \[0, 1\]"),
+     r"cross_entropy_loss: target must have shape \(N, \.\.\.\)=\(2,\)"),
+    (lambda: L.bce(torch.zeros(2, 3), torch.full((2, 3), -0.5)), ValueError, r"bce_loss: target .* must lie in \[0, 1\]"),
 ])
 def test_bad_input_raises_clear_error(call, exc, match):
     with pytest.raises(exc, match=match):
@@ -136,6 +136,21 @@ def test_build_single_names_and_aliases():
     assert not getattr(L.build("dice"), "parts", {})
     assert set(L.LOSSES.names()) == {"bce", "box_iou", "cross_entropy", "dice", "dice_bce", "focal", "jaccard",
                                      "lovasz", "mse", "tversky"}
+
+
+def test_every_loss_function_is_named_loss_and_the_earlier_names_stay():
+    import torch.nn.functional as F
+
+    x, t = _data()
+    assert L.bce is L.bce_loss and L.cross_entropy is L.cross_entropy_loss
+    torch.testing.assert_close(L.bce_loss(x, t), F.binary_cross_entropy_with_logits(x, t))
+    logits, ids = torch.randn(4, 3), torch.tensor([0, 2, 1, 2])
+    torch.testing.assert_close(L.cross_entropy_loss(logits, ids), F.cross_entropy(logits, ids))
+    for name in ("bce", "bce_loss", "binary_cross_entropy"):
+        assert isinstance(L.build(name), L.BCEWithLogitsLoss), name
+        assert L.LOSSES.canonical(name) == "bce"  # run.json and the loss_bce column keep their name
+    for name in ("cross_entropy", "cross_entropy_loss", "ce"):
+        assert L.LOSSES.canonical(name) == "cross_entropy", name
 
 
 def test_build_combined_reports_parts():

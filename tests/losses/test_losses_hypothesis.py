@@ -194,17 +194,17 @@ def test_cross_entropy_and_bce_never_crash(n, c, special, ignore, dtype, soft):
     y = torch.randint(0, c, (n, 3), generator=g)
     if ignore is not None and y.numel():
         y[0, 0] = ignore
-    for name, call in (("cross_entropy", lambda: L.cross_entropy(x, y, ignore_index=ignore)),
-                       ("bce", lambda: L.bce(x, torch.rand(n, c, 3, generator=g) if soft else (x > 0).float()))):
+    for name, call in (("cross_entropy_loss", lambda: L.cross_entropy_loss(x, y, ignore_index=ignore)),
+                       ("bce_loss", lambda: L.bce_loss(x, torch.rand(n, c, 3, generator=g) if soft else (x > 0).float()))):
         try:
             out = call()
         except (ValueError, TypeError) as err:
             assert str(err).startswith(f"{name}:")
-            assert name == "cross_entropy" and c < 2
+            assert name == "cross_entropy_loss" and c < 2
             continue
         assert out.dtype == _expected_dtype(dtype)
         # torch's cross-entropy never reads the logits of an ignored pixel (the NaN sits on one)
-        if special and x.numel() and not (name == "cross_entropy" and ignore is not None):
+        if special and x.numel() and not (name == "cross_entropy_loss" and ignore is not None):
             assert torch.isnan(out)
         elif not special:
             assert torch.isfinite(out)

@@ -1,7 +1,14 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from strop.data import write_digits, write_shapes
+
+# the helper modules beside the tests (_train_seams.py, _configs.py) and test modules others reuse
+sys.path.insert(0, str(Path(__file__).parent))
+from _configs import tiny_config as _tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -22,26 +29,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def _tiny_config(root, out, **over):
-    """A resnet18 run on 32×32 digits; ``over`` replaces top-level keys (sections are merged)."""
-    from strop.train import config_from_dict
-
-    base = {
-        "data": {"root": str(root), "image_size": 32, "batch_size": 16, "val_fraction": 0.25, "num_workers": 0},
-        "model": {"name": "resnet18"},
-        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-        "precision": "fp32",
-        "memory_format": "contiguous",
-        "epochs": 2,
-        "seed": 0,
-        "progress": False,
-        "output": str(out),
-    }
-    for k, v in over.items():
-        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return config_from_dict(base)
 
 
 @pytest.fixture

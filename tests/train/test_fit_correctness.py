@@ -19,29 +19,24 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _configs import merged, tiny_config
 from _train_seams import BUILD_MODEL, EVALUATE_TARGET
 
 from strop.data import image_folder
-from strop.train import config_from_dict, fit, load_checkpoint
+from strop.train import fit, load_checkpoint
+
+# a small fast run whose weights move every step (dropout off unless asked)
+_FAST = {
+    "data": {"val_fraction": 0.2},
+    "model": {"name": "mobilenet_v3_small", "dropout": 0.0},
+    "optimizer": {"lr": 0.01, "momentum": 0.0},
+    "feature_cache": "off",
+}
 
 
 def _config(root, out, **over):
-    """A small fast run whose weights move every step (dropout off unless asked)."""
-    base = {
-        "data": {"root": str(root), "image_size": 32, "batch_size": 16, "val_fraction": 0.2, "num_workers": 0},
-        "model": {"name": "mobilenet_v3_small", "dropout": 0.0},
-        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.0},
-        "precision": "fp32",
-        "memory_format": "contiguous",
-        "feature_cache": "off",
-        "epochs": 2,
-        "seed": 0,
-        "progress": False,
-        "output": str(out),
-    }
-    for k, v in over.items():
-        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return config_from_dict(base)
+    """:func:`tiny_config` with :data:`_FAST` and then ``over`` applied."""
+    return tiny_config(root, out, **merged(_FAST, over))
 
 
 def _quiet(msg):

@@ -20,22 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_distributed import BASE  # the same model, data and optimizer
 
 TIMEOUT_S = 200
-BASE = {
-    "data": {"image_size": 32, "batch_size": 16, "val_fraction": 0.2, "num_workers": 0},
-    "model": {"name": "squeezenet1_1", "dropout": 0.0},
-    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-    "precision": "fp32",
-    "memory_format": "contiguous",
-    "device": "cpu",
-    "feature_cache": "off",
-    "epochs": 2,
-    "seed": 0,
-    "progress": False,
-}
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

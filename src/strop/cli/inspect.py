@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the model as ``build_model`` would and print its summary."""
     from strop.finetune import build_model, freeze, model_spec, summarize
+    from strop.finetune.build import load_report_of
     from strop.finetune.zoo import build_architecture
 
     num_classes = args.num_classes if args.num_classes is not None else model_spec(args.model).num_classes
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             aux_logits=args.aux_logits,
         )
     print(summarize(model))
-    report = getattr(model, "_strop_load_report", None)
+    report = load_report_of(model)
     if report is not None:
         print(f"\nweights      {report}")
     return 0

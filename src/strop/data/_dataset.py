@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from strop.data._scan import CacheSpec, check_cache, check_stats
+from strop.data._scan import (
+    CacheSpec,
+    check_cache,
+    check_common,
+    check_root,
+    check_stats,
+    split_layout,
+)
 from strop.data.cache import SampleCache, cache_key
 from strop.data.transforms import (
     IMAGENET_MEAN,
@@ -21,7 +29,7 @@ from strop.data.transforms import (
     resolve_size,
 )
 
-__all__ = ["FolderDataset", "make_cache"]
+__all__ = ["FolderArgs", "FolderDataset", "check_folder_args", "make_cache"]
 
 
 def make_cache(
@@ -45,6 +53,53 @@ def make_cache(
         location = Path(cache)  # type: ignore[arg-type]
     key = cache_key(paths, *[(k, v[0], str(v[1])) for k, v in fields.items()], *extra)
     return SampleCache(len(paths), fields, location=location, key=key)
+
+
+@dataclass(frozen=True)
+class FolderArgs:
+    """The checked arguments that ``image_folder`` and ``segmentation_folder`` share.
+
+    ``size``: ``(H, W)``, or ``None`` for the images' own size. ``options``: the training-only
+    augmentation options (``hflip``, ``color_jitter``, ``random_erasing``). ``dataset``: the
+    keyword arguments both datasets of a split take (size, statistics, cache).
+    """
+
+    root: Path
+    train_dir: Path
+    val_dir: Path | None
+    size: tuple[int, int] | None
+    options: dict[str, Any]
+    dataset: dict[str, Any]
+
+
+def check_folder_args(
+    func: str,
+    task: str,
+    *,
+    root: str | os.PathLike[str],
+    image_size: int | Sequence[int] | None,
+    val_fraction: float,
+    seed: int,
+    augment: Augment,
+    mean: Sequence[float],
+    std: Sequence[float],
+    cache: CacheSpec,
+    val_folder: str | None,
+    hflip: bool,
+    color_jitter: float | Sequence[float] | None,
+    random_erasing: float,
+) -> FolderArgs:
+    """Check a folder builder's common arguments (before any file is read) and find the layout."""
+    size = None if image_size is None else resolve_size(func, image_size)
+    check_common(func, val_fraction, seed)
+    mean, std = check_stats(func, "mean", mean), check_stats(func, "std", std)
+    options = {"hflip": hflip, "color_jitter": color_jitter, "random_erasing": random_erasing}
+    augmentation(func, augment, size or (1, 1), task=task, **options)  # validate now
+    check_cache(func, cache)
+    path = check_root(func, root)
+    train_dir, val_dir = split_layout(func, path, val_folder)
+    dataset = {"mean": mean, "std": std, "cache": cache, "cache_root": path}
+    return FolderArgs(path, train_dir, val_dir, size, options, dataset)
 
 
 class FolderDataset(Dataset[Any]):

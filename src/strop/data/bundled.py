@@ -33,6 +33,21 @@ _VERSION = 1
 SHAPE_KINDS = ("circle", "square", "triangle")
 
 
+def _check_seed_and_size(func: str, seed: int, size: int, *, why: str) -> None:
+    check_positive(func, "seed", seed, allow_zero=True, integer=True)
+    check_positive(func, "size", size, integer=True)
+    if size < 8:
+        fail(func, f"size must be >= 8 ({why}); got {size}")
+
+
+def _save_8x8(pixels: np.ndarray, size: int, file: Path) -> None:
+    """Write an 8x8 ``uint8`` scan as a ``size x size`` PNG (bilinear upscaling)."""
+    img = Image.fromarray(pixels)
+    if size != 8:
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    img.save(file)
+
+
 def _up_to_date(func: str, root: Path, kind: str, params: dict[str, Any]) -> bool:
     """True when ``root`` already holds this dataset; else clears what an earlier call wrote."""
     manifest = root / MANIFEST
@@ -120,10 +135,7 @@ def write_digits(
         fail(func, f"digits must be a non-empty collection of integers in 0..9; got {chosen}")
     if per_class is not None:
         check_positive(func, "per_class", per_class, integer=True)
-    check_positive(func, "seed", seed, allow_zero=True, integer=True)
-    check_positive(func, "size", size, integer=True)
-    if size < 8:
-        fail(func, f"size must be >= 8 (the scans are 8x8); got {size}")
+    _check_seed_and_size(func, seed, size, why="the scans are 8x8")
 
     params = {"digits": chosen, "per_class": per_class, "seed": seed, "size": size}
     if _up_to_date(func, path, "digits", params):
@@ -152,11 +164,8 @@ def write_digits(
     for d, idx in picks.items():
         (path / str(d)).mkdir(exist_ok=True)
         for i in idx:
-            img = Image.fromarray(images[i])
-            if size != 8:
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
             rel = f"{d}/{i:04d}.png"
-            img.save(path / rel)
+            _save_8x8(images[i], size, path / rel)
             files.append(rel)
     return _finish(path, "digits", params, files)
 
@@ -254,10 +263,7 @@ def write_glyphs(
                                                                   for ch in chars):
         fail(func, f"chars must hold at least 2 distinct printable, non-space characters; got {chars!r}")
     check_positive(func, "per_class", per_class, integer=True)
-    check_positive(func, "seed", seed, allow_zero=True, integer=True)
-    check_positive(func, "size", size, integer=True)
-    if size < 8:
-        fail(func, f"size must be >= 8 (glyphs are made at 8x8, like the digits); got {size}")
+    _check_seed_and_size(func, seed, size, why="glyphs are made at 8x8, like the digits")
 
     params = {"chars": chars, "per_class": per_class, "seed": seed, "size": size}
     if _up_to_date(func, path, "glyphs", params):
@@ -277,11 +283,8 @@ def write_glyphs(
         (path / folder).mkdir(exist_ok=True)
         for i in range(per_class):
             counts = _render_glyph(rng, ch, fonts[names[int(rng.integers(len(names)))]])
-            img = Image.fromarray(np.rint(counts * (255.0 / 16.0)).astype(np.uint8))
-            if size != 8:
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
             rel = f"{folder}/{i:04d}.png"
-            img.save(path / rel)
+            _save_8x8(np.rint(counts * (255.0 / 16.0)).astype(np.uint8), size, path / rel)
             files.append(rel)
     return _finish(path, "glyphs", params, files)
 

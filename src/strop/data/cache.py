@@ -1,4 +1,4 @@
-"""A store for decoded, resized samples, filled on first access (issue 6, item 3).
+"""A store for decoded, resized samples, filled on first access.
 
 Decoding a PNG/JPEG and resizing it costs far more than the rest of the input pipeline once
 images are small. ``SampleCache`` keeps the *load stage* output (``uint8`` images, integer masks)

@@ -11,31 +11,19 @@ import torch
 from torch import Tensor
 
 from strop._checks import fail
-from strop.data._dataset import FolderDataset
+from strop.data._dataset import FolderDataset, check_folder_args
 from strop.data._scan import (
     IMAGE_EXTENSIONS,
     CacheSpec,
-    check_cache,
-    check_common,
-    check_root,
-    check_stats,
     common_size,
     list_files,
     listing,
     mark_unsupported,
     report_bad,
     split_indices,
-    split_layout,
     validate,
 )
-from strop.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Augment,
-    augmentation,
-    load_image,
-    resolve_size,
-)
+from strop.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Augment, load_image
 
 __all__ = ["ImageFolderDataset", "image_folder"]
 
@@ -218,14 +206,12 @@ def image_folder(
             bad files with ``strict=True``, bad arguments.
     """
     func = "image_folder"
-    size = None if image_size is None else resolve_size(func, image_size)
-    check_common(func, val_fraction, seed)
-    mean, std = check_stats(func, "mean", mean), check_stats(func, "std", std)
-    options = {"hflip": hflip, "color_jitter": color_jitter, "random_erasing": random_erasing}
-    augmentation(func, augment, size or (1, 1), task="classification", **options)  # validate now
-    check_cache(func, cache)
-    path = check_root(func, root)
-    train_dir, val_dir = split_layout(func, path, val_folder)
+    args = check_folder_args(
+        func, "classification", root=root, image_size=image_size, val_fraction=val_fraction,
+        seed=seed, augment=augment, mean=mean, std=std, cache=cache, val_folder=val_folder,
+        hflip=hflip, color_jitter=color_jitter, random_erasing=random_erasing,
+    )
+    path, train_dir, val_dir, size = args.root, args.train_dir, args.val_dir, args.size
 
     classes, train_files, other = _scan_classes(func, train_dir, None)
     splits = [(train_dir, train_files)]
@@ -248,8 +234,7 @@ def image_folder(
         tr, va = split_indices([t for _, t in train_samples], val_fraction, seed)
         train_samples, val_samples = [train_samples[i] for i in tr], [train_samples[i] for i in va]
 
-    common: dict[str, Any] = {"image_size": size, "mean": mean, "std": std}
-    common.update(cache=cache, cache_root=path)
-    train_ds = ImageFolderDataset(train_samples, classes, augment=augment, **common, **options)
+    common = {"image_size": size, **args.dataset}
+    train_ds = ImageFolderDataset(train_samples, classes, augment=augment, **common, **args.options)
     val_ds = ImageFolderDataset(val_samples, classes, augment=False, **common)
     return train_ds, val_ds, list(classes)

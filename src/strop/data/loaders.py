@@ -15,9 +15,9 @@ from strop._checks import check_positive, fail
 
 __all__ = ["auto_num_workers", "make_loader", "materialize", "seed_worker"]
 
-# Measured on a 2-core machine (docs/data.md): with the uint8 cache or small images the main
-# process keeps up, and a worker only steals a core from the model; below ~4 batches the worker
-# start-up costs more than the epoch.
+# With the uint8 cache or small images the main process keeps up, and a worker only steals a
+# core from the model; below ~4 batches the worker start-up costs more than the epoch
+# (docs/data.md has the measurements).
 _MIN_BATCHES_FOR_WORKERS = 4
 _MAX_WORKERS = 8
 

@@ -5,29 +5,23 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from strop._checks import check_positive, fail
-from strop.data._dataset import FolderDataset
+from strop.data._dataset import FolderDataset, check_folder_args
 from strop.data._scan import (
     LOSSY_SUFFIXES,
     MAX_LISTED,
     CacheSpec,
-    check_cache,
-    check_common,
-    check_root,
-    check_stats,
     common_size,
     list_files,
     listing,
     mark_unsupported,
     report_bad,
     split_indices,
-    split_layout,
     validate,
 )
 from strop.data.transforms import (
@@ -35,11 +29,9 @@ from strop.data.transforms import (
     IMAGENET_STD,
     Augment,
     as_tv,
-    augmentation,
     load_image,
     load_mask,
     read_mask_array,
-    resolve_size,
 )
 
 __all__ = ["SegmentationFolderDataset", "segmentation_folder"]
@@ -296,15 +288,13 @@ def segmentation_folder(
     ``image_size=None`` (the images' own size, when they all share one) as in :func:`image_folder`.
     """
     func = "segmentation_folder"
-    size = None if image_size is None else resolve_size(func, image_size)
-    check_common(func, val_fraction, seed)
-    mean, std = check_stats(func, "mean", mean), check_stats(func, "std", std)
-    options = {"hflip": hflip, "color_jitter": color_jitter, "random_erasing": random_erasing}
-    augmentation(func, augment, size or (1, 1), task="segmentation", **options)
-    check_cache(func, cache)
+    args = check_folder_args(
+        func, "segmentation", root=root, image_size=image_size, val_fraction=val_fraction,
+        seed=seed, augment=augment, mean=mean, std=std, cache=cache, val_folder=val_folder,
+        hflip=hflip, color_jitter=color_jitter, random_erasing=random_erasing,
+    )
     _check_label_args(func, num_classes, ignore_index)
-    path = check_root(func, root)
-    train_dir, val_dir = split_layout(func, path, val_folder)
+    path, train_dir, val_dir, size = args.root, args.train_dir, args.val_dir, args.size
 
     train_pairs, other = _pairs(func, train_dir, path)
     val_pairs: list[Pair] = []
@@ -331,9 +321,9 @@ def segmentation_folder(
         tr, va = split_indices([0] * len(train_pairs), val_fraction, seed)
         train_pairs, val_pairs = [train_pairs[i] for i in tr], [train_pairs[i] for i in va]
 
-    common: dict[str, Any] = {"image_size": size, "num_classes": num_classes, "mean": mean}
-    common.update(ignore_index=ignore_index, std=std, cache=cache, cache_root=path)
-    common["mask_dtype"] = torch.uint8 if values.min() >= 0 and values.max() <= 255 else torch.int32
-    train_ds = SegmentationFolderDataset(train_pairs, augment=augment, **common, **options)
+    mask_dtype = torch.uint8 if values.min() >= 0 and values.max() <= 255 else torch.int32
+    common = {"image_size": size, **args.dataset, "num_classes": num_classes}
+    common.update(ignore_index=ignore_index, mask_dtype=mask_dtype)
+    train_ds = SegmentationFolderDataset(train_pairs, augment=augment, **common, **args.options)
     val_ds = SegmentationFolderDataset(val_pairs, augment=False, **common)
     return train_ds, val_ds, num_classes

@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from strop._checks import check_choice, fail
 
@@ -86,7 +86,7 @@ def load_image(path: str | Path, size: tuple[int, int]) -> Tensor:
     chw = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
     if tuple(chw.shape[1:]) == size:
         return chw.contiguous()
-    return F.resize(chw, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+    return TF.resize(chw, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
 
 
 def read_mask_array(path: str | Path, *, func: str = "load_mask") -> np.ndarray:
@@ -122,7 +122,7 @@ def load_mask(path: str | Path, size: tuple[int, int]) -> Tensor:
     mask = torch.from_numpy(arr.astype(dtype, copy=True))
     if tuple(mask.shape) == size:
         return mask
-    return F.resize(mask[None], list(size), interpolation=v2.InterpolationMode.NEAREST_EXACT)[0]
+    return TF.resize(mask[None], list(size), interpolation=v2.InterpolationMode.NEAREST_EXACT)[0]
 
 
 def normalization(mean: Sequence[float], std: Sequence[float]) -> Callable[[Tensor], Tensor]:
@@ -136,7 +136,7 @@ def normalization(mean: Sequence[float], std: Sequence[float]) -> Callable[[Tens
     mean, std = list(mean), list(std)
 
     def normalize(image: Tensor) -> Tensor:
-        return F.normalize(F.to_dtype(image, torch.float32, scale=True), mean, std)
+        return TF.normalize(TF.to_dtype(image, torch.float32, scale=True), mean, std)
 
     return normalize
 
@@ -285,11 +285,6 @@ _POLICIES: dict[str, Callable[[], v2.Transform]] = {
     "autoaugment": v2.AutoAugment,
     "augmix": v2.AugMix,
 }
-
-
-def is_deterministic(func: str, augment: Augment) -> bool:
-    """Whether ``augment`` leaves every sample unchanged from one epoch to the next."""
-    return _check_augment(func, augment) == "none"
 
 
 def as_tv(

@@ -1,12 +1,12 @@
 """Fine-tuning pretrained models: model zoo, weights, heads, freezing, discriminative LRs.
 
-The tutorial's transfer-learning steps as one reliable API for every torchvision classification
-(and semantic-segmentation) model::
+The transfer-learning steps (build, load weights, new head, freeze) as one API for every
+torchvision classification (and semantic-segmentation) model::
 
     model = build_model("resnet18", num_classes=4, weights="DEFAULT", freeze="backbone")
     optimizer = torch.optim.AdamW(param_groups(model, 1e-3, weight_decay=0.05))
 
-See docs/finetune.md for the side-by-side with the tutorial.
+See docs/finetune.md for the steps side by side with plain torchvision code.
 """
 
 from __future__ import annotations

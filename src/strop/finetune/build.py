@@ -1,8 +1,9 @@
-"""``build_model``: the tutorial's transfer-learning steps in one call."""
+"""``build_model``: the transfer-learning steps (architecture, weights, head, freezing) in one call."""
 
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from strop.finetune.freeze import freeze as _freeze
 from strop.finetune.weights import LoadReport, load_weights
 from strop.finetune.zoo import build_architecture, resolve_name
 
-__all__ = ["build_model", "load_summary", "resolve_weights"]
+__all__ = ["build_model", "load_report_of", "load_summary", "resolve_weights"]
 
 _FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".pkl", ".safetensors")
 
@@ -65,7 +66,7 @@ def build_model(
 ) -> nn.Module:
     """A torchvision model ready to fine-tune for ``num_classes`` classes (on CPU).
 
-    Equivalent to the tutorial's ``models.resnet18(pretrained=True)`` + freezing +
+    Equivalent to ``models.resnet18(weights=...)`` + freezing +
     ``model.fc = nn.Linear(512, num_classes)``, for any classification builder of torchvision
     (``strop.finetune.available_models()``) and the segmentation builders (``fcn_*``,
     ``deeplabv3_*``, ``lraspp_mobilenet_v3_large``).
@@ -89,8 +90,8 @@ def build_model(
     - ``trust_pickle``: UNSAFE opt-in for trusted legacy checkpoints that ``weights_only=True``
       refuses (a pickle can run code on load); see :func:`load_weights`.
 
-    The returned model records its architecture name (``model._strop_arch``) and, when weights
-    were loaded, the :class:`LoadReport` (``model._strop_load_report``; one line:
+    strop remembers the model's architecture name (:func:`~strop.finetune.zoo.architecture_of`)
+    and, when weights were loaded, the :class:`LoadReport` (:func:`load_report_of`; one line:
     :func:`load_summary`).
     """
     name = resolve_name("build_model", name)
@@ -113,15 +114,26 @@ def build_model(
         report: LoadReport = load_weights(
             model, source, strict=strict, sha256=sha256, trust_pickle=trust_pickle, keep_head=keep_head
         )
-        model._strop_load_report = report
+        _LOAD_REPORTS[model] = report
     if freeze is not None:
         _freeze(model, freeze, train_bn=train_bn)
     return model
+
+
+# What build_model loaded into each model it built; beside the model, not an attribute on it
+# (see zoo.architecture_of).
+_LOAD_REPORTS: weakref.WeakKeyDictionary[nn.Module, LoadReport] = weakref.WeakKeyDictionary()
+
+
+def load_report_of(model: nn.Module) -> LoadReport | None:
+    """The :class:`LoadReport` of the weights :func:`build_model` loaded into ``model``; ``None``
+    when it loaded none or did not build ``model`` (a copy of a model is not recorded)."""
+    return _LOAD_REPORTS.get(model)
 
 
 def load_summary(model: nn.Module) -> str | None:
     """The one-line summary of the weights :func:`build_model` loaded into ``model`` (``None``
     when it loaded none), e.g. ``weights source.pth: 120 tensors loaded; new head
     (keep_head=False), 2 tensors left as initialised``."""
-    report = getattr(model, "_strop_load_report", None)
+    report = load_report_of(model)
     return None if report is None else report.summary()

@@ -1,4 +1,4 @@
-"""Freezing: the tutorial's feature extraction, freezing up to a stage, and BatchNorm handling.
+"""Freezing: feature extraction (a frozen backbone), freezing up to a stage, and BatchNorm handling.
 
 A frozen BatchNorm layer must also stop updating its running statistics, or a frozen backbone
 still drifts while the head trains (``requires_grad=False`` does not stop ``model.train()`` from
@@ -142,7 +142,7 @@ def freeze(model: nn.Module, what: str | int | None, *, train_bn: bool = False) 
     """Freeze part of ``model`` in place (``requires_grad=False``); the head always stays trainable.
 
     ``what``:
-      - ``"backbone"``: every layer group but the head (the tutorial's feature extraction; the
+      - ``"backbone"``: every layer group but the head (feature extraction; the
         aux heads of inception/googlenet are heads and stay trainable);
       - a layer-group name such as ``"layer3"``: that group and every group before it
         ("freeze up to layer3"); :func:`strop.finetune.model_spec` lists the names;

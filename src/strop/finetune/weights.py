@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
 from strop._checks import fail
-from strop.finetune.zoo import _FAMILIES, spec_of
+from strop.finetune.zoo import FAMILIES, architecture_of, spec_of
 
 __all__ = ["LoadReport", "UnsafeWeightsError", "file_sha256", "hub_cache_path", "load_weights", "read_state_dict"]
 
@@ -266,7 +266,7 @@ def _match(
     model: nn.Module, state: Mapping[str, Tensor], source: str, keep_head: bool = True
 ) -> tuple[dict[str, Tensor], LoadReport]:
     spec = spec_of("load_weights", model)
-    family = _FAMILIES[type(model).__name__]
+    family = FAMILIES[type(model).__name__]
     own = model.state_dict()
     state, meta = _strip_prefixes(state, own)
     # aux heads the family has but this model was built without (aux_logits=False)
@@ -361,7 +361,7 @@ def load_weights(
     if not report.ok and strict:
         fail(
             "load_weights",
-            f"{where} does not fit {getattr(model, '_strop_arch', type(model).__name__)}; nothing was loaded ({report})",
+            f"{where} does not fit {architecture_of(model) or type(model).__name__}; nothing was loaded ({report})",
             hint="pass strict=False to load the tensors that fit and keep the rest as initialised",
         )
     result = model.load_state_dict(to_load, strict=False)

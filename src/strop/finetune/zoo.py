@@ -12,6 +12,7 @@ builder and every semantic-segmentation builder works.
 from __future__ import annotations
 
 import difflib
+import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,7 +23,16 @@ from torchvision.models import get_model_builder, get_model_weights, list_models
 
 from strop._checks import check_positive, fail
 
-__all__ = ["FAMILIES", "LayerGroup", "ModelSpec", "available_models", "build_architecture", "layer_groups", "model_spec"]
+__all__ = [
+    "FAMILIES",
+    "LayerGroup",
+    "ModelSpec",
+    "architecture_of",
+    "available_models",
+    "build_architecture",
+    "layer_groups",
+    "model_spec",
+]
 
 Task = Literal["classification", "segmentation"]
 
@@ -75,8 +85,6 @@ FAMILIES: dict[str, _Family] = {
         "segmentation",
     ),
 }
-# the old private name, still imported by weights.py: remove once that import says FAMILIES
-_FAMILIES = FAMILIES
 
 _CLASSIFICATION = tuple(list_models(module=torchvision.models))
 _SEGMENTATION = tuple(list_models(module=torchvision.models.segmentation))
@@ -130,6 +138,19 @@ def _builder_kwargs(name: str, *, num_classes: int, pretrained: bool, aux_logits
     return kwargs
 
 
+# The torchvision name each model built here was built from, so that model_spec(model) knows the
+# exact variant (efficientnet_b3's input size, not EfficientNet's default). Kept beside the model
+# rather than on it: the user's module gets no extra attribute, and an entry goes with its model.
+_ARCHITECTURES: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def architecture_of(model: nn.Module) -> str | None:
+    """The torchvision name ``model`` was built from by :func:`build_architecture` (and so by
+    ``build_model``), e.g. ``"efficientnet_b3"``; ``None`` for a model built elsewhere. A copy
+    (``copy.deepcopy``, a pickled model) is a new object and is not recorded."""
+    return _ARCHITECTURES.get(model)
+
+
 def build_architecture(
     name: str,
     *,
@@ -159,9 +180,9 @@ def build_architecture(
         model = builder(**kwargs)
         if device is not None:
             model = model.to(device)
-    # recorded so that model_spec(model) knows the exact variant (efficientnet_b3's input size ...)
-    model._strop_arch = name
+    _ARCHITECTURES[model] = name
     return model
+
 
 
 def _family(func: str, model: nn.Module) -> _Family:
@@ -250,7 +271,7 @@ def spec_of(func: str, model: nn.Module) -> ModelSpec:
     if not isinstance(model, nn.Module):
         fail(func, f"model must be a torch.nn.Module; got {type(model).__name__}", exc=TypeError)
     family = _family(func, model)
-    name = getattr(model, "_strop_arch", None)
+    name = architecture_of(model)
     aux = tuple(p for p in family.aux_heads if _present(model, p))
     outputs = tuple(p for p in family.outputs() if _present(model, p))
     if isinstance(getattr(model, "image_size", None), int):  # ViT: fixed by its position embedding

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +39,7 @@ __all__ = [
     "MODES",
     "REDUCTIONS",
     "Prepared",
+    "check_alpha",
     "check_ignore_index",
     "check_mode",
     "check_reduction",
@@ -103,6 +104,20 @@ def check_ignore_index(func: str, ignore_index: int | None) -> None:
              exc=TypeError)
 
 
+def check_alpha(func: str, alpha: float | Sequence[float] | None, mode: str) -> None:
+    """Focal's ``alpha``: ``None``, a float in ``[0, 1]``, or (multiclass) one weight per class."""
+    if alpha is None:
+        return
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        if not 0 <= alpha <= 1:
+            fail(func, f"alpha must lie in [0, 1] (or be None for no weighting); got {alpha!r}")
+        return
+    if mode == "multiclass" and isinstance(alpha, (Sequence, Tensor)) and not isinstance(alpha, str):
+        return
+    fail(func, f"alpha must be a float in [0, 1], None{', or one weight per class' if mode == 'multiclass' else ''}; "
+               f"got {type(alpha).__name__} {alpha!r}", exc=TypeError)
+
+
 def check_tensor(func: str, arg: str, value: object, *, floating: bool = False) -> Tensor:
     """``value`` as a Tensor, or a ``TypeError`` naming ``arg``."""
     if not isinstance(value, Tensor):
@@ -162,14 +177,6 @@ class Prepared:
     @property
     def num_classes(self) -> int:
         return self.input.shape[1]
-
-    def probs(self) -> Tensor:
-        """``(N, C, P)`` probabilities: sigmoid (binary/multilabel) or softmax over C."""
-        if not self.from_logits:
-            return self.input
-        if self.mode == "multiclass":
-            return torch.softmax(self.input, dim=1)
-        return torch.sigmoid(self.input)
 
     def onehot(self, dtype: torch.dtype | None = None) -> Tensor:
         """``(N, C, P)`` float target: one-hot labels (multiclass) or the target, ignored -> 0."""

@@ -79,15 +79,14 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, denominator: str = "union") -> Te
     Args:
         boxes1 (Tensor[N, 4]), boxes2 (Tensor[M, 4]): ``(x1, y1, x2, y2)`` boxes.
         denominator: ``"union"`` (default): ``|A ∩ B| / |A ∪ B|``; ``"min"``:
-            ``|A ∩ B| / min(|A|, |B|)``, the tutorial's ``isMin=True`` (intersection over the smaller
-            box, used by some NMS variants).
+            ``|A ∩ B| / min(|A|, |B|)`` (intersection over the smaller box, used by some NMS
+            variants).
 
     Returns:
         Tensor[N, M]: float32 (float64 for float64 boxes). A zero denominator gives 0.
 
-    Same number as ``torchvision.ops.box_iou`` for ``"union"`` on boxes with positive area. The
-    tutorial's ``IoULoss`` added ``smooth=1`` to numerator and denominator (and returned the IoU,
-    not a loss); strop computes the unsmoothed ratio.
+    Same number as ``torchvision.ops.box_iou`` for ``"union"`` on boxes with positive area: the
+    unsmoothed ratio (no ``smooth`` added to numerator and denominator).
     """
     func = "box_iou"
     check_choice(func, "denominator", denominator, ("union", "min"))

@@ -1,8 +1,9 @@
 """Element-wise losses: focal, cross-entropy, BCE with logits, MSE.
 
-``cross_entropy`` and ``bce`` wrap ``F.cross_entropy`` / ``F.binary_cross_entropy_with_logits``
-with strop's validation (shapes, class-id range, ``ignore_index``) and an empty batch giving 0,
-so that configs can name them next to the other losses.
+``cross_entropy_loss`` and ``bce_loss`` wrap ``F.cross_entropy`` /
+``F.binary_cross_entropy_with_logits`` with strop's validation (shapes, class-id range,
+``ignore_index``) and an empty batch giving 0, so that configs can name them next to the other
+losses. ``cross_entropy`` and ``bce`` are the same functions under their earlier names.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import Tensor
 from strop._checks import check_positive, fail
 from strop.losses._prepare import (
     _check_values,
+    check_alpha,
     check_ignore_index,
     check_reduction,
     check_tensor,
@@ -24,20 +26,7 @@ from strop.losses._prepare import (
     reduce,
 )
 
-__all__ = ["bce", "cross_entropy", "focal_loss", "mse_loss"]
-
-
-def _check_alpha(func: str, alpha: float | Sequence[float] | None, mode: str) -> None:
-    if alpha is None:
-        return
-    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
-        if not 0 <= alpha <= 1:
-            fail(func, f"alpha must lie in [0, 1] (or be None for no weighting); got {alpha!r}")
-        return
-    if mode == "multiclass" and isinstance(alpha, (Sequence, Tensor)) and not isinstance(alpha, str):
-        return
-    fail(func, f"alpha must be a float in [0, 1], None{', or one weight per class' if mode == 'multiclass' else ''}; "
-               f"got {type(alpha).__name__} {alpha!r}", exc=TypeError)
+__all__ = ["bce", "bce_loss", "cross_entropy", "cross_entropy_loss", "focal_loss", "mse_loss"]
 
 
 def focal_loss(
@@ -77,13 +66,13 @@ def focal_loss(
           reduction="none")`` summed over channels (multiclass; MONAI's ``"mean"`` also divides
           by C), and ``FocalLoss(alpha=alpha, gamma=gamma)`` for binary/multilabel.
 
-    The tutorial's ``FocalLoss`` applied the focal factor to the *mean* BCE, which down-weights
-    every pixel equally and so is just a rescaled BCE; this is the per-element definition.
+    The focal factor is applied per element: applied to the *mean* BCE instead, it would weigh
+    every pixel by the same factor (a rescaled BCE, no focusing on hard examples).
     """
     func = "focal_loss"
     check_positive(func, "gamma", gamma, allow_zero=True)
     check_reduction(func, reduction)
-    _check_alpha(func, alpha, mode)
+    check_alpha(func, alpha, mode)
     prepared = prepare(func, input, target, mode=mode, ignore_index=ignore_index)
     x = prepared.input
     if mode == "multiclass":
@@ -244,7 +233,7 @@ def _power(base: Tensor, gamma: float) -> Tensor:
     return base.pow(gamma)
 
 
-def bce(
+def bce_loss(
     input: Tensor,
     target: Tensor,
     *,
@@ -264,7 +253,7 @@ def bce(
 
     Same number as ``F.binary_cross_entropy_with_logits(input, target, pos_weight=pos_weight)``.
     """
-    func = "bce"
+    func = "bce_loss"
     check_reduction(func, reduction)
     prepared = prepare(func, input, target, mode="binary", ignore_index=ignore_index)
     assert prepared.target is not None
@@ -282,7 +271,7 @@ def bce(
     return reduce(loss, reduction, valid)
 
 
-def cross_entropy(
+def cross_entropy_loss(
     input: Tensor,
     target: Tensor,
     *,
@@ -306,7 +295,7 @@ def cross_entropy(
     label_smoothing=label_smoothing, reduction=reduction)`` whenever torch's is finite. As in
     torch, the logits of an ignored target are never read (a NaN there does not reach the loss).
     """
-    func = "cross_entropy"
+    func = "cross_entropy_loss"
     check_reduction(func, reduction)
     check_tensor(func, "input", input, floating=True)
     check_tensor(func, "target", target)
@@ -318,7 +307,7 @@ def cross_entropy(
              hint="add a batch dimension: input[None]")
     n, c = input.shape[:2]
     if c < 2:
-        fail(func, f"input must have C >= 2 classes; got {tuple(input.shape)}", hint="use bce for one logit")
+        fail(func, f"input must have C >= 2 classes; got {tuple(input.shape)}", hint="use bce_loss for one logit")
     x = input.to(compute_dtype(input.dtype))
     if weight is not None:
         weight = torch.as_tensor(weight, dtype=x.dtype, device=x.device)
@@ -336,7 +325,7 @@ def cross_entropy(
     else:
         expected = (n, *input.shape[2:])
         if tuple(target.shape) != expected:
-            hint = "use bce for multi-label one-hot targets" if target.shape == input.shape else None
+            hint = "use bce_loss for multi-label one-hot targets" if target.shape == input.shape else None
             fail(func, f"target must have shape (N, ...)={expected} for input (N, C, ...)={tuple(input.shape)}; "
                        f"got {tuple(target.shape)}", hint=hint)
         if target.dtype == torch.bool:
@@ -363,15 +352,20 @@ def cross_entropy(
     return total / torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
+# the earlier names, kept for code that imports them
+bce = bce_loss
+cross_entropy = cross_entropy_loss
+
+
 def mse_loss(input: object, target: object, reduction: str = "mean") -> Tensor:
     """Mean squared error ``mean((input - target)**2)``; ``F.mse_loss`` with validation.
 
-    Accepts tensors and array-likes (lists, numpy arrays), as the tutorial's ``MSE`` did; an
-    array-like goes to the other argument's device. Integer values compute in float32.
+    Accepts tensors and array-likes (lists, numpy arrays); an array-like goes to the other
+    argument's device. Integer values compute in float32.
     Shapes must match exactly (torch would broadcast with only a warning).
 
-    ``reduction="mean"`` (default) is the true mean. The tutorial's ``MSE`` returned
-    ``((output-target)**2).sum().mean()``, i.e. the *sum*, N times larger. An empty input gives 0.
+    ``reduction="mean"`` (default) is the true mean (not ``((input - target)**2).sum().mean()``,
+    which is the *sum*, N times larger). An empty input gives 0.
 
     Same number as ``F.mse_loss(input, target, reduction=reduction)`` and ``nn.MSELoss``.
     """

@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from strop._checks import check_choice, check_positive
-from strop.losses._prepare import MODES, check_ignore_index, check_reduction
+from strop.losses._prepare import MODES, check_alpha, check_ignore_index, check_reduction
 from strop.losses.boxes import KINDS, box_iou_loss
-from strop.losses.classification import _check_alpha, bce, cross_entropy, focal_loss, mse_loss
+from strop.losses.classification import bce_loss, cross_entropy_loss, focal_loss, mse_loss
 from strop.losses.lovasz import lovasz_loss
 from strop.losses.segmentation import dice_bce_loss, dice_loss, jaccard_loss, tversky_loss
 
@@ -117,7 +117,7 @@ class FocalLoss(_Loss):
 
     def __init__(self, *, mode: str = "binary", alpha: float | Sequence[float] | None = 0.25,
                  gamma: float = 2.0, ignore_index: int | None = None, reduction: str = "mean") -> None:
-        _check_alpha("FocalLoss", alpha, mode)
+        check_alpha("FocalLoss", alpha, mode)
         super().__init__(mode=mode, alpha=alpha, gamma=gamma, ignore_index=ignore_index, reduction=reduction)
 
 
@@ -141,9 +141,9 @@ class BoxIoULoss(_Loss):
 
 
 class CrossEntropyLoss(_Loss):
-    """:func:`~strop.losses.cross_entropy` as a module (``F.cross_entropy`` with validation)."""
+    """:func:`~strop.losses.cross_entropy_loss` as a module (``F.cross_entropy`` with validation)."""
 
-    _fn = staticmethod(cross_entropy)
+    _fn = staticmethod(cross_entropy_loss)
 
     def __init__(self, *, weight: Sequence[float] | None = None, ignore_index: int | None = None,
                  label_smoothing: float = 0.0, reduction: str = "mean") -> None:
@@ -152,9 +152,9 @@ class CrossEntropyLoss(_Loss):
 
 
 class BCEWithLogitsLoss(_Loss):
-    """:func:`~strop.losses.bce` as a module (BCE with logits with validation)."""
+    """:func:`~strop.losses.bce_loss` as a module (BCE with logits with validation)."""
 
-    _fn = staticmethod(bce)
+    _fn = staticmethod(bce_loss)
 
     def __init__(self, *, pos_weight: float | None = None, ignore_index: int | None = None,
                  reduction: str = "mean") -> None:

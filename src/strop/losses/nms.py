@@ -1,9 +1,9 @@
-"""Greedy non-maximum suppression, with the chapter's ``isMin`` overlap as an option.
+"""Greedy non-maximum suppression, with intersection over the smaller box as an option.
 
 ``nms(boxes, scores, iou_threshold, denominator="union")`` is torchvision's NMS: boxes are visited
 in decreasing score order, and a box is kept unless an already kept box overlaps it by *more than*
 ``iou_threshold``. ``denominator="min"`` measures the overlap as intersection over the *smaller*
-box (the tutorial's ``IoULoss(isMin=True)``; MTCNN-style cascades use it to drop a box nested
+box (MTCNN-style cascades use it to drop a box nested
 inside a larger one, which IoU keeps when the sizes differ).
 
 Speed: ``"union"`` dispatches to ``torchvision.ops.nms`` (its C++/CUDA kernel; a Python greedy
@@ -98,7 +98,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, denominator: str
         scores (Tensor[N]): higher is kept first.
         iou_threshold: a box is dropped when a kept box overlaps it by more than this.
         denominator: ``"union"`` (default, IoU: ``torchvision.ops.nms``) or ``"min"``
-            (intersection over the smaller box: the tutorial's ``isMin``).
+            (intersection over the smaller box).
 
     Returns:
         Tensor[K] int64: indices of the kept boxes, in decreasing score order.

@@ -24,32 +24,21 @@ from torch import Tensor, nn
 
 from strop._checks import did_you_mean, fail
 from strop._registry import Registry
-from strop.losses.modules import (
-    BCEWithLogitsLoss,
-    BoxIoULoss,
-    CrossEntropyLoss,
-    DiceBCELoss,
-    DiceLoss,
-    FocalLoss,
-    JaccardLoss,
-    LovaszLoss,
-    MSELoss,
-    TverskyLoss,
-)
+from strop.losses import modules
 
 __all__ = ["LOSSES", "CombinedLoss", "build"]
 
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
-LOSSES.register("bce", "bce_with_logits", "binary_cross_entropy")(BCEWithLogitsLoss)
-LOSSES.register("box_iou", "box_iou_loss", "iou_loss")(BoxIoULoss)
-LOSSES.register("cross_entropy", "ce", "cross_entropy_loss")(CrossEntropyLoss)
-LOSSES.register("dice", "dice_loss")(DiceLoss)
-LOSSES.register("dice_bce", "dice_bce_loss", "bce_dice")(DiceBCELoss)
-LOSSES.register("focal", "focal_loss")(FocalLoss)
-LOSSES.register("jaccard", "jaccard_loss", "soft_iou")(JaccardLoss)
-LOSSES.register("lovasz", "lovasz_loss", "lovasz_softmax", "lovasz_hinge")(LovaszLoss)
-LOSSES.register("mse", "mse_loss", "l2")(MSELoss)
-LOSSES.register("tversky", "tversky_loss", "focal_tversky")(TverskyLoss)
+LOSSES.register("bce", "bce_loss", "bce_with_logits", "binary_cross_entropy")(modules.BCEWithLogitsLoss)
+LOSSES.register("box_iou", "box_iou_loss", "iou_loss")(modules.BoxIoULoss)
+LOSSES.register("cross_entropy", "ce", "cross_entropy_loss")(modules.CrossEntropyLoss)
+LOSSES.register("dice", "dice_loss")(modules.DiceLoss)
+LOSSES.register("dice_bce", "dice_bce_loss", "bce_dice")(modules.DiceBCELoss)
+LOSSES.register("focal", "focal_loss")(modules.FocalLoss)
+LOSSES.register("jaccard", "jaccard_loss", "soft_iou")(modules.JaccardLoss)
+LOSSES.register("lovasz", "lovasz_loss", "lovasz_softmax", "lovasz_hinge")(modules.LovaszLoss)
+LOSSES.register("mse", "mse_loss", "l2")(modules.MSELoss)
+LOSSES.register("tversky", "tversky_loss", "focal_tversky")(modules.TverskyLoss)
 
 
 class CombinedLoss(nn.Module):

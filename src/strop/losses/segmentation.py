@@ -77,7 +77,7 @@ def dice_loss(
         target (Tensor): see the module docstring for the shape per ``mode``.
         mode: ``"binary"`` (sigmoid), ``"multiclass"`` (softmax, integer targets) or
             ``"multilabel"`` (sigmoid per channel).
-        smooth: added to numerator and denominator (default 1.0, as in the tutorial).
+        smooth: added to numerator and denominator (default 1.0).
         per_image: one score per image and class instead of per class over the batch.
         ignore_index: target value whose pixels count neither in TP nor in the sums.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` over the ``(C,)`` or ``(N, C)``
@@ -93,7 +93,7 @@ def dice_loss(
         * smp ``DiceLoss(mode, smooth=smooth)`` when every class is present in the target
           (smp sets the loss of a class absent from the target to 0, whatever is predicted; strop
           keeps ``1 - smooth / (Σp + smooth)``); per-class values then agree for present classes.
-        * The tutorial's ``DiceLoss`` (binary, smooth=1) exactly.
+        * The textbook binary formula ``1 - (2·Σpt + 1) / (Σp + Σt + 1)`` exactly (binary, smooth=1).
 
     Reference: Milletari et al., V-Net (2016).
     """
@@ -190,9 +190,8 @@ def dice_bce_loss(
 ) -> Tensor:
     """``bce_weight · BCE-with-logits + dice_weight · Dice`` (cross-entropy for multiclass).
 
-    The tutorial's ``DiceBCELoss`` applies a sigmoid and then ``F.binary_cross_entropy``, which
-    torch refuses under CUDA autocast and which loses precision (log of a rounded probability);
-    strop uses ``binary_cross_entropy_with_logits`` on the logits (``F.cross_entropy`` for
+    A sigmoid followed by ``F.binary_cross_entropy`` would be refused by torch under CUDA autocast
+    and lose precision (log of a rounded probability); strop uses ``binary_cross_entropy_with_logits`` on the logits (``F.cross_entropy`` for
     ``mode="multiclass"``), both averaged over non-ignored elements, plus :func:`dice_loss` with
     ``reduction="mean"``. Input must be logits. Returns a scalar.
 

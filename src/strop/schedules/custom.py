@@ -15,7 +15,16 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from strop._checks import check_choice, check_positive, fail
-from strop.schedules import functional as F
+from strop.schedules.functional import (
+    constant_factor,
+    cosine_factor,
+    inverse_sqrt_factor,
+    linear_factor,
+    poly_factor,
+    step_decay_factor,
+    warmup_factor,
+    wsd_factor,
+)
 
 __all__ = [
     "WSDLR",
@@ -56,7 +65,7 @@ def _check_warmup(func: str, warmup_steps: Any, start_factor: Any, kind: Any) ->
 
 
 class StepDecayLR(_FactorLR):
-    """The tutorial's ``adjust_learning_rate``: ``lr = base_lr * factor ** (epoch // period)``.
+    """Step decay per epoch: ``lr = base_lr * factor ** (epoch // period)``.
 
     Args:
         optimizer: the optimizer.
@@ -73,7 +82,7 @@ class StepDecayLR(_FactorLR):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
-        return F.step_decay_factor(step, factor=self.decay, period=self.period)
+        return step_decay_factor(step, factor=self.decay, period=self.period)
 
 
 class _Warmed(_FactorLR):
@@ -140,7 +149,7 @@ class WarmupCosineLR(_Warmed):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
-        return F.cosine_factor(
+        return cosine_factor(
             step,
             total_steps=self.total_steps,
             restarts=self.restarts,
@@ -167,7 +176,7 @@ class WarmupLinearLR(_Warmed):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
-        return F.linear_factor(step, total_steps=self.total_steps, **self._warm())
+        return linear_factor(step, total_steps=self.total_steps, **self._warm())
 
 
 class PolyLR(_Warmed):
@@ -201,7 +210,7 @@ class PolyLR(_Warmed):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
-        return F.poly_factor(
+        return poly_factor(
             step,
             total_steps=self.total_steps,
             power=self.power,
@@ -230,7 +239,7 @@ class InverseSqrtLR(_Warmed):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
-        return F.inverse_sqrt_factor(step, timescale=self.timescale, **self._warm())
+        return inverse_sqrt_factor(step, timescale=self.timescale, **self._warm())
 
 
 class WSDLR(_Warmed):
@@ -281,7 +290,7 @@ class WSDLR(_Warmed):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
-        return F.wsd_factor(
+        return wsd_factor(
             step,
             stable_steps=self.stable_steps,
             decay_steps=self.decay_steps,
@@ -306,7 +315,7 @@ class WarmupConstantLR(_Warmed):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
-        return F.constant_factor(step, **self._warm())
+        return constant_factor(step, **self._warm())
 
 
 class ExponentialWarmupLR(LRScheduler):
@@ -340,7 +349,7 @@ class ExponentialWarmupLR(LRScheduler):
         return [group["lr"] * ratio for group in self.optimizer.param_groups]
 
     def _get_closed_form_lr(self) -> list[float]:
-        f = F.warmup_factor(
+        f = warmup_factor(
             self.last_epoch, self.total_iters, start_factor=self.start_factor, kind="exponential"
         )
         return [base * f for base in self.base_lrs]

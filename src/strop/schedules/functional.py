@@ -171,6 +171,6 @@ def constant_factor(
 
 
 def step_decay_factor(epoch: int, *, factor: float = 0.1, period: int = 30) -> float:
-    """``factor ** (epoch // period)``: the tutorial's ``adjust_learning_rate`` (lr × 0.1 every 30
-    epochs)."""
+    """``factor ** (epoch // period)``: the classic step decay (lr × 0.1 every 30 epochs, as in
+    PyTorch's ImageNet example's ``adjust_learning_rate``)."""
     return factor ** (epoch // period)

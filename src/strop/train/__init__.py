@@ -1,7 +1,7 @@
 """Training: config, loop, checkpoints, callbacks and ``fit``.
 
 from strop.train import fit, load_config
-result = fit(load_config("configs/digits.yaml"))
+result = fit(load_config("configs/digits-finetune.yaml"))
 """
 
 from strop.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint

@@ -8,10 +8,9 @@ are put back, so the probe changes nothing the run computes); then::
     compile  when  saved > estimated compile cost
 
 The compile cost is estimated from the model's size (``COLD_SECONDS_PER_MODULE`` per leaf
-module, about 40 s for resnet18 as measured cold on CPUs) and is cut to ``WARM_FRACTION`` of that
-when the persistent cache already holds compiled graphs. ``expected_speedup`` is a conservative
-prior (``EXPECTED_SPEEDUP``; compiled bf16 resnet18 measured 1.01× at 64 px and 1.30× at 224 px
-on an AMX CPU), not a promise. The decision and every number go into ``run.json``.
+module) and is cut to ``WARM_FRACTION`` of that when the persistent cache already holds compiled
+graphs. ``expected_speedup`` is a conservative prior (``EXPECTED_SPEEDUP``), not a promise;
+docs/config.md says where these constants come from. The decision and every number go into ``run.json``.
 
 When compiling (``true``, or ``auto`` deciding so), the compile is done at once on the probe
 batch, forward and backward, and timed; any failure there (no C++ compiler, an unsupported op)

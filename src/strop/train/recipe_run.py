@@ -14,25 +14,23 @@ from __future__ import annotations
 
 import copy
 import functools
-import itertools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from strop._checks import fail
-from strop.data.samplers import BalancedSampler, class_counts, class_weights, pixel_counts
+from strop.data.samplers import class_counts, class_weights, pixel_counts
 from strop.train.config_recipes import (
     apply_label_smoothing,
     resolve_auto_class_weights,
     uses_auto_class_weights,
 )
-from strop.train.sampler import ResumableSampler
+from strop.train.sampler import ResumableBalancedSampler, ResumableSampler
 
 __all__ = [
     "AveragedWeights",
-    "ResumableBalancedSampler",
     "SWAGate",
     "after_step",
     "after_validation",
@@ -70,26 +68,6 @@ def _counts(config: Any, ds: Any) -> torch.Tensor:
         return class_counts(ds.targets, len(ds.classes))
     masks = (ds.load(i)[1] for i in range(len(ds)))
     return pixel_counts(masks, ds.num_classes, ignore_index=config.data.ignore_index)
-
-
-class ResumableBalancedSampler(BalancedSampler):
-    """:class:`~strop.data.samplers.BalancedSampler` that can start part-way into an epoch, like
-    :class:`~strop.train.sampler.ResumableSampler` (its order is a function of ``seed + epoch``)."""
-
-    def __init__(self, labels: Any, *, ctx: Any, seed: int, batch_size: int) -> None:
-        super().__init__(labels, seed=seed, num_replicas=ctx.world_size, rank=ctx.rank)
-        self.batch_size = batch_size
-        self.skip = 0
-
-    def set_position(self, epoch: int, batches_done: int = 0) -> None:
-        self.set_epoch(epoch)
-        self.skip = batches_done * self.batch_size
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(super().__len__() - self.skip, 0)
 
 
 def build_train_sampler(config: Any, ds: Any, ctx: Any, batch_size: int) -> Any:

@@ -8,7 +8,20 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["stop_on_signals"]
+__all__ = ["handling_signals", "stop_on_signals"]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def handling_signals(handler: Any) -> Iterator[None]:
+    """``handler`` receives SIGINT and SIGTERM while inside; the previous handlers come back after."""
+    old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 @contextlib.contextmanager
@@ -24,9 +37,5 @@ def stop_on_signals(state: Any) -> Iterator[None]:
         state.should_stop = True
         state.interrupted = signal.Signals(signum).name
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handling_signals(handler):
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
