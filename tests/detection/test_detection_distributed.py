@@ -62,7 +62,7 @@ def _config(root: Path, weights: Path, out: Path, **over) -> dict:
         "task": "detection",
         # augment none: a random flip would draw from each rank's own RNG
         "data": {"root": str(root), "image_size": 64, "batch_size": 4, "augment": "none", "num_workers": 0},
-        "model": {"name": "retinanet_resnet50_fpn", "weights": str(weights), "trainable_backbone_layers": 1,
+        "model": {"name": "retinanet_resnet50_fpn", "weights": str(weights), "trainable_backbone_layers": 0,
                   # score 0: the barely trained detector's boxes all count, so mAP is not 0
                   "score_threshold": 0.0},
         "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
@@ -96,7 +96,8 @@ def test_two_processes_train_the_one_process_global_batch_weights(setup):
     assert dist._max_diff(w2, w1) < ACROSS_WORLD_ATOL
     # the bound can fail: training moved the weights, and another global batch lands far away
     assert dist._max_diff(w1, dist._weights(base / "b2")) > 100 * ACROSS_WORLD_ATOL
-    assert dist._max_diff(w1, torch.load(weights, weights_only=True)) > 100 * ACROSS_WORLD_ATOL
+    source = torch.load(weights, weights_only=True)
+    assert max(float((w1[k] - source[k]).abs().max()) for k in w1 if k.startswith("head.")) > 100 * ACROSS_WORLD_ATOL
     # one log, from rank 0: every step and epoch once
     rows = dist._csv_rows(run)
     assert [int(r["step"]) for r in rows if r["kind"] == "step"] == list(range(1, STEPS + 1))
