@@ -53,16 +53,17 @@ def ws(tmp_path_factory):
     from strop.data.shapes_detection import write_shapes_detection
 
     root = tmp_path_factory.mktemp("det_crash")
-    data = write_shapes_detection(root / "shapes", n_train=4, n_val=2, size=64, seed=2)
+    data = write_shapes_detection(root / "shapes", n_train=6, n_val=2, size=64, seed=2)
     return DetectionWorkspace(root=root, data=data, epochs=2, checkpoint_every_steps=1)
 
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(ws):
     ref = harness.run_reference(ws)
-    assert ref.writes == 6  # 2 epochs × (2 steps + the epoch end), a checkpoint after each
+    assert ref.writes == 8  # 2 epochs × (3 steps + the epoch end), a checkpoint after each
     # trial 1's first kill is the "step" mode: a random delay (under 1.5 step times) after the
-    # n-th checkpoint; with seed 2 the harness draws n = 1 (delay 0.14): inside epoch 1's second step
+    # n-th checkpoint; with seed 2 the harness draws n = 1 (delay 0.14 step): inside epoch 1's
+    # second step (or its third, on a busy machine)
     trial = harness.run_trial(ws, ref, 1, random.Random(2), kill_budget=1)
     logs = sorted(ws.root.glob("trial001-*.log"))
     assert trial.kills == 1 and trial.modes == ["step"], trial
@@ -72,5 +73,5 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(ws):
     # mid-epoch: the resumed run starts inside an epoch, after at least one of its batches
     line = next(ln for ln in resumed.splitlines() if "resumed from" in ln)
     batch = int(line.split(", batch ")[1].split(",")[0])
-    assert batch == 1, line
+    assert 0 < batch < 3, line
     assert trial.weights_equal and trial.best_equal and trial.steps_equal, trial.detail
