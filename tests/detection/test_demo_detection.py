@@ -6,26 +6,30 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
-from strop.demo_detection import detection_recipes, format_detection_table, run_detection_demo
+from strop.demo_detection import (
+    MODEL,
+    detection_recipes,
+    format_detection_table,
+    run_detection_demo,
+)
 from strop.train import config_from_dict
 from strop.train.detection_run import build_detection_parts
 
 
 def test_recipes_train_what_they_say(tmp_path):
-    reference = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=4)
+    reference = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=4)
     weights = tmp_path / "source.pth"
     torch.save(reference.state_dict(), weights)
     total = sum(p.numel() for p in reference.parameters())
-    body = reference.backbone.body
-    bn_affine = sum(p.numel() for m in body.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters())
-    # frozen: no backbone.body parameter trains; full: all of them but the BN affine parameters
-    # (torchvision freezes BatchNorm of pretrained backbones); scratch: everything
-    expected = {"frozen backbone": total - sum(p.numel() for p in body.parameters()),
-                "full fine-tuning": total - bn_affine, "from scratch": total}
+    features = sum(p.numel() for p in reference.backbone.features.parameters())
+    # frozen: no MobileNetV3 feature parameter trains (the SSD extras and heads do); full and
+    # scratch: everything (SSDLite keeps plain BatchNorm2d, as torchvision builds it)
+    expected = {"frozen backbone": total - features, "full fine-tuning": total, "from scratch": total}
+    assert 0 < features < total
     for label, _, lr, model in detection_recipes(weights):
-        config = config_from_dict({"task": "detection", "data": {"root": "x"}, "model": model,
+        config = config_from_dict({"task": "detection", "data": {"root": "x"}, "model": {"name": MODEL, **model},
                                    "optimizer": {"lr": lr}})
         detector, _, optimizer = build_detection_parts(config, 3)
         trainable = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
@@ -40,12 +44,16 @@ def test_demo_end_to_end_at_toy_size(tmp_path):
                               target_epochs=1, precision="fp32", progress=False, recipes=["frozen backbone"],
                               log=lines.append)
     assert [r.recipe for r in rows] == ["frozen backbone"]
-    # the frozen backbone is the source detector's, bit for bit, after target training
+    # the frozen backbone's weights are the source detector's, bit for bit, after target training;
+    # its BatchNorm statistics were recalibrated on the target images
     source = torch.load(tmp_path / "detection" / "detector-shapes-source.pth", weights_only=True)
     target = torch.load(rows[0].run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
-    body = [k for k in source if k.startswith("backbone.body.") and "num_batches" not in k]
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    body = [k for k in source if k.startswith("backbone.features.") and not k.endswith(stats)]
     assert body and all(torch.equal(source[k], target[k]) for k in body)
-    assert not torch.equal(source["rpn.head.conv.0.0.weight"], target["rpn.head.conv.0.0.weight"])
+    assert any(not torch.equal(source[k], target[k]) for k in source if k.startswith("backbone.features.")
+               and k.endswith("running_mean"))
+    assert any(not torch.equal(source[k], target[k]) for k in source if k.startswith("head."))
     assert 0.0 <= rows[0].val_map <= rows[0].val_map_50 <= 1.0
     assert (tmp_path / "detection" / "comparison.png").stat().st_size > 1000
     table = format_detection_table(rows)

@@ -109,14 +109,17 @@ def test_fit_eval_predict(det_root, tmp_path, capsys):
 
 
 def test_mid_epoch_resume_is_exact(det_root, tmp_path):
-    full = fit(_config(det_root, tmp_path / "full", epochs=2))
+    # the detector resizes the 64-pixel images to 48: fewer anchors and proposals, a faster
+    # step; exactness does not depend on the size
+    small = {"image_size": 48}
+    full = fit(_config(det_root, tmp_path / "full", epochs=2, data=small))
 
     class SigintAtBatch2:
         def on_batch_end(self, state, logs):
             if state.epoch == 1 and state.batch_in_epoch == 2:
                 state.should_stop, state.interrupted = True, "SIGINT"
 
-    part = _config(det_root, tmp_path / "part", epochs=2)
+    part = _config(det_root, tmp_path / "part", epochs=2, data=small)
     assert fit(part, callbacks=[SigintAtBatch2()]).interrupted == "SIGINT"
     resumed = fit(part, resume=True)
     a = load_checkpoint(full.run_dir / "checkpoints" / "last.pt")["model"]
@@ -155,3 +158,26 @@ def test_defaults_and_monitor(det_root, tmp_path):
     assert config_from_dict(c.to_dict()) == c  # what checkpoints store reloads
     with pytest.raises(ValueError, match="monitor 'val_loss' is not a metric this run logs"):
         fit(_config(det_root, tmp_path / "m", monitor="val_loss"))
+
+
+@pytest.mark.parametrize(("name", "over", "size"), [
+    ("ssdlite320_mobilenet_v3_large", {}, 64), ("ssdlite320_mobilenet_v3_large", {"min_size": 96}, 96),
+])
+def test_ssd_runs_at_the_configured_size(name, over, size, det_root, tmp_path):
+    """SSD's builders fix their input size (and refuse min_size / max_size): the config's size is
+    set on the built transform, and a training step runs at that size."""
+    from strop.train.detection_run import Detection, build_detection_parts
+
+    config = _config(det_root, tmp_path, model={"name": name, **over})
+    model, loss_fn, _ = build_detection_parts(config, 3)
+    t = model.transform
+    assert (t.min_size, t.max_size, t.fixed_size) == ((size,), size, (size, size))
+    images, _ = t([torch.rand(3, 64, 48)])
+    assert tuple(images.tensors.shape[-2:]) == (size, size)
+    if name.startswith("ssdlite") and not over:
+        task = Detection(3, CLASSES)
+        target = {"boxes": torch.tensor([[4.0, 4, 40, 40]]), "labels": torch.tensor([1])}
+        # two images: at 64 px SSDLite's last extra layers are 1x1, BatchNorm needs > 1 value
+        batch = task.to_device(([torch.rand(3, 64, 64)] * 2, [target] * 2), "cpu")
+        loss, _ = task.forward_loss(model.train(), loss_fn, batch, 0.0)
+        assert math.isfinite(float(loss.detach())) and set(loss_fn.parts) == {"bbox_regression", "classification"}

@@ -28,19 +28,30 @@ def _kwargs(name):
     return {} if name.startswith("ssd") else dict(SMALL)
 
 
-def _fake_hub(name, tmp_path, monkeypatch):
-    """torchvision-shaped COCO weights (91 outputs, random values) in a temporary hub cache."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    weights = get_model_weights(name).DEFAULT
-    torch.manual_seed(1)
-    source = get_model_builder(name)(weights=None, weights_backbone=None, num_classes=91)
-    with torch.no_grad():
-        for p in source.parameters():
-            p.normal_(0, 0.02)  # not the builder's init: a load that silently fails shows
-    path = hub_cache_path(weights)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(source.state_dict(), path)
-    return weights, source.state_dict()
+@pytest.fixture(scope="module")
+def fake_hub(tmp_path_factory):
+    """``fake_hub(name, monkeypatch)``: torchvision-shaped COCO weights (91 outputs, random
+    values) in a temporary hub cache, pointed to by ``$TORCH_HOME``; written once per builder for
+    the module (the tests only read the file)."""
+    home = tmp_path_factory.mktemp("torch_home")
+    made: dict[str, tuple] = {}
+
+    def make(name, monkeypatch):
+        monkeypatch.setenv("TORCH_HOME", str(home))
+        weights = get_model_weights(name).DEFAULT
+        if name not in made:
+            torch.manual_seed(1)
+            source = get_model_builder(name)(weights=None, weights_backbone=None, num_classes=91)
+            with torch.no_grad():
+                for p in source.parameters():
+                    p.normal_(0, 0.02)  # not the builder's init: a load that silently fails shows
+            path = hub_cache_path(weights)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(source.state_dict(), path)
+            made[name] = (weights, source.state_dict())
+        return made[name]
+
+    return make
 
 
 def _trainable(model):
@@ -63,8 +74,8 @@ CASES = [(n, None) for n in DETECTORS] + [
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "trainable"), CASES)
-def test_same_model_as_torchvision_from_the_hub_cache(name, trainable, tmp_path, monkeypatch):
-    weights, _ = _fake_hub(name, tmp_path, monkeypatch)
+def test_same_model_as_torchvision_from_the_hub_cache(name, trainable, fake_hub, monkeypatch):
+    weights, _ = fake_hub(name, monkeypatch)
     offset = 1 if DETECTORS[name][1].background else 0
     extra = {} if trainable is None else {"trainable_backbone_layers": trainable}
     # torchvision loads the cached file itself: the reference
@@ -89,8 +100,8 @@ def test_same_model_as_torchvision_from_the_hub_cache(name, trainable, tmp_path,
 
 @pytest.mark.parametrize("name", ["fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn",
                                   "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large"])
-def test_new_class_count_replaces_only_the_class_layers(name, tmp_path, monkeypatch):
-    weights, state = _fake_hub(name, tmp_path, monkeypatch)
+def test_new_class_count_replaces_only_the_class_layers(name, fake_hub, monkeypatch):
+    weights, state = fake_hub(name, monkeypatch)
     model = build_detector(name, num_classes=3, weights=weights, **_kwargs(name))
     info = detector_info(model)
     reset = set(info.report.head_reset)

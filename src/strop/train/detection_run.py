@@ -243,6 +243,10 @@ def detector_kwargs(config: Any) -> dict[str, Any]:
     m = config.model
     kwargs: dict[str, Any] = {"min_size": m.min_size or config.data.image_size,
                               "max_size": m.max_size or m.min_size or config.data.image_size}
+    if m.name.startswith("ssd"):
+        # SSD's builders fix their own transform sizes (and refuse min_size / max_size);
+        # build_detector_from sets them on the built transform instead
+        kwargs = {}
     if m.score_threshold is not None:
         key = "box_score_thresh" if m.name.startswith("fasterrcnn") else "score_thresh"
         kwargs[key] = m.score_threshold
@@ -263,7 +267,7 @@ def build_detector_from(config: Any, num_classes: int, weights: Any) -> nn.Modul
     )
     transform = getattr(model, "transform", None)
     if getattr(transform, "fixed_size", None) is not None:  # SSD: fixed 300/320 input by default
-        size = detector_kwargs(config)["min_size"]
+        size = config.model.min_size or config.data.image_size
         transform.min_size, transform.max_size, transform.fixed_size = (size,), size, (size, size)
     return model
 
