@@ -297,11 +297,14 @@ def test_fine_tune_recipe_resolves_and_user_keys_win(tiny_config, digits_root, t
     assert cfg.gradual_unfreeze.lr_mult == FINE_TUNE["gradual_unfreeze"]["lr_mult"]
     res = fit(cfg)
     written = yaml.safe_load((res.run_dir / "config.yaml").read_text())
-    assert written["recipe"] == "fine_tune" and written["ema"]["decay"] == FINE_TUNE["ema"]["decay"]
+    assert written["recipe"] == "fine_tune" and written["ema"] is None  # the preset has no EMA
+    assert written["gradual_unfreeze"]["head_epochs"] == FINE_TUNE["gradual_unfreeze"]["head_epochs"]
     assert written["schedule"]["name"] == FINE_TUNE["schedule"]["name"]
-    assert "val_accuracy_ema" in res.history[-1]
-    off = tiny_config(digits_root, tmp_path / "o", recipe="fine_tune", ema=None, optimizer={"name": "sgd"})
-    assert off.ema is None and off.optimizer.name == "sgd" and off.optimizer.head_lr_mult == 1.0
+    assert "val_accuracy_ema" not in res.history[-1]
+    other = tiny_config(digits_root, tmp_path / "o", recipe="fine_tune", gradual_unfreeze=None,
+                        ema={"decay": 0.9}, optimizer={"name": "sgd"})
+    assert other.gradual_unfreeze is None and other.ema.decay == 0.9
+    assert other.optimizer.name == "sgd" and other.optimizer.head_lr_mult == 1.0
 
 
 def _weights_and_ema(run_dir):
