@@ -1,10 +1,13 @@
 """Decoding, resizing, augmentation and normalisation, split in two stages.
 
-The *load* stage (``load_image`` / ``load_mask``) is deterministic: decode with PIL, convert to
-RGB, resize to the target size, return a ``uint8`` tensor. Its output is what the uint8 cache
+The *load* stage (``load_image`` / ``load_mask``) is deterministic: decode to RGB (PNG and JPEG
+with TorchCodec's ``decode_image``, torchvision's successor for image decoding, straight from the file's bytes to a ``uint8 (3, H, W)``
+tensor; other formats and 16-bit PNGs with PIL), resize to the target size, return a ``uint8``
+tensor. Its output is what the uint8 cache
 (:mod:`strop.data.cache`) stores. The *finish* stage runs on every access: optional random
 augmentation (torchvision transforms v2, on the resized uint8 tensor), then ``ToDtype(float32,
-scale=True)`` and ``Normalize(mean, std)``. Because augmentation runs after the resize, a cached
+scale=True)`` and ``Normalize(mean, std)`` — per item, or once per batch when a DataLoader asks
+a folder dataset for a whole batch (``__getitems__``; the same numbers). Because augmentation runs after the resize, a cached
 and an uncached dataset produce the same tensors, and with ``augment=False`` bit for bit.
 """
 
@@ -27,7 +30,10 @@ __all__ = [
     "AUGMENTATIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "TENSOR_DECODED_SUFFIXES",
+    "Normalization",
     "augmentation",
+    "decode_rgb",
     "load_image",
     "load_image_tensor",
     "load_mask",
@@ -74,16 +80,63 @@ def resolve_size(func: str, image_size: int | Sequence[int]) -> tuple[int, int]:
     return size
 
 
+#: Suffixes decoded by TorchCodec's ``decode_image`` (libpng / libjpeg-turbo); their pixels are
+#: pinned against PIL's ``convert("RGB")`` by tests (identical for 8-bit PNG in every mode and
+#: for JPEG: grayscale, RGB, CMYK, progressive). Anything else is read with PIL.
+TENSOR_DECODED_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+_tensor_decoder: Callable[..., Tensor] | bool | None = False  # False: not looked up yet
+
+
+def _decoder() -> Callable[..., Tensor] | None:
+    """TorchCodec's ``decode_image``, imported on first use (~0.1 s, not at ``import strop``);
+    ``None`` when TorchCodec is not installed (PIL reads everything then)."""
+    global _tensor_decoder
+    if _tensor_decoder is False:
+        try:
+            from torchcodec.decoders import decode_image
+        except ImportError:  # pragma: no cover - a runtime dependency; PIL still works
+            _tensor_decoder = None
+        else:
+            _tensor_decoder = decode_image
+    return _tensor_decoder  # type: ignore[return-value]
+
+
+def decode_rgb(path: str | Path) -> Tensor:
+    """``path`` decoded to ``uint8 (3, H, W)`` RGB, not resized.
+
+    PNG and JPEG go through TorchCodec's ``decode_image(mode="RGB")`` (the decoder that
+    torchvision 0.29 deprecated its own ``torchvision.io`` in favour of): no PIL object, no NumPy
+    copy, about half the time of PIL for small files. PIL's ``convert("RGB")`` (alpha dropped,
+    palettes expanded, grayscale repeated) reads everything else, and any file the tensor
+    decoder refuses or returns with more than 8 bits (16-bit PNG), so behaviour and error
+    messages are unchanged there.
+    """
+    decode = _decoder() if str(path).lower().endswith(TENSOR_DECODED_SUFFIXES) else None
+    if decode is not None:
+        try:
+            chw = decode(str(path), mode="RGB", output_dtype="auto")
+        except (ValueError, RuntimeError):
+            pass  # corrupt or unusual file: PIL decides (and names the problem)
+        else:
+            if chw.dtype == torch.uint8 and chw.ndim == 3 and chw.shape[0] == 3:
+                return chw
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+
+
 def load_image(path: str | Path, size: tuple[int, int]) -> Tensor:
     """Decode ``path`` to a ``uint8`` tensor ``(3, H, W)`` resized to ``size=(H, W)``.
 
-    Grayscale, palette and RGBA files become 3-channel RGB (PIL ``convert("RGB")``; alpha is
-    dropped). The resize is bilinear with antialiasing (torchvision ``resize``) and does not keep
-    the aspect ratio: every image is stretched to ``size`` so that batches stack.
+    Grayscale, palette and RGBA files become 3-channel RGB (as PIL ``convert("RGB")``; alpha is
+    dropped): see :func:`decode_rgb`. The resize is bilinear with antialiasing (torchvision
+    ``resize`` on the ``uint8`` tensor) and does not keep the aspect ratio: every image is
+    stretched to ``size`` so that batches stack. It matches PIL's ``Image.resize(BILINEAR)``
+    within one grey level (both apply the same triangle filter widened by the downscale factor,
+    in fixed point of different precision; pinned by a test).
     """
-    with Image.open(path) as img:
-        rgb = np.asarray(img.convert("RGB"))
-    chw = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+    chw = decode_rgb(path)
     if tuple(chw.shape[1:]) == size:
         return chw.contiguous()
     return F.resize(chw, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
@@ -125,20 +178,39 @@ def load_mask(path: str | Path, size: tuple[int, int]) -> Tensor:
     return F.resize(mask[None], list(size), interpolation=v2.InterpolationMode.NEAREST_EXACT)[0]
 
 
-def normalization(mean: Sequence[float], std: Sequence[float]) -> Callable[[Tensor], Tensor]:
-    """``uint8`` image -> float32 in [0, 1] -> ``(x - mean) / std`` per channel.
+class Normalization:
+    """``uint8`` image(s) -> float32 in [0, 1] -> ``(x - mean) / std`` per channel.
 
     torchvision's ``to_dtype(scale=True)`` and ``normalize``, called directly: the same numbers
     as ``v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])`` (pinned
-    by a test) at well under half its per-image cost, which matters once images come from the
-    uint8 cache.
+    by a test) at well under half its per-image cost. Works on one image ``(3, H, W)`` or a batch
+    ``(B, 3, H, W)`` (on any device); the arithmetic is elementwise, so normalising a stacked
+    batch gives bit for bit the images normalised one by one.
+
+    ``deferred``: while set, calls return the image unchanged — a folder dataset sets it to
+    collect a batch of ``uint8`` images and normalise them in one call (``__getitems__``).
     """
-    mean, std = list(mean), list(std)
 
-    def normalize(image: Tensor) -> Tensor:
-        return F.normalize(F.to_dtype(image, torch.float32, scale=True), mean, std)
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean, self.std = list(mean), list(std)
+        self.deferred = False
 
-    return normalize
+    def __call__(self, image: Tensor) -> Tensor:
+        if self.deferred:
+            return image
+        return self.apply(image)
+
+    def apply(self, image: Tensor) -> Tensor:
+        """Normalise now, whatever ``deferred`` says."""
+        return F.normalize(F.to_dtype(image, torch.float32, scale=True), self.mean, self.std)
+
+    def __repr__(self) -> str:
+        return f"Normalization(mean={self.mean}, std={self.std})"
+
+
+def normalization(mean: Sequence[float], std: Sequence[float]) -> Normalization:
+    """The :class:`Normalization` for ``mean`` and ``std``."""
+    return Normalization(mean, std)
 
 
 def _check_augment(func: str, augment: Augment) -> str | Callable[..., object]:
