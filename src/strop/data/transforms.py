@@ -202,7 +202,10 @@ class Normalization:
 
     def apply(self, image: Tensor) -> Tensor:
         """Normalise now, whatever ``deferred`` says."""
-        return F.normalize(F.to_dtype(image, torch.float32, scale=True), self.mean, self.std)
+        scaled = F.to_dtype(image, torch.float32, scale=True)
+        # in place on the new float tensor to_dtype made from a uint8 image (the same sub_/div_
+        # torchvision runs, one allocation fewer); a float input is never modified
+        return F.normalize(scaled, self.mean, self.std, inplace=image.dtype == torch.uint8)
 
     def __repr__(self) -> str:
         return f"Normalization(mean={self.mean}, std={self.std})"
