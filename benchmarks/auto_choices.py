@@ -138,16 +138,19 @@ def run(
     steps: int = 10,
     rounds: int = 3,
     compile: bool = False,
+    data: tuple[Any, Any, int] | None = None,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> tuple[str, list[Outcome], dict[str, Any]]:
-    """Returns ``(markdown, outcomes, verdict)`` (see :func:`summarize`)."""
+    """Returns ``(markdown, outcomes, verdict)`` (see :func:`summarize`). ``data``: ``(train,
+    val, num_classes)`` to train on instead of the bundled digits (``steps × batch`` images)."""
     from strop.data import write_digits
 
     outcomes = [Outcome(c) for c in candidates(compile)]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        root = write_digits(tmp / "digits", size=size, per_class=40)
-        data = in_memory(root, size=size, n=steps * BATCH, val=BATCH)
+        if data is None:
+            root = write_digits(tmp / "digits", size=size, per_class=40)
+            data = in_memory(root, size=size, n=steps * BATCH, val=BATCH)
         for r in range(rounds):
             k = r % len(outcomes)
             for o in outcomes[k:] + outcomes[:k]:
