@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,7 @@ class Outcome:
     times: list[float] = field(default_factory=list)
     round_medians: list[float] = field(default_factory=list)
     choices: dict[str, Any] = field(default_factory=dict)
+    cpu_times: list[float] = field(default_factory=list)  # main-thread CPU seconds per step
 
     @property
     def images_per_s(self) -> float:
@@ -132,6 +134,23 @@ def _config(choice: Choice, size: int, out: Path) -> dict[str, Any]:
     }
 
 
+class _CpuTimer:
+    """Main-thread CPU time per step (``time.thread_time``): with one torch thread, the whole
+    step's compute, and much less moved by other processes than wall time."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last = 0.0
+
+    def on_epoch_start(self, state: Any) -> None:
+        self._last = time.thread_time()
+
+    def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:
+        now = time.thread_time()
+        self.times.append(now - self._last)
+        self._last = now
+
+
 def run(
     *,
     size: int = 64,
@@ -155,14 +174,24 @@ def run(
             k = r % len(outcomes)
             for o in outcomes[k:] + outcomes[:k]:
                 progress(f"  auto choices round {r + 1}/{rounds}: {o.choice.label}")
-                result, times, _ = run_fit(_config(o.choice, size, tmp / "run"), data=data)
+                cpu = _CpuTimer()
+                result, times, _ = run_fit(_config(o.choice, size, tmp / "run"), data=data,
+                                           callbacks=[cpu])
+                o.cpu_times += cpu.times[WARMUP:]
                 kept = times.get(0, [])[WARMUP:]
                 o.times += kept
                 if kept:
                     o.round_medians.append(median(kept))
                 o.choices = dict(result.choices)
     rows, verdict = summarize(outcomes)
-    md = markdown_table(["choice", "img/s (median step)", "per-round range", "× best fixed"], rows)
+    # rows are the fixed outcomes, then auto (summarize's order)
+    ordered = [o for o in outcomes if not o.choice.is_auto] + [o for o in outcomes if o.choice.is_auto]
+    cpu_rate = [BATCH / median(o.cpu_times) if o.cpu_times else None for o in ordered]
+    cpu_best = max((c for c in cpu_rate[:-1] if c is not None), default=None)
+    for row, rate in zip(rows, cpu_rate, strict=True):
+        row.append("n/a" if rate is None or cpu_best is None else f"{rate / cpu_best:.2f}")
+    md = markdown_table(["choice", "img/s (median step)", "per-round range", "× best fixed",
+                         "× best fixed, by CPU time (1 thread)"], rows)
     noise = "n/a" if verdict["noise"] is None else f"{verdict['noise']:.2f}"
     md += (
         f"\n\n- `auto` picked **{verdict['auto'].label}**; best fixed: {verdict['best'].label}; "
