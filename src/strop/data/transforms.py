@@ -1,14 +1,15 @@
 """Decoding, resizing, augmentation and normalisation, split in two stages.
 
 The *load* stage (``load_image`` / ``load_mask``) is deterministic: decode to RGB (PNG and JPEG
-with TorchCodec's ``decode_image``, torchvision's successor for image decoding, straight from the file's bytes to a ``uint8 (3, H, W)``
-tensor; other formats and 16-bit PNGs with PIL), resize to the target size, return a ``uint8``
-tensor. Its output is what the uint8 cache
+with TorchCodec's ``decode_image``, torchvision's successor for image decoding, straight from
+the file's bytes to a ``uint8 (3, H, W)`` tensor; other formats and 16-bit PNGs with PIL),
+resize to the target size, return a ``uint8`` tensor. Its output is what the uint8 cache
 (:mod:`strop.data.cache`) stores. The *finish* stage runs on every access: optional random
 augmentation (torchvision transforms v2, on the resized uint8 tensor), then ``ToDtype(float32,
 scale=True)`` and ``Normalize(mean, std)`` — per item, or once per batch when a DataLoader asks
-a folder dataset for a whole batch (``__getitems__``; the same numbers). Because augmentation runs after the resize, a cached
-and an uncached dataset produce the same tensors, and with ``augment=False`` bit for bit.
+a folder dataset for a whole batch (``__getitems__``; the same numbers). Because augmentation
+runs after the resize, a cached and an uncached dataset produce the same tensors, and with
+``augment=False`` bit for bit.
 """
 
 from __future__ import annotations
