@@ -1,7 +1,7 @@
 """Decoding, resizing, augmentation and normalisation, split in two stages.
 
 The *load* stage (``load_image`` / ``load_mask``) is deterministic: decode to RGB (PNG and JPEG
-with TorchCodec's ``decode_image``, torchvision's successor for image decoding, straight from
+with TorchCodec's decoders, torchvision's successor for image decoding, straight from
 the file's bytes to a ``uint8 (3, H, W)`` tensor; other formats and 16-bit PNGs with PIL),
 resize to the target size, return a ``uint8`` tensor. Its output is what the uint8 cache
 (:mod:`strop.data.cache`) stores. The *finish* stage runs on every access: optional random
@@ -14,6 +14,7 @@ runs after the resize, a cached and an uncached dataset produce the same tensors
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -81,47 +82,63 @@ def resolve_size(func: str, image_size: int | Sequence[int]) -> tuple[int, int]:
     return size
 
 
-#: Suffixes decoded by TorchCodec's ``decode_image`` (libpng / libjpeg-turbo); their pixels are
+#: Suffixes decoded by TorchCodec's ``decode_png`` / ``decode_jpeg`` (libpng / libjpeg-turbo); their pixels are
 #: pinned against PIL's ``convert("RGB")`` by tests (identical for 8-bit PNG in every mode and
 #: for JPEG: grayscale, RGB, CMYK, progressive). Anything else is read with PIL.
 TENSOR_DECODED_SUFFIXES = (".png", ".jpg", ".jpeg")
 
-_tensor_decoder: Callable[..., Tensor] | bool | None = False  # False: not looked up yet
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+_decoders: dict[bytes, Callable[..., Tensor]] | None = None
 
 
-def _decoder() -> Callable[..., Tensor] | None:
-    """TorchCodec's ``decode_image``, imported on first use (~0.1 s, not at ``import strop``);
-    ``None`` when TorchCodec is not installed (PIL reads everything then)."""
-    global _tensor_decoder
-    if _tensor_decoder is False:
+def _tensor_decoders() -> dict[bytes, Callable[..., Tensor]]:
+    """TorchCodec's ``decode_png`` / ``decode_jpeg`` by file signature, imported on first use
+    (~0.1 s, not at ``import strop``); empty when TorchCodec is missing (PIL reads everything)."""
+    global _decoders
+    if _decoders is None:
         try:
-            from torchcodec.decoders import decode_image
+            from torchcodec.decoders import ImageReadMode, decode_jpeg, decode_png
         except ImportError:  # pragma: no cover - a runtime dependency; PIL still works
-            _tensor_decoder = None
+            _decoders = {}
         else:
-            _tensor_decoder = decode_image
-    return _tensor_decoder  # type: ignore[return-value]
+            rgb = ImageReadMode.RGB
+            _decoders = {
+                _PNG_SIGNATURE: lambda data: decode_png(data, mode=rgb, output_dtype="auto"),
+                _JPEG_SIGNATURE: lambda data: decode_jpeg(data, mode=rgb, output_dtype="auto"),
+            }
+    return _decoders
 
 
 def decode_rgb(path: str | Path) -> Tensor:
     """``path`` decoded to ``uint8 (3, H, W)`` RGB, not resized.
 
-    PNG and JPEG go through TorchCodec's ``decode_image(mode="RGB")`` (the decoder that
-    torchvision 0.29 deprecated its own ``torchvision.io`` in favour of): no PIL object, no NumPy
-    copy, about half the time of PIL for small files. PIL's ``convert("RGB")`` (alpha dropped,
-    palettes expanded, grayscale repeated) reads everything else, and any file the tensor
-    decoder refuses or returns with more than 8 bits (16-bit PNG), so behaviour and error
+    PNG and JPEG files (by suffix, then by signature) are decoded by TorchCodec's
+    ``decode_png`` / ``decode_jpeg`` in ``RGB`` mode (the decoders torchvision 0.29 deprecated
+    its own ``torchvision.io`` in favour of), from bytes read here: no PIL object, no NumPy copy,
+    about half the time of PIL for small files (the format-detecting ``decode_image`` wrapper
+    costs as much again as the decoding of a small PNG). PIL's ``convert("RGB")`` (alpha
+    dropped, palettes expanded, grayscale repeated) reads everything else, and any file the
+    tensor decoder refuses or returns with more than 8 bits (16-bit PNG), so behaviour and error
     messages are unchanged there.
     """
-    decode = _decoder() if str(path).lower().endswith(TENSOR_DECODED_SUFFIXES) else None
-    if decode is not None:
+    name = os.fspath(path)
+    if name.lower().endswith(TENSOR_DECODED_SUFFIXES) and (decoders := _tensor_decoders()):
         try:
-            chw = decode(str(path), mode="RGB", output_dtype="auto")
-        except (ValueError, RuntimeError):
-            pass  # corrupt or unusual file: PIL decides (and names the problem)
-        else:
-            if chw.dtype == torch.uint8 and chw.ndim == 3 and chw.shape[0] == 3:
-                return chw
+            with open(name, "rb") as f:
+                data = bytearray(f.read())  # writable: torch.frombuffer without a warning
+        except OSError:
+            data = bytearray()  # PIL raises the error below
+        head = bytes(data[:8])
+        decode = decoders.get(_PNG_SIGNATURE if head == _PNG_SIGNATURE else head[:3])
+        if decode is not None:
+            try:
+                chw = decode(torch.frombuffer(data, dtype=torch.uint8))
+            except (ValueError, RuntimeError):
+                pass  # corrupt or unusual file: PIL decides (and names the problem)
+            else:
+                if chw.dtype == torch.uint8 and chw.ndim == 3 and chw.shape[0] == 3:
+                    return chw
     with Image.open(path) as img:
         rgb = np.asarray(img.convert("RGB"))
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
@@ -131,7 +148,8 @@ def load_image(path: str | Path, size: tuple[int, int]) -> Tensor:
     """Decode ``path`` to a ``uint8`` tensor ``(3, H, W)`` resized to ``size=(H, W)``.
 
     Grayscale, palette and RGBA files become 3-channel RGB (as PIL ``convert("RGB")``; alpha is
-    dropped): see :func:`decode_rgb`. The resize is bilinear with antialiasing (torchvision
+    dropped): see :func:`decode_rgb`. When no resize is needed the tensor may be a strided
+    (channels-last) view; its values are what counts, and every consumer copies it. The resize is bilinear with antialiasing (torchvision
     ``resize`` on the ``uint8`` tensor) and does not keep the aspect ratio: every image is
     stretched to ``size`` so that batches stack. It matches PIL's ``Image.resize(BILINEAR)``
     within one grey level (both apply the same triangle filter widened by the downscale factor,
@@ -139,7 +157,10 @@ def load_image(path: str | Path, size: tuple[int, int]) -> Tensor:
     """
     chw = decode_rgb(path)
     if tuple(chw.shape[1:]) == size:
-        return chw.contiguous()
+        # TorchCodec's tensor is a CHW view of its HWC buffer: left as it is, the one transposing
+        # copy happens where it is needed anyway (the batch stack, the float conversion, the
+        # cache's store) instead of an extra one here
+        return chw
     return F.resize(chw, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
 
 
@@ -203,10 +224,14 @@ class Normalization:
 
     def apply(self, image: Tensor) -> Tensor:
         """Normalise now, whatever ``deferred`` says."""
-        scaled = F.to_dtype(image, torch.float32, scale=True)
-        # in place on the new float tensor to_dtype made from a uint8 image (the same sub_/div_
-        # torchvision runs, one allocation fewer); a float input is never modified
-        return F.normalize(scaled, self.mean, self.std, inplace=image.dtype == torch.uint8)
+        if image.dtype == torch.uint8:
+            # torchvision's to_dtype(float32, scale=True) is image.to(float32).mul_(1 / 255); here
+            # the same arithmetic into a contiguous tensor (a decoder's strided view is laid out
+            # in the same pass), then its sub_/div_ in place on that new tensor
+            scaled = image.to(torch.float32, memory_format=torch.contiguous_format).mul_(1.0 / 255)
+            return F.normalize(scaled, self.mean, self.std, inplace=True)
+        # a float input (a custom augmentation's) is never modified
+        return F.normalize(F.to_dtype(image, torch.float32, scale=True), self.mean, self.std)
 
     def __repr__(self) -> str:
         return f"Normalization(mean={self.mean}, std={self.std})"
