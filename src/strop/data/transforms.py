@@ -1,15 +1,20 @@
 """Decoding, resizing, augmentation and normalisation, split in two stages.
 
-The *load* stage (``load_image`` / ``load_mask``) is deterministic: decode with PIL, convert to
-RGB, resize to the target size, return a ``uint8`` tensor. Its output is what the uint8 cache
+The *load* stage (``load_image`` / ``load_mask``) is deterministic: decode to RGB (PNG and JPEG
+with TorchCodec's decoders, torchvision's successor for image decoding, straight from
+the file's bytes to a ``uint8 (3, H, W)`` tensor; other formats and 16-bit PNGs with PIL),
+resize to the target size, return a ``uint8`` tensor. Its output is what the uint8 cache
 (:mod:`strop.data.cache`) stores. The *finish* stage runs on every access: optional random
 augmentation (torchvision transforms v2, on the resized uint8 tensor), then ``ToDtype(float32,
-scale=True)`` and ``Normalize(mean, std)``. Because augmentation runs after the resize, a cached
-and an uncached dataset produce the same tensors, and with ``augment=False`` bit for bit.
+scale=True)`` and ``Normalize(mean, std)`` — per item, or once per batch when a DataLoader asks
+a folder dataset for a whole batch (``__getitems__``; the same numbers). Because augmentation
+runs after the resize, a cached and an uncached dataset produce the same tensors, and with
+``augment=False`` bit for bit.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,7 +32,10 @@ __all__ = [
     "AUGMENTATIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "TENSOR_DECODED_SUFFIXES",
+    "Normalization",
     "augmentation",
+    "decode_rgb",
     "load_image",
     "load_image_tensor",
     "load_mask",
@@ -74,19 +82,91 @@ def resolve_size(func: str, image_size: int | Sequence[int]) -> tuple[int, int]:
     return size
 
 
+#: Suffixes decoded by TorchCodec's ``decode_png`` / ``decode_jpeg`` (libpng / libjpeg-turbo); their pixels are
+#: pinned against PIL's ``convert("RGB")`` by tests (identical for 8-bit PNG in every mode and
+#: for JPEG: grayscale, RGB, CMYK, progressive). Anything else is read with PIL.
+TENSOR_DECODED_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+_decoders: dict[bytes, Callable[..., Tensor]] | None = None
+
+
+def _tensor_decoders() -> dict[bytes, Callable[..., Tensor]]:
+    """TorchCodec's ``decode_png`` / ``decode_jpeg`` by file signature, imported on first use
+    (~0.1 s, not at ``import strop``); empty when TorchCodec is missing (PIL reads everything)."""
+    global _decoders
+    if _decoders is None:
+        try:
+            from torchcodec.decoders import ImageReadMode, decode_jpeg, decode_png
+        except Exception:  # pragma: no cover - missing or unloadable (its libraries): PIL still works
+            _decoders = {}
+        else:
+            rgb = ImageReadMode.RGB
+            _decoders = {
+                _PNG_SIGNATURE: lambda data: decode_png(data, mode=rgb, output_dtype="auto"),
+                _JPEG_SIGNATURE: lambda data: decode_jpeg(data, mode=rgb, output_dtype="auto"),
+            }
+    return _decoders
+
+
+def decode_rgb(path: str | Path) -> Tensor:
+    """``path`` decoded to ``uint8 (3, H, W)`` RGB, not resized.
+
+    PNG and JPEG files (by suffix, then by signature) are decoded by TorchCodec's
+    ``decode_png`` / ``decode_jpeg`` in ``RGB`` mode (the decoders torchvision 0.29 deprecated
+    its own ``torchvision.io`` in favour of), from bytes read here: no PIL object, no NumPy copy,
+    about half the time of PIL for small files (the format-detecting ``decode_image`` wrapper
+    costs as much again as the decoding of a small PNG). PIL's ``convert("RGB")`` (alpha
+    dropped, palettes expanded, grayscale repeated) reads everything else, and any file the
+    tensor decoder refuses or returns with more than 8 bits (16-bit PNG), so behaviour and error
+    messages are unchanged there.
+    """
+    name = os.fspath(path)
+    if name.lower().endswith(TENSOR_DECODED_SUFFIXES) and (decoders := _tensor_decoders()):
+        try:
+            with open(name, "rb") as f:
+                data = bytearray(f.read())  # writable: torch.frombuffer without a warning
+        except OSError:
+            data = bytearray()  # PIL raises the error below
+        head = bytes(data[:8])
+        decode = decoders.get(_PNG_SIGNATURE if head == _PNG_SIGNATURE else head[:3])
+        if decode is not None:
+            try:
+                chw = decode(torch.frombuffer(data, dtype=torch.uint8))
+            except (ValueError, RuntimeError):
+                pass  # corrupt or unusual file: PIL decides (and names the problem)
+            else:
+                if chw.dtype == torch.uint8 and chw.ndim == 3 and chw.shape[0] == 3:
+                    return chw
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+
+
 def load_image(path: str | Path, size: tuple[int, int]) -> Tensor:
     """Decode ``path`` to a ``uint8`` tensor ``(3, H, W)`` resized to ``size=(H, W)``.
 
-    Grayscale, palette and RGBA files become 3-channel RGB (PIL ``convert("RGB")``; alpha is
-    dropped). The resize is bilinear with antialiasing (torchvision ``resize``) and does not keep
-    the aspect ratio: every image is stretched to ``size`` so that batches stack.
+    Grayscale, palette and RGBA files become 3-channel RGB (as PIL ``convert("RGB")``; alpha is
+    dropped): see :func:`decode_rgb`. When no resize is needed the tensor may be a strided
+    (channels-last) view; its values are what counts, and every consumer copies it. The resize is bilinear with antialiasing (torchvision
+    ``resize`` on the ``uint8`` tensor) and does not keep the aspect ratio: every image is
+    stretched to ``size`` so that batches stack. It matches PIL's ``Image.resize(BILINEAR)``
+    within one grey level (both apply the same triangle filter widened by the downscale factor,
+    in fixed point of different precision; pinned by a test).
     """
-    with Image.open(path) as img:
-        rgb = np.asarray(img.convert("RGB"))
-    chw = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+    chw = decode_rgb(path)
     if tuple(chw.shape[1:]) == size:
+<<<<<<< HEAD
         return chw.contiguous()
     return TF.resize(chw, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+=======
+        # TorchCodec's tensor is a CHW view of its HWC buffer: left as it is, the one transposing
+        # copy happens where it is needed anyway (the batch stack, the float conversion, the
+        # cache's store) instead of an extra one here
+        return chw
+    return F.resize(chw, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+>>>>>>> speed3
 
 
 def read_mask_array(path: str | Path, *, func: str = "load_mask") -> np.ndarray:
@@ -125,20 +205,51 @@ def load_mask(path: str | Path, size: tuple[int, int]) -> Tensor:
     return TF.resize(mask[None], list(size), interpolation=v2.InterpolationMode.NEAREST_EXACT)[0]
 
 
-def normalization(mean: Sequence[float], std: Sequence[float]) -> Callable[[Tensor], Tensor]:
-    """``uint8`` image -> float32 in [0, 1] -> ``(x - mean) / std`` per channel.
+class Normalization:
+    """``uint8`` image(s) -> float32 in [0, 1] -> ``(x - mean) / std`` per channel.
 
     torchvision's ``to_dtype(scale=True)`` and ``normalize``, called directly: the same numbers
     as ``v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])`` (pinned
-    by a test) at well under half its per-image cost, which matters once images come from the
-    uint8 cache.
-    """
-    mean, std = list(mean), list(std)
+    by a test) at well under half its per-image cost. Works on one image ``(3, H, W)`` or a batch
+    ``(B, 3, H, W)`` (on any device); the arithmetic is elementwise, so normalising a stacked
+    batch gives bit for bit the images normalised one by one.
 
+    ``deferred``: while set, calls return the image unchanged — a folder dataset sets it to
+    collect a batch of ``uint8`` images and normalise them in one call (``__getitems__``).
+    """
+
+<<<<<<< HEAD
     def normalize(image: Tensor) -> Tensor:
         return TF.normalize(TF.to_dtype(image, torch.float32, scale=True), mean, std)
+=======
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean, self.std = list(mean), list(std)
+        self.deferred = False
+>>>>>>> speed3
 
-    return normalize
+    def __call__(self, image: Tensor) -> Tensor:
+        if self.deferred:
+            return image
+        return self.apply(image)
+
+    def apply(self, image: Tensor) -> Tensor:
+        """Normalise now, whatever ``deferred`` says."""
+        if image.dtype == torch.uint8:
+            # torchvision's to_dtype(float32, scale=True) is image.to(float32).mul_(1 / 255); here
+            # the same arithmetic into a contiguous tensor (a decoder's strided view is laid out
+            # in the same pass), then its sub_/div_ in place on that new tensor
+            scaled = image.to(torch.float32, memory_format=torch.contiguous_format).mul_(1.0 / 255)
+            return F.normalize(scaled, self.mean, self.std, inplace=True)
+        # a float input (a custom augmentation's) is never modified
+        return F.normalize(F.to_dtype(image, torch.float32, scale=True), self.mean, self.std)
+
+    def __repr__(self) -> str:
+        return f"Normalization(mean={self.mean}, std={self.std})"
+
+
+def normalization(mean: Sequence[float], std: Sequence[float]) -> Normalization:
+    """The :class:`Normalization` for ``mean`` and ``std``."""
+    return Normalization(mean, std)
 
 
 def _check_augment(func: str, augment: Augment) -> str | Callable[..., object]:
