@@ -157,16 +157,11 @@ def load_image(path: str | Path, size: tuple[int, int]) -> Tensor:
     """
     chw = decode_rgb(path)
     if tuple(chw.shape[1:]) == size:
-<<<<<<< HEAD
-        return chw.contiguous()
-    return TF.resize(chw, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
-=======
         # TorchCodec's tensor is a CHW view of its HWC buffer: left as it is, the one transposing
         # copy happens where it is needed anyway (the batch stack, the float conversion, the
         # cache's store) instead of an extra one here
         return chw
-    return F.resize(chw, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
->>>>>>> speed3
+    return TF.resize(chw, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
 
 
 def read_mask_array(path: str | Path, *, func: str = "load_mask") -> np.ndarray:
@@ -218,14 +213,9 @@ class Normalization:
     collect a batch of ``uint8`` images and normalise them in one call (``__getitems__``).
     """
 
-<<<<<<< HEAD
-    def normalize(image: Tensor) -> Tensor:
-        return TF.normalize(TF.to_dtype(image, torch.float32, scale=True), mean, std)
-=======
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean, self.std = list(mean), list(std)
         self.deferred = False
->>>>>>> speed3
 
     def __call__(self, image: Tensor) -> Tensor:
         if self.deferred:
@@ -239,9 +229,9 @@ class Normalization:
             # the same arithmetic into a contiguous tensor (a decoder's strided view is laid out
             # in the same pass), then its sub_/div_ in place on that new tensor
             scaled = image.to(torch.float32, memory_format=torch.contiguous_format).mul_(1.0 / 255)
-            return F.normalize(scaled, self.mean, self.std, inplace=True)
+            return TF.normalize(scaled, self.mean, self.std, inplace=True)
         # a float input (a custom augmentation's) is never modified
-        return F.normalize(F.to_dtype(image, torch.float32, scale=True), self.mean, self.std)
+        return TF.normalize(TF.to_dtype(image, torch.float32, scale=True), self.mean, self.std)
 
     def __repr__(self) -> str:
         return f"Normalization(mean={self.mean}, std={self.std})"
