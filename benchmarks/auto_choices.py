@@ -77,8 +77,12 @@ class Outcome:
 def candidates(compile: bool = False) -> list[Choice]:
     """Every fixed choice (fp32/bf16 × contiguous/channels_last × compile false[/true]), then auto."""
     compiles: tuple[bool, ...] = (False, True) if compile else (False,)
-    fixed = [Choice(p, f, c) for c in compiles for p in ("fp32", "bf16")
-             for f in ("contiguous", "channels_last")]
+    fixed = [
+        Choice(p, f, c)
+        for c in compiles
+        for p in ("fp32", "bf16")
+        for f in ("contiguous", "channels_last")
+    ]
     return [*fixed, Choice("auto", "auto", "auto" if compile else False)]
 
 
@@ -87,9 +91,11 @@ def picked(choices: dict[str, Any]) -> Choice:
     fmt = str(choices["memory_format"])
     if fmt not in ("channels_last", "contiguous_format"):
         raise ValueError(f"picked: unexpected memory_format {fmt!r} in the fit's choices")
-    return Choice(str(choices["precision"]),
-                  "channels_last" if fmt == "channels_last" else "contiguous",
-                  bool(choices["compile"]))
+    return Choice(
+        str(choices["precision"]),
+        "channels_last" if fmt == "channels_last" else "contiguous",
+        bool(choices["compile"]),
+    )
 
 
 def summarize(outcomes: Sequence[Outcome]) -> tuple[list[list[str]], dict[str, Any]]:
@@ -99,19 +105,25 @@ def summarize(outcomes: Sequence[Outcome]) -> tuple[list[list[str]], dict[str, A
     autos = [o for o in outcomes if o.choice.is_auto]
     fixed = [o for o in outcomes if not o.choice.is_auto]
     if len(autos) != 1 or not fixed:
-        raise ValueError(f"summarize: need one auto and at least one fixed outcome; got "
-                         f"{len(autos)} auto and {len(fixed)} fixed")
+        raise ValueError(
+            f"summarize: need one auto and at least one fixed outcome; got "
+            f"{len(autos)} auto and {len(fixed)} fixed"
+        )
     auto = autos[0]
     best = max(fixed, key=lambda o: o.images_per_s)
     chose = picked(auto.choices)
     twin = next((o for o in fixed if o.choice == chose), None)
     rows = []
     for o in [*fixed, auto]:
-        spread = (f"{BATCH / max(o.round_medians):.1f}–{BATCH / min(o.round_medians):.1f}"
-                  if o.round_medians else "n/a")
+        spread = (
+            f"{BATCH / max(o.round_medians):.1f}–{BATCH / min(o.round_medians):.1f}"
+            if o.round_medians
+            else "n/a"
+        )
         label = o.choice.label + (f" → {chose.label}" if o is auto else "")
-        rows.append([label, f"{o.images_per_s:.1f}", spread,
-                     f"{o.images_per_s / best.images_per_s:.2f}"])
+        rows.append(
+            [label, f"{o.images_per_s:.1f}", spread, f"{o.images_per_s / best.images_per_s:.2f}"]
+        )
     ratio = auto.images_per_s / best.images_per_s
     verdict = {
         "best": best.choice,
@@ -125,12 +137,19 @@ def summarize(outcomes: Sequence[Outcome]) -> tuple[list[list[str]], dict[str, A
 
 def _config(choice: Choice, size: int, out: Path) -> dict[str, Any]:
     return {
-        "data": {"root": "(in-memory tensors)", "image_size": size, "batch_size": BATCH,
-                 "num_workers": 0},
+        "data": {
+            "root": "(in-memory tensors)",
+            "image_size": size,
+            "batch_size": BATCH,
+            "num_workers": 0,
+        },
         "model": {"name": "resnet18"},
         "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-        "precision": choice.precision, "memory_format": choice.memory_format,
-        "compile": choice.compile, "epochs": 1, "output": str(out),
+        "precision": choice.precision,
+        "memory_format": choice.memory_format,
+        "compile": choice.compile,
+        "epochs": 1,
+        "output": str(out),
     }
 
 
@@ -175,8 +194,9 @@ def run(
             for o in outcomes[k:] + outcomes[:k]:
                 progress(f"  auto choices round {r + 1}/{rounds}: {o.choice.label}")
                 cpu = _CpuTimer()
-                result, times, _ = run_fit(_config(o.choice, size, tmp / "run"), data=data,
-                                           callbacks=[cpu])
+                result, times, _ = run_fit(
+                    _config(o.choice, size, tmp / "run"), data=data, callbacks=[cpu]
+                )
                 o.cpu_times += cpu.times[WARMUP:]
                 kept = times.get(0, [])[WARMUP:]
                 o.times += kept
@@ -185,13 +205,23 @@ def run(
                 o.choices = dict(result.choices)
     rows, verdict = summarize(outcomes)
     # rows are the fixed outcomes, then auto (summarize's order)
-    ordered = [o for o in outcomes if not o.choice.is_auto] + [o for o in outcomes if o.choice.is_auto]
+    ordered = [o for o in outcomes if not o.choice.is_auto] + [
+        o for o in outcomes if o.choice.is_auto
+    ]
     cpu_rate = [BATCH / median(o.cpu_times) if o.cpu_times else None for o in ordered]
     cpu_best = max((c for c in cpu_rate[:-1] if c is not None), default=None)
     for row, rate in zip(rows, cpu_rate, strict=True):
         row.append("n/a" if rate is None or cpu_best is None else f"{rate / cpu_best:.2f}")
-    md = markdown_table(["choice", "img/s (median step)", "per-round range", "× best fixed",
-                         "× best fixed, by CPU time (1 thread)"], rows)
+    md = markdown_table(
+        [
+            "choice",
+            "img/s (median step)",
+            "per-round range",
+            "× best fixed",
+            "× best fixed, by CPU time (1 thread)",
+        ],
+        rows,
+    )
     noise = "n/a" if verdict["noise"] is None else f"{verdict['noise']:.2f}"
     md += (
         f"\n\n- `auto` picked **{verdict['auto'].label}**; best fixed: {verdict['best'].label}; "
@@ -218,8 +248,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     before = load_average()
-    md, _, _ = run(size=args.size, steps=args.steps, rounds=args.rounds, compile=args.compile,
-                   progress=lambda m: print(m, file=sys.stderr))
+    md, _, _ = run(
+        size=args.size,
+        steps=args.steps,
+        rounds=args.rounds,
+        compile=args.compile,
+        progress=lambda m: print(m, file=sys.stderr),
+    )
     info = ", ".join(f"{k}: {v}" for k, v in machine().items())
     return f"{md}\n- {info}; load average {before} at start, {load_average()} at end"
 

@@ -206,7 +206,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def run_fit(
-    config: dict[str, Any], *, data: tuple[Any, Any, int] | None = None, callbacks: Sequence[Any] = ()
+    config: dict[str, Any],
+    *,
+    data: tuple[Any, Any, int] | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> tuple[Any, dict[int, list[float]], list[tuple[float, str]]]:
     """``strop.train.fit`` on ``config`` (a plain dict), timing every training step.
 
@@ -247,7 +250,12 @@ def run_fit(
             setup_mod, "load_datasets", lambda c: (train, val, [str(i) for i in range(ncls)], ncls)
         )
     with quiet(), patch:
-        result = fit(cfg, callbacks=[StepTimer(), *callbacks], exist_ok=True, log=log)  # a rerun replaces
-    check_fit(result, what=f"the benchmark fit writing {cfg.output}",
-              resume="run the benchmark again (its report is written only when every part finished)")
+        result = fit(
+            cfg, callbacks=[StepTimer(), *callbacks], exist_ok=True, log=log
+        )  # a rerun replaces
+    check_fit(
+        result,
+        what=f"the benchmark fit writing {cfg.output}",
+        resume="run the benchmark again (its report is written only when every part finished)",
+    )
     return result, times, stamps

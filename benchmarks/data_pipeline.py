@@ -63,13 +63,20 @@ def run(
         tensors = in_memory(root, size=size, val=10**9)
         n_images = len(tensors[0])  # the same 90/10 split (seed 0) as the folder runs
         for r in range(rounds):
-            for variant in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:
+            for variant in VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]:
                 progress(f"  data pipeline round {r + 1}/{rounds}: {variant}")
                 cfg: dict[str, Any] = {
-                    "data": {"root": str(root), "image_size": size, "batch_size": BATCH, "val_fraction": 0.1,
-                             "cache": variant if variant in ("memory", "disk") else "none"},
+                    "data": {
+                        "root": str(root),
+                        "image_size": size,
+                        "batch_size": BATCH,
+                        "val_fraction": 0.1,
+                        "cache": variant if variant in ("memory", "disk") else "none",
+                    },
                     "model": {"name": "resnet18", "freeze": "backbone"},
-                    "epochs": 2, "feature_cache": "off", "output": str(tmp / f"run_{variant}_{r}"),
+                    "epochs": 2,
+                    "feature_cache": "off",
+                    "output": str(tmp / f"run_{variant}_{r}"),
                 }
                 if variant == "none_w1":
                     cfg["data"]["num_workers"] = 1
@@ -78,7 +85,9 @@ def run(
                     shutil.rmtree(root / ".strop_cache", ignore_errors=True)
                 data = tensors if variant == "memory_tensors" else None
                 _, times, _ = run_fit(cfg, data=data)
-                res[variant]["epoch1"] += times.get(0, [])[1:]  # the first step also builds the iterator
+                res[variant]["epoch1"] += times.get(0, [])[
+                    1:
+                ]  # the first step also builds the iterator
                 res[variant]["epoch2"] += times.get(1, [])[1:]
     ref = BATCH / median(res["memory_tensors"]["epoch2"])
     rows = []
@@ -86,10 +95,14 @@ def run(
         e2 = BATCH / median(res[v]["epoch2"])
         e1 = BATCH / median(res[v]["epoch1"])
         rows.append([LABELS[v], f"{e2:.1f}", f"{e2 / ref:.2f}", f"{e1:.1f}"])
-    md = markdown_table(["data source", "img/s, epoch 2 (median step)", "× in-memory", "img/s, epoch 1"], rows)
-    md += (f"\n\n- {n_images} training images (bundled digits, {per_class} per class) at {size}×{size}; resnet18 "
-           "frozen backbone without feature cache; goal: folder within 5% of in-memory (≥ 0.95×, "
-           "issue 16); PNGs decoded by TorchCodec, normalised once per batch")
+    md = markdown_table(
+        ["data source", "img/s, epoch 2 (median step)", "× in-memory", "img/s, epoch 1"], rows
+    )
+    md += (
+        f"\n\n- {n_images} training images (bundled digits, {per_class} per class) at {size}×{size}; resnet18 "
+        "frozen backbone without feature cache; goal: folder within 5% of in-memory (≥ 0.95×, "
+        "issue 16); PNGs decoded by TorchCodec, normalised once per batch"
+    )
     return md, res
 
 

@@ -34,7 +34,9 @@ from strop.losses import nms
 from strop.losses.nms import greedy_nms
 
 
-def _interleaved(cands: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
+def _interleaved(
+    cands: dict[str, Callable[[], object]], rounds: int, warmup: int = 1
+) -> dict[str, float]:
     times: dict[str, list[float]] = {k: [] for k in cands}
     for r in range(rounds + warmup):
         for name, fn in cands.items():
@@ -56,7 +58,9 @@ def bench_nms(n: int = 10_000, rounds: int = 5) -> list[tuple[str, float, float]
         "strop greedy_nms (union, Python path)": lambda: greedy_nms(boxes, scores, 0.5),
         "strop nms (min)": lambda: nms(boxes, scores, 0.5, denominator="min"),
     }
-    assert torch.equal(cands["strop greedy_nms (union, Python path)"](), cands["torchvision.ops.nms"]())
+    assert torch.equal(
+        cands["strop greedy_nms (union, Python path)"](), cands["torchvision.ops.nms"]()
+    )
     med = _interleaved(cands, rounds)
     base = med["torchvision.ops.nms"]
     return [(k, v * 1e3, v / base) for k, v in med.items()]
@@ -69,12 +73,16 @@ def bench_training(steps: int = 4, rounds: int = 3) -> list[tuple[str, float, fl
     from strop.precision import MixedPrecision, resolve
     from strop.train.detection import DetectionTask, train_one_epoch
 
-    root = write_shapes_detection(Path(tempfile.mkdtemp()) / "shapes", n_train=4 * steps, n_val=2, size=96)
+    root = write_shapes_detection(
+        Path(tempfile.mkdtemp()) / "shapes", n_train=4 * steps, n_val=2, size=96
+    )
     train, _, classes = detection_folder(root)
     ds = DetectionDataset(train, classes)
     batches = [detection_collate([ds[i] for i in range(b * 4, b * 4 + 4)]) for b in range(steps)]
     torch.manual_seed(0)
-    model = build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=len(classes), min_size=96, max_size=96)
+    model = build_detector(
+        "fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=len(classes), min_size=96, max_size=96
+    )
     task = DetectionTask(model, classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
@@ -84,39 +92,59 @@ def bench_training(steps: int = 4, rounds: int = 3) -> list[tuple[str, float, fl
         def run() -> None:  # the tutorial's train_one_epoch, minus logging
             model.train()
             for images, targets in batches:
-                targets = [{"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"] + 1} for t in targets]
+                targets = [
+                    {"boxes": t["boxes"].as_subclass(torch.Tensor), "labels": t["labels"] + 1}
+                    for t in targets
+                ]
                 with amp.autocast():
                     loss = sum(model(images, targets).values())
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+
         return run
 
     def strop(precision: str) -> Callable[[], None]:
         amp = MixedPrecision(resolve(precision, "cpu"))
         return lambda: train_one_epoch(model, batches, optimizer, task, amp=amp)
 
-    cands = {f"{who} {p}": make(p) for p in ("fp32", "bf16") for who, make in (("hand loop", hand), ("strop", strop))}
+    cands = {
+        f"{who} {p}": make(p)
+        for p in ("fp32", "bf16")
+        for who, make in (("hand loop", hand), ("strop", strop))
+    }
     med = _interleaved(cands, rounds)
     images = 4 * steps
-    return [(k, images / v, (images / v) / (images / med[f"hand loop {k.split()[-1]}"])) for k, v in med.items()]
+    return [
+        (k, images / v, (images / v) / (images / med[f"hand loop {k.split()[-1]}"]))
+        for k, v in med.items()
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, 2k boxes, 2 training steps")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer rounds, 2k boxes, 2 training steps"
+    )
     parser.add_argument("--no-training", action="store_true", help="NMS only")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     info = machine()
     n = 2_000 if args.quick else 10_000
-    lines = [f"Machine: {info}; load average before: {load_average()}", "",
-             f"| NMS, {n:,} boxes (IoU 0.5) | median ms | × torchvision.ops.nms |", "|---|---|---|"]
+    lines = [
+        f"Machine: {info}; load average before: {load_average()}",
+        "",
+        f"| NMS, {n:,} boxes (IoU 0.5) | median ms | × torchvision.ops.nms |",
+        "|---|---|---|",
+    ]
     for name, ms, ratio in bench_nms(n, 3 if args.quick else 7):
         lines.append(f"| {name} | {ms:.1f} | {ratio:.2f} |")
     if not args.no_training:
-        lines += ["", "| training, fasterrcnn_mobilenet_v3_large_320_fpn, 96 px, batch 4 | images/s | × hand loop, same precision |",
-                  "|---|---|---|"]
+        lines += [
+            "",
+            "| training, fasterrcnn_mobilenet_v3_large_320_fpn, 96 px, batch 4 | images/s | × hand loop, same precision |",
+            "|---|---|---|",
+        ]
         for name, ips, ratio in bench_training(2 if args.quick else 4, 2 if args.quick else 3):
             lines.append(f"| {name} | {ips:.2f} | {ratio:.2f} |")
     lines.append(f"\nLoad average after: {load_average()}")

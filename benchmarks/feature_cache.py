@@ -45,14 +45,29 @@ def run(
         heads = {}
         for mode in ("auto", "off"):
             progress(f"  feature cache {mode}: {epochs} epochs")
-            result, _, stamps = run_fit({
-                "data": {"root": str(root), "image_size": size, "batch_size": 32, "val_fraction": 0.1,
-                         "cache": "memory", "num_workers": 0},
-                "model": {"name": "resnet18", "freeze": "backbone"},
-                "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-                "epochs": epochs, "feature_cache": mode, "output": str(tmp / f"run_{mode}"), "seed": 0,
-            })
-            ck = torch.load(tmp / f"run_{mode}" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+            result, _, stamps = run_fit(
+                {
+                    "data": {
+                        "root": str(root),
+                        "image_size": size,
+                        "batch_size": 32,
+                        "val_fraction": 0.1,
+                        "cache": "memory",
+                        "num_workers": 0,
+                    },
+                    "model": {"name": "resnet18", "freeze": "backbone"},
+                    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+                    "epochs": epochs,
+                    "feature_cache": mode,
+                    "output": str(tmp / f"run_{mode}"),
+                    "seed": 0,
+                }
+            )
+            ck = torch.load(
+                tmp / f"run_{mode}" / "checkpoints" / "last.pt",
+                map_location="cpu",
+                weights_only=False,
+            )
             heads[mode] = torch.cat([ck["model"]["fc.weight"].flatten(), ck["model"]["fc.bias"]])
             out[mode] = {
                 "seconds": result.seconds,
@@ -69,17 +84,31 @@ def run(
     out["speedup"] = out["off"]["seconds"] / out["auto"]["seconds"]
     out["speedup_epochs"] = out["off"]["epoch_seconds"] / out["auto"]["epoch_seconds"]
     rows = []
-    for mode, label in (("off", "feature_cache: off (backbone every epoch)"), ("auto", "feature_cache: auto (cached)")):
+    for mode, label in (
+        ("off", "feature_cache: off (backbone every epoch)"),
+        ("auto", "feature_cache: auto (cached)"),
+    ):
         r = out[mode]
-        rows.append([label, "yes" if r["cached"] else "no", f"{r['seconds']:.1f}", f"{r['epoch_seconds']:.1f}",
-                     f"{r['val_accuracy']:.4f}"])
-    md = markdown_table(["run", "cache used", "fit wall s", "Σ epoch s", "final val accuracy"], rows)
-    md += (f"\n\n- {n_images} images at {size}×{size}, {epochs} epochs, batch 32; speed-up "
-           f"{out['speedup']:.1f}× on the whole fit, {out['speedup_epochs']:.1f}× on the epochs "
-           f"(the cached run's first epoch includes no extraction: it happens before epoch 1 and is "
-           f"in the fit time only); final head weights differ by at most {out['head_max_abs_diff']:.2e} "
-           f"(float32 rounding: the backbone's convolutions ran in other batches; entries up to "
-           f"{out['head_max_abs']:.2f})")
+        rows.append(
+            [
+                label,
+                "yes" if r["cached"] else "no",
+                f"{r['seconds']:.1f}",
+                f"{r['epoch_seconds']:.1f}",
+                f"{r['val_accuracy']:.4f}",
+            ]
+        )
+    md = markdown_table(
+        ["run", "cache used", "fit wall s", "Σ epoch s", "final val accuracy"], rows
+    )
+    md += (
+        f"\n\n- {n_images} images at {size}×{size}, {epochs} epochs, batch 32; speed-up "
+        f"{out['speedup']:.1f}× on the whole fit, {out['speedup_epochs']:.1f}× on the epochs "
+        f"(the cached run's first epoch includes no extraction: it happens before epoch 1 and is "
+        f"in the fit time only); final head weights differ by at most {out['head_max_abs_diff']:.2e} "
+        f"(float32 rounding: the backbone's convolutions ran in other batches; entries up to "
+        f"{out['head_max_abs']:.2f})"
+    )
     if out["auto"]["log"]:
         md += f"\n- log: `{out['auto']['log'][0]}`"
     return md, out

@@ -38,8 +38,18 @@ from torch import nn
 __all__ = ["PEAK_TFLOPS", "main", "peak_tflops", "run"]
 
 # datasheet dense (no sparsity) bf16/fp16 tensor-core TFLOP/s, by a name fragment
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
-               "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10": 125.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
+    "V100": 125.0,
+    "T4": 65.0,
+}
 
 
 def peak_tflops(name: str) -> float | None:
@@ -63,8 +73,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def hand_loop(x: torch.Tensor, y: torch.Tensor, *, steps: int, dtype: torch.dtype | None,
-              channels_last: bool = False, compile: bool = False) -> list[float]:
+def hand_loop(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    dtype: torch.dtype | None,
+    channels_last: bool = False,
+    compile: bool = False,
+) -> list[float]:
     """Seconds per step of a hand-written loop: autocast ``dtype`` (None: fp32), a GradScaler for
     fp16, optionally channels_last and ``torch.compile``."""
     device = x.device
@@ -88,7 +105,9 @@ def hand_loop(x: torch.Tensor, y: torch.Tensor, *, steps: int, dtype: torch.dtyp
     return times
 
 
-def strop_steps(x: torch.Tensor, y: torch.Tensor, *, steps: int, compile: Any, out: Path) -> tuple[list[float], dict[str, Any]]:
+def strop_steps(
+    x: torch.Tensor, y: torch.Tensor, *, steps: int, compile: Any, out: Path
+) -> tuple[list[float], dict[str, Any]]:
     """Seconds per step of ``strop.train.fit`` (one epoch of ``steps`` batches), and its choices."""
     from torch.utils.data import TensorDataset
 
@@ -111,23 +130,44 @@ def strop_steps(x: torch.Tensor, y: torch.Tensor, *, steps: int, compile: Any, o
             times.append(now - last[0])
             last[0] = now
 
-    result, _, _ = run_fit({
-        "data": {"root": "(in-memory tensors)", "image_size": x.shape[-1], "batch_size": len(x),
-                 "num_workers": 0},
-        "model": {"name": "resnet18"}, "device": str(device), "compile": compile,
-        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-        "epochs": 1, "output": str(out),
-    }, data=(train, val, 10), callbacks=[Stamp()])
+    result, _, _ = run_fit(
+        {
+            "data": {
+                "root": "(in-memory tensors)",
+                "image_size": x.shape[-1],
+                "batch_size": len(x),
+                "num_workers": 0,
+            },
+            "model": {"name": "resnet18"},
+            "device": str(device),
+            "compile": compile,
+            "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+            "epochs": 1,
+            "output": str(out),
+        },
+        data=(train, val, 10),
+        callbacks=[Stamp()],
+    )
     return times, result.choices
 
 
-def run(*, device: str = "cuda", size: int = 224, batch: int = 64, steps: int = 30, warmup: int = 5,
-        compile: bool = True, strop_compile: Any = "auto",
-        progress: Callable[[str], None] = lambda m: None) -> tuple[str, dict[str, Any]]:
+def run(
+    *,
+    device: str = "cuda",
+    size: int = 224,
+    batch: int = 64,
+    steps: int = 30,
+    warmup: int = 5,
+    compile: bool = True,
+    strop_compile: Any = "auto",
+    progress: Callable[[str], None] = lambda m: None,
+) -> tuple[str, dict[str, Any]]:
     """Every candidate once; returns ``(markdown, {label: img/s})``."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("gpu.py: --device cuda but torch.cuda.is_available() is False; use --device cpu --quick")
+        raise SystemExit(
+            "gpu.py: --device cuda but torch.cuda.is_available() is False; use --device cpu --quick"
+        )
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     peak = peak_tflops(name) if dev.type == "cuda" else None
     torch.manual_seed(0)
@@ -138,12 +178,20 @@ def run(*, device: str = "cuda", size: int = 224, batch: int = 64, steps: int = 
         ("hand fp32", lambda: hand_loop(x, y, steps=steps, dtype=None)),
         ("hand fp16 + GradScaler", lambda: hand_loop(x, y, steps=steps, dtype=torch.float16)),
         ("hand bf16", lambda: hand_loop(x, y, steps=steps, dtype=torch.bfloat16)),
-        ("hand bf16 + channels_last",
-         lambda: hand_loop(x, y, steps=steps, dtype=torch.bfloat16, channels_last=True)),
+        (
+            "hand bf16 + channels_last",
+            lambda: hand_loop(x, y, steps=steps, dtype=torch.bfloat16, channels_last=True),
+        ),
     ]
     if compile:
-        cands.append(("hand bf16 + channels_last + compile", lambda: hand_loop(
-            x, y, steps=steps, dtype=torch.bfloat16, channels_last=True, compile=True)))
+        cands.append(
+            (
+                "hand bf16 + channels_last + compile",
+                lambda: hand_loop(
+                    x, y, steps=steps, dtype=torch.bfloat16, channels_last=True, compile=True
+                ),
+            )
+        )
     rows, figures = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         choices: dict[str, Any] = {}
@@ -158,35 +206,58 @@ def run(*, device: str = "cuda", size: int = 224, batch: int = 64, steps: int = 
             t = median(fn()[warmup:])
             ips, tflops = batch / t, flops / t / 1e12
             figures[label] = ips
-            rows.append([label, f"{ips:.1f}", f"{tflops:.2f}",
-                         f"{100 * tflops / peak:.1f}%" if peak else "—"])
+            rows.append(
+                [
+                    label,
+                    f"{ips:.1f}",
+                    f"{tflops:.2f}",
+                    f"{100 * tflops / peak:.1f}%" if peak else "—",
+                ]
+            )
     best_hand = max(v for k, v in figures.items() if k.startswith("hand"))
     for row in rows:
         row.append(f"{figures[row[0]] / best_hand:.2f}")
-    md = markdown_table(["candidate", "img/s", "TFLOP/s", "% of datasheet peak", "× best hand"], rows)
-    md += (f"\n\n- {name}; resnet18 {size} px, batch {batch}, {steps} steps ({warmup} dropped); "
-           f"{flops / 1e9:.1f} GFLOP per step; peak: "
-           + (f"{peak:.0f} TFLOP/s dense bf16/fp16 (datasheet figure)" if peak else "not in the table")
-           + f"; strop chose precision={choices.get('precision')}, "
-           f"memory_format={choices.get('memory_format')}, compile={choices.get('compile')} "
-           f"({choices.get('compile_reason', '')})")
+    md = markdown_table(
+        ["candidate", "img/s", "TFLOP/s", "% of datasheet peak", "× best hand"], rows
+    )
+    md += (
+        f"\n\n- {name}; resnet18 {size} px, batch {batch}, {steps} steps ({warmup} dropped); "
+        f"{flops / 1e9:.1f} GFLOP per step; peak: "
+        + (f"{peak:.0f} TFLOP/s dense bf16/fp16 (datasheet figure)" if peak else "not in the table")
+        + f"; strop chose precision={choices.get('precision')}, "
+        f"memory_format={choices.get('memory_format')}, compile={choices.get('compile')} "
+        f"({choices.get('compile_reason', '')})"
+    )
     return md, figures
 
 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 16 px, batch 4, 2 steps, no compile")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 16 px, batch 4, 2 steps, no compile"
+    )
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--strop-compile", default="auto", choices=["auto", "true", "false"])
     args = parser.parse_args(argv)
     sc = {"auto": "auto", "true": True, "false": False}[args.strop_compile]
     if args.quick:
-        md, _ = run(device=args.device, size=16, batch=4, steps=2, warmup=1, compile=False,
-                    strop_compile=False if args.strop_compile == "auto" else sc)
+        md, _ = run(
+            device=args.device,
+            size=16,
+            batch=4,
+            steps=2,
+            warmup=1,
+            compile=False,
+            strop_compile=False if args.strop_compile == "auto" else sc,
+        )
     else:
-        md, _ = run(device=args.device, compile=not args.no_compile, strop_compile=sc,
-                    progress=lambda m: print(m, file=sys.stderr))
+        md, _ = run(
+            device=args.device,
+            compile=not args.no_compile,
+            strop_compile=sc,
+            progress=lambda m: print(m, file=sys.stderr),
+        )
     return md
 
 

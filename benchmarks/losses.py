@@ -72,52 +72,136 @@ def _cases(size: int, batch_bin: int, batch_mc: int, n_boxes: int) -> list[tuple
     def add(name: str, data: tuple, impls: list) -> None:
         cases.append((name, data, [(k, f) for k, f in impls if f is not None]))
 
-    add("bce (floor)", (xb, tb), [("strop", L.bce),
-                                  ("torch", lambda x, t: F.binary_cross_entropy_with_logits(x, t))])
-    add("dice binary", (xb, tb), [
-        ("strop", L.dice_loss),
-        ("monai", monai and monai.DiceLoss(sigmoid=True, smooth_nr=1, smooth_dr=1, batch=True)),
-        ("smp", smp and smp.DiceLoss("binary", smooth=0.5))])
-    add("dice multiclass", (xm, tm), [
-        ("strop", lambda x, t: L.dice_loss(x, t, mode="multiclass")),
-        ("monai", monai and _channel_target(monai.DiceLoss(softmax=True, to_onehot_y=True, smooth_nr=1,
-                                                           smooth_dr=1, batch=True))),
-        ("smp", smp and smp.DiceLoss("multiclass", smooth=0.5))])
-    add("jaccard binary", (xb, tb), [
-        ("strop", L.jaccard_loss),
-        ("monai", monai and monai.DiceLoss(sigmoid=True, jaccard=True, smooth_nr=2, smooth_dr=2, batch=True)),
-        ("smp", smp and smp.JaccardLoss("binary", smooth=1))])
-    add("tversky binary", (xb, tb), [
-        ("strop", lambda x, t: L.tversky_loss(x, t, alpha=0.3, beta=0.7)),
-        ("monai", monai and monai.TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7, smooth_nr=1, smooth_dr=1,
-                                              batch=True)),
-        ("smp", smp and smp.TverskyLoss("binary", smooth=1, alpha=0.3, beta=0.7))])
-    add("focal binary", (xb, tb), [
-        ("strop", L.focal_loss),
-        ("torchvision", tv and (lambda x, t: tv.sigmoid_focal_loss(x, t, reduction="mean"))),
-        ("smp", smp and smp.FocalLoss("binary", alpha=0.25)),
-        ("monai", monai and monai.FocalLoss(alpha=0.25, gamma=2.0))])
-    add("focal multiclass", (xm, tm), [
-        ("strop", lambda x, t: L.focal_loss(x, t, mode="multiclass", alpha=None)),
-        ("monai", monai and _channel_target(monai.FocalLoss(use_softmax=True, to_onehot_y=True, gamma=2.0)))])
-    add("lovasz binary", (xb, tb), [("strop", L.lovasz_loss), ("smp", smp and smp.LovaszLoss("binary"))])
-    add("lovasz binary per-image", (xb, tb), [
-        ("strop", lambda x, t: L.lovasz_loss(x, t, per_image=True)),
-        ("smp", smp and smp.LovaszLoss("binary", per_image=True))])
-    add("lovasz multiclass", (xm, tm), [
-        ("strop", lambda x, t: L.lovasz_loss(x, t, mode="multiclass")),
-        ("smp", smp and smp.LovaszLoss("multiclass"))])
-    add("dice+bce binary", (xb, tb), [
-        ("strop", L.dice_bce_loss),
-        ("monai", monai and monai.DiceCELoss(sigmoid=True, smooth_nr=1, smooth_dr=1, batch=True))])
-    for kind, ref in (("iou", None), ("giou", "generalized_box_iou_loss"), ("diou", "distance_box_iou_loss"),
-                      ("ciou", "complete_box_iou_loss")):
+    add(
+        "bce (floor)",
+        (xb, tb),
+        [("strop", L.bce), ("torch", lambda x, t: F.binary_cross_entropy_with_logits(x, t))],
+    )
+    add(
+        "dice binary",
+        (xb, tb),
+        [
+            ("strop", L.dice_loss),
+            ("monai", monai and monai.DiceLoss(sigmoid=True, smooth_nr=1, smooth_dr=1, batch=True)),
+            ("smp", smp and smp.DiceLoss("binary", smooth=0.5)),
+        ],
+    )
+    add(
+        "dice multiclass",
+        (xm, tm),
+        [
+            ("strop", lambda x, t: L.dice_loss(x, t, mode="multiclass")),
+            (
+                "monai",
+                monai
+                and _channel_target(
+                    monai.DiceLoss(
+                        softmax=True, to_onehot_y=True, smooth_nr=1, smooth_dr=1, batch=True
+                    )
+                ),
+            ),
+            ("smp", smp and smp.DiceLoss("multiclass", smooth=0.5)),
+        ],
+    )
+    add(
+        "jaccard binary",
+        (xb, tb),
+        [
+            ("strop", L.jaccard_loss),
+            (
+                "monai",
+                monai
+                and monai.DiceLoss(
+                    sigmoid=True, jaccard=True, smooth_nr=2, smooth_dr=2, batch=True
+                ),
+            ),
+            ("smp", smp and smp.JaccardLoss("binary", smooth=1)),
+        ],
+    )
+    add(
+        "tversky binary",
+        (xb, tb),
+        [
+            ("strop", lambda x, t: L.tversky_loss(x, t, alpha=0.3, beta=0.7)),
+            (
+                "monai",
+                monai
+                and monai.TverskyLoss(
+                    sigmoid=True, alpha=0.3, beta=0.7, smooth_nr=1, smooth_dr=1, batch=True
+                ),
+            ),
+            ("smp", smp and smp.TverskyLoss("binary", smooth=1, alpha=0.3, beta=0.7)),
+        ],
+    )
+    add(
+        "focal binary",
+        (xb, tb),
+        [
+            ("strop", L.focal_loss),
+            ("torchvision", tv and (lambda x, t: tv.sigmoid_focal_loss(x, t, reduction="mean"))),
+            ("smp", smp and smp.FocalLoss("binary", alpha=0.25)),
+            ("monai", monai and monai.FocalLoss(alpha=0.25, gamma=2.0)),
+        ],
+    )
+    add(
+        "focal multiclass",
+        (xm, tm),
+        [
+            ("strop", lambda x, t: L.focal_loss(x, t, mode="multiclass", alpha=None)),
+            (
+                "monai",
+                monai
+                and _channel_target(monai.FocalLoss(use_softmax=True, to_onehot_y=True, gamma=2.0)),
+            ),
+        ],
+    )
+    add(
+        "lovasz binary",
+        (xb, tb),
+        [("strop", L.lovasz_loss), ("smp", smp and smp.LovaszLoss("binary"))],
+    )
+    add(
+        "lovasz binary per-image",
+        (xb, tb),
+        [
+            ("strop", lambda x, t: L.lovasz_loss(x, t, per_image=True)),
+            ("smp", smp and smp.LovaszLoss("binary", per_image=True)),
+        ],
+    )
+    add(
+        "lovasz multiclass",
+        (xm, tm),
+        [
+            ("strop", lambda x, t: L.lovasz_loss(x, t, mode="multiclass")),
+            ("smp", smp and smp.LovaszLoss("multiclass")),
+        ],
+    )
+    add(
+        "dice+bce binary",
+        (xb, tb),
+        [
+            ("strop", L.dice_bce_loss),
+            (
+                "monai",
+                monai and monai.DiceCELoss(sigmoid=True, smooth_nr=1, smooth_dr=1, batch=True),
+            ),
+        ],
+    )
+    for kind, ref in (
+        ("iou", None),
+        ("giou", "generalized_box_iou_loss"),
+        ("diou", "distance_box_iou_loss"),
+        ("ciou", "complete_box_iou_loss"),
+    ):
         impls = [("strop", lambda p, t, k=kind: L.box_iou_loss(p, t, kind=k))]
         if tv is not None and ref is not None:
             impls.append(("torchvision", _mean_of(getattr(tv, ref))))
         add(f"box {kind} loss", (b1, b2), impls)
-    add("box_iou pairwise 1k×1k", (b1[:1000], b2[:1000]), [
-        ("strop", L.box_iou), ("torchvision", tv and tv.box_iou)])
+    add(
+        "box_iou pairwise 1k×1k",
+        (b1[:1000], b2[:1000]),
+        [("strop", L.box_iou), ("torchvision", tv and tv.box_iou)],
+    )
     return cases
 
 
@@ -138,7 +222,9 @@ def _time(fn: Callable, x: torch.Tensor, t: torch.Tensor, dtype: torch.dtype | N
 
 
 def run(quick: bool = False, repeats: int | None = None) -> str:
-    size, nb, nm, nbox, reps, warm = (128, 4, 2, 20_000, 5, 1) if quick else (256, 16, 8, 100_000, 15, 3)
+    size, nb, nm, nbox, reps, warm = (
+        (128, 4, 2, 20_000, 5, 1) if quick else (256, 16, 8, 100_000, 15, 3)
+    )
     reps = repeats or reps
     rows = ["| loss | precision | impl | ms (median) | × fastest ref |", "|---|---|---|---:|---:|"]
     for name, (x, t), impls in _cases(size, nb, nm, nbox):
@@ -163,20 +249,32 @@ def run(quick: bool = False, repeats: int | None = None) -> str:
                 ratio = f"{value / best:.2f}" if best else "—"
                 rows.append(f"| {name} | {label} | {key} | {value:.2f} | {ratio} |")
             rows.extend(f"| {name} | {label} | {key} | {why} | — |" for key, why in failed.items())
-    head = (f"Losses, forward+backward, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-            f"{platform.processor() or platform.machine()}; {'quick' if quick else 'full'} sizes.\n\n")
+    head = (
+        f"Losses, forward+backward, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}; {'quick' if quick else 'full'} sizes.\n\n"
+    )
     return head + "\n".join(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (after warm-up)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (1 gives stable ratios on a shared, oversubscribed machine)")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="cpu: this thread's CPU time, which leaves out time lost to other jobs on a "
-                             "shared machine (use with --threads 1)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed repeats per case (after warm-up)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (1 gives stable ratios on a shared, oversubscribed machine)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: this thread's CPU time, which leaves out time lost to other jobs on a "
+        "shared machine (use with --threads 1)",
+    )
     args = parser.parse_args(argv)
     global _CLOCK
     _CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter

@@ -36,13 +36,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    params = [p.detach().clone().requires_grad_(True) for p in torchvision.models.resnet18().parameters()]
+    params = [
+        p.detach().clone().requires_grad_(True) for p in torchvision.models.resnet18().parameters()
+    ]
     n = sum(p.numel() for p in params)
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{args.threads} thread(s), resnet18: {len(params)} tensors, {n / 1e6:.1f} M parameters")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{args.threads} thread(s), resnet18: {len(params)} tensors, {n / 1e6:.1f} M parameters"
+    )
     cases = {
-        "AdamW": lambda impl: (lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.05, **impl)),
-        "SGD": lambda impl: (lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, weight_decay=1e-4, **impl)),
+        "AdamW": lambda impl: lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.05, **impl),
+        "SGD": lambda impl: (
+            lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, weight_decay=1e-4, **impl)
+        ),
     }
     impls = {"for_loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
     for name, make in cases.items():

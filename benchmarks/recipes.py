@@ -146,15 +146,20 @@ CANDIDATES: list[Candidate] = [
     Candidate(FASTAI, "fastai"),
     Candidate("plain SGD loop", "plain", {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}),
     # the chapter's recipe as `strop demo` runs it: pretrained backbone frozen, new head
-    strop_candidate("strop frozen backbone (chapter)", model={"freeze": "backbone"},
-                    optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
-                    schedule={"name": "cosine", "warmup_epochs": 1}),
+    strop_candidate(
+        "strop frozen backbone (chapter)",
+        model={"freeze": "backbone"},
+        optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
+        schedule={"name": "cosine", "warmup_epochs": 1},
+    ),
     strop_candidate("strop docs today", **DOCS),
     strop_candidate("strop best", **BEST),
     strop_candidate("strop best, half the epochs", **BEST, epochs=6),
     # the preset as a user runs it: its own batch (10) and precision (auto: bf16 where the CPU
     # runs it natively) instead of BASE's batch 32 and fp32
-    strop_candidate("strop recipe: fine_tune", recipe="fine_tune", data={"batch_size": DROP}, precision=DROP),
+    strop_candidate(
+        "strop recipe: fine_tune", recipe="fine_tune", data={"batch_size": DROP}, precision=DROP
+    ),
 ]
 
 
@@ -189,7 +194,10 @@ ABLATIONS: list[Candidate] = [
     strop_candidate("sgd 0.01 cosine (plain loop's recipe)", **PLAIN),
     strop_candidate("sgd 0.03 cosine", **_merge(PLAIN, {"optimizer": {"lr": 0.03}})),
     strop_candidate("sgd 0.01 cosine, batch 10", **_merge(PLAIN, {"data": {"batch_size": 10}})),
-    strop_candidate("sgd 0.01 cosine + gradual unfreeze", **_merge(PLAIN, {"gradual_unfreeze": {"head_epochs": 1}})),
+    strop_candidate(
+        "sgd 0.01 cosine + gradual unfreeze",
+        **_merge(PLAIN, {"gradual_unfreeze": {"head_epochs": 1}}),
+    ),
 ]
 
 
@@ -254,8 +262,10 @@ def target_split(digits: Path, shots: int, seed: int) -> Path:
     for d in TARGET_DIGITS:
         files = sorted((digits / d).glob("*.png"))
         if shots >= len(files):
-            raise ValueError(f"target_split: shots={shots} leaves no validation images of digit {d} "
-                             f"({len(files)} images)")
+            raise ValueError(
+                f"target_split: shots={shots} leaves no validation images of digit {d} "
+                f"({len(files)} images)"
+            )
         for k, i in enumerate(torch.randperm(len(files), generator=g).tolist()):
             part = "train" if k < shots else "val"
             (dst / part / d).mkdir(parents=True, exist_ok=True)
@@ -271,24 +281,40 @@ def source_weights(out: Path, digits: Path, *, image_size: int, epochs: int, thr
     path = out / f"source-resnet18-{digits.name}-{image_size}px-{epochs}ep.pth"
     if path.exists():
         return path
-    cfg = config_from_dict({
-        "data": {"root": str(_source_folder(digits)), "image_size": image_size, "batch_size": 32,
-                 "val_fraction": 0.2, "augment": "crop", "num_workers": 0},
-        "loss": {"name": "cross_entropy", "label_smoothing": 0.1},
-        "model": {"name": "resnet18"}, "epochs": epochs, "precision": "fp32", "progress": False,
-        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-        "schedule": {"name": "cosine", "warmup_epochs": 1}, "seed": 0,
-        "output": str(out / "runs" / path.stem),
-    })
+    cfg = config_from_dict(
+        {
+            "data": {
+                "root": str(_source_folder(digits)),
+                "image_size": image_size,
+                "batch_size": 32,
+                "val_fraction": 0.2,
+                "augment": "crop",
+                "num_workers": 0,
+            },
+            "loss": {"name": "cross_entropy", "label_smoothing": 0.1},
+            "model": {"name": "resnet18"},
+            "epochs": epochs,
+            "precision": "fp32",
+            "progress": False,
+            "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+            "schedule": {"name": "cosine", "warmup_epochs": 1},
+            "seed": 0,
+            "output": str(out / "runs" / path.stem),
+        }
+    )
     with quiet():
         res = fit(cfg, log=lambda m: None)
     if res.interrupted:
         raise BenchInterrupted(res.interrupted)
-    state = torch.load(res.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)["model"]
+    state = torch.load(
+        res.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True
+    )["model"]
     torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, path)
     shutil.rmtree(res.run_dir, ignore_errors=True)
-    print(f"source resnet18 on digits 0-4: val accuracy {res.best_metric:.3f} ({image_size}px, {epochs} epochs)",
-          flush=True)
+    print(
+        f"source resnet18 on digits 0-4: val accuracy {res.best_metric:.3f} ({image_size}px, {epochs} epochs)",
+        flush=True,
+    )
     return path
 
 
@@ -307,8 +333,9 @@ def _resnet18_from(weights: Path, num_classes: int) -> torch.nn.Module:
     from torchvision.models import resnet18
 
     model = resnet18(num_classes=num_classes)
-    missing, unexpected = model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True),
-                                                strict=False)
+    missing, unexpected = model.load_state_dict(
+        torch.load(weights, map_location="cpu", weights_only=True), strict=False
+    )
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected, (missing, unexpected)
     return model
 
@@ -323,8 +350,15 @@ def _accuracy(model: torch.nn.Module, loader: Any) -> float:
     return right / total
 
 
-def _run_plain(cand: Candidate, data: tuple[Any, Any], weights: Path, *, epochs: int, seed: int,
-               batch_size: int) -> tuple[list[tuple[float, float]], float]:
+def _run_plain(
+    cand: Candidate,
+    data: tuple[Any, Any],
+    weights: Path,
+    *,
+    epochs: int,
+    seed: int,
+    batch_size: int,
+) -> tuple[list[tuple[float, float]], float]:
     """New head, full fine-tune, SGD + momentum, per-step cosine: what one writes by hand."""
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
@@ -334,8 +368,12 @@ def _run_plain(cand: Candidate, data: tuple[Any, Any], weights: Path, *, epochs:
     train, val = data
     model = _resnet18_from(weights, len(TARGET_DIGITS))
     o = cand.config
-    opt = torch.optim.SGD(model.parameters(), lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.SGD(
+        model.parameters(), lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"]
+    )
+    loader = DataLoader(
+        train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
     val_loader = DataLoader(val, batch_size=256)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
     trace = []
@@ -351,8 +389,15 @@ def _run_plain(cand: Candidate, data: tuple[Any, Any], weights: Path, *, epochs:
     return trace, time.perf_counter() - t0
 
 
-def _run_fastai(cand: Candidate, data: tuple[Any, Any], weights: Path, *, epochs: int, seed: int,
-                batch_size: int) -> tuple[list[tuple[float, float]], float]:
+def _run_fastai(
+    cand: Candidate,
+    data: tuple[Any, Any],
+    weights: Path,
+    *,
+    epochs: int,
+    seed: int,
+    batch_size: int,
+) -> tuple[list[tuple[float, float]], float]:
     """``vision_learner(..., resnet18, pretrained=False)`` + source body + ``fine_tune`` defaults."""
     from fastai.callback import progress, schedule  # noqa: F401  (add Learner.no_bar, .fine_tune)
     from fastai.callback.core import Callback
@@ -378,10 +423,24 @@ def _run_fastai(cand: Candidate, data: tuple[Any, Any], weights: Path, *, epochs
             trace.append((time.perf_counter() - t0, float(self.learn.recorder.values[-1][-1])))
 
     dls = DataLoaders(
-        DataLoader(train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)),
-        DataLoader(val, batch_size=256), device=torch.device("cpu"))
-    learn = vision_learner(dls, resnet18, n_out=len(TARGET_DIGITS), pretrained=False,
-                           loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=[Clock()])
+        DataLoader(
+            train,
+            batch_size=batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        ),
+        DataLoader(val, batch_size=256),
+        device=torch.device("cpu"),
+    )
+    learn = vision_learner(
+        dls,
+        resnet18,
+        n_out=len(TARGET_DIGITS),
+        pretrained=False,
+        loss_func=CrossEntropyLossFlat(),
+        metrics=accuracy,
+        cbs=[Clock()],
+    )
     body = _resnet18_from(weights, len(TARGET_DIGITS))
     learn.model[0].load_state_dict(nn.Sequential(*list(body.children())[:-2]).state_dict())
     with learn.no_bar(), learn.no_logging(), quiet():
@@ -389,17 +448,41 @@ def _run_fastai(cand: Candidate, data: tuple[Any, Any], weights: Path, *, epochs
     return trace, time.perf_counter() - t0
 
 
-def strop_config(cand: Candidate, root: Path, weights: Path, *, image_size: int, epochs: int, seed: int,
-                 output: Path) -> dict[str, Any]:
+def strop_config(
+    cand: Candidate,
+    root: Path,
+    weights: Path,
+    *,
+    image_size: int,
+    epochs: int,
+    seed: int,
+    output: Path,
+) -> dict[str, Any]:
     """The plain config dict a strop candidate runs (``None`` values drop the key)."""
-    cfg = _merge(BASE, {"data": {"root": str(root), "image_size": image_size}, "model": {"weights": str(weights)},
-                        "epochs": epochs, "seed": seed, "output": str(output)})
+    cfg = _merge(
+        BASE,
+        {
+            "data": {"root": str(root), "image_size": image_size},
+            "model": {"weights": str(weights)},
+            "epochs": epochs,
+            "seed": seed,
+            "output": str(output),
+        },
+    )
     cfg = _merge(cfg, cand.config)
     return {k: v for k, v in cfg.items() if v is not None}
 
 
-def _run_strop(cand: Candidate, root: Path, weights: Path, *, image_size: int, epochs: int, seed: int,
-               output: Path) -> tuple[list[tuple[float, float]], float, Any]:
+def _run_strop(
+    cand: Candidate,
+    root: Path,
+    weights: Path,
+    *,
+    image_size: int,
+    epochs: int,
+    seed: int,
+    output: Path,
+) -> tuple[list[tuple[float, float]], float, Any]:
     from strop.train import config_from_dict, fit
 
     t0 = time.perf_counter()
@@ -409,8 +492,11 @@ def _run_strop(cand: Candidate, root: Path, weights: Path, *, image_size: int, e
         def on_epoch_end(self, state: Any, logs: dict[str, float]) -> None:
             trace.append((time.perf_counter() - t0, float(logs["val_accuracy"])))
 
-    cfg = config_from_dict(strop_config(cand, root, weights, image_size=image_size, epochs=epochs, seed=seed,
-                                        output=output))  # a candidate may set its own epochs
+    cfg = config_from_dict(
+        strop_config(
+            cand, root, weights, image_size=image_size, epochs=epochs, seed=seed, output=output
+        )
+    )  # a candidate may set its own epochs
     with quiet():
         res = fit(cfg, callbacks=[Clock()], exist_ok=True, log=lambda m: None)  # a rerun replaces
     seconds = time.perf_counter() - t0
@@ -422,9 +508,21 @@ def _run_strop(cand: Candidate, root: Path, weights: Path, *, image_size: int, e
 
 
 # -- the benchmark ------------------------------------------------------------------------------
-def run(candidates: Sequence[Candidate], *, shots: Sequence[int], seeds: Sequence[int], epochs: int,
-        image_size: int, out: Path, source_epochs: int = 8, per_class: int | None = None, batch_size: int = 32,
-        threads: int = 1, keep_runs: bool = False, log: Callable[[str], None] = print) -> list[Run]:
+def run(
+    candidates: Sequence[Candidate],
+    *,
+    shots: Sequence[int],
+    seeds: Sequence[int],
+    epochs: int,
+    image_size: int,
+    out: Path,
+    source_epochs: int = 8,
+    per_class: int | None = None,
+    batch_size: int = 32,
+    threads: int = 1,
+    keep_runs: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[Run]:
     """Every candidate on every (shots, seed); raises :class:`BenchInterrupted` on SIGINT/SIGTERM.
 
     strop's run folders are ``out/runs/<shots>shots-seed<seed>-<name>``, deleted after each run
@@ -435,31 +533,48 @@ def run(candidates: Sequence[Candidate], *, shots: Sequence[int], seeds: Sequenc
     runs: list[Run] = []
     with _stop_on_signals():
         digits = _digits(out, per_class)
-        weights = source_weights(out, digits, image_size=image_size, epochs=source_epochs, threads=threads)
+        weights = source_weights(
+            out, digits, image_size=image_size, epochs=source_epochs, threads=threads
+        )
         for n in shots:
             for seed in seeds:
                 root = target_split(digits, n, seed)
-                data = _tensors(root, image_size) if any(c.kind != "strop" for c in candidates) else None
+                data = (
+                    _tensors(root, image_size)
+                    if any(c.kind != "strop" for c in candidates)
+                    else None
+                )
                 for cand in candidates:
                     kw: dict[str, Any] = {"epochs": epochs, "seed": seed}
                     if cand.kind == "strop":
                         run_dir = out / "runs" / run_dir_name(n, seed, cand.name)
                         shutil.rmtree(run_dir, ignore_errors=True)
-                        trace, seconds, _ = _run_strop(cand, root, weights, image_size=image_size,
-                                                       output=run_dir, **kw)
+                        trace, seconds, _ = _run_strop(
+                            cand, root, weights, image_size=image_size, output=run_dir, **kw
+                        )
                         if not keep_runs:
                             shutil.rmtree(run_dir, ignore_errors=True)
                     elif cand.kind == "plain":
-                        trace, seconds = _run_plain(cand, data, weights, batch_size=batch_size, **kw)
+                        trace, seconds = _run_plain(
+                            cand, data, weights, batch_size=batch_size, **kw
+                        )
                     elif cand.kind == "fastai":
-                        trace, seconds = _run_fastai(cand, data, weights, batch_size=batch_size, **kw)
+                        trace, seconds = _run_fastai(
+                            cand, data, weights, batch_size=batch_size, **kw
+                        )
                     else:
-                        raise ValueError(f"candidate {cand.name!r}: kind must be strop, plain or fastai; "
-                                         f"got {cand.kind!r}")
-                    r = Run(cand.name, n, seed, max(a for _, a in trace), trace[-1][1], seconds, trace)
+                        raise ValueError(
+                            f"candidate {cand.name!r}: kind must be strop, plain or fastai; "
+                            f"got {cand.kind!r}"
+                        )
+                    r = Run(
+                        cand.name, n, seed, max(a for _, a in trace), trace[-1][1], seconds, trace
+                    )
                     runs.append(r)
-                    log(f"  {n:>3} shots  seed {seed}  {cand.name:<44} best {r.best:.3f}  last {r.last:.3f}  "
-                        f"{r.seconds:6.1f} s")
+                    log(
+                        f"  {n:>3} shots  seed {seed}  {cand.name:<44} best {r.best:.3f}  last {r.last:.3f}  "
+                        f"{r.seconds:6.1f} s"
+                    )
     return runs
 
 
@@ -488,8 +603,15 @@ def summarize(runs: Sequence[Run], reference: str = FASTAI) -> tuple[list[str], 
     names = list(dict.fromkeys(r.candidate for r in runs))
     if reference not in names:
         reference = names[0]
-    header = ["shots", "candidate", "best val acc", "last val acc", "wall s", f"wall / {reference}",
-              f"time to {reference}'s best (s)"]
+    header = [
+        "shots",
+        "candidate",
+        "best val acc",
+        "last val acc",
+        "wall s",
+        f"wall / {reference}",
+        f"time to {reference}'s best (s)",
+    ]
     rows = []
     for n in sorted({r.shots for r in runs}):
         at = [r for r in runs if r.shots == n]
@@ -506,27 +628,47 @@ def summarize(runs: Sequence[Run], reference: str = FASTAI) -> tuple[list[str], 
                 reached = f"{statistics.median(got):.0f} ({len(got)}/{len(reach)} seeds reach {target:.3f})"
             else:
                 reached = f"never ({target:.3f})"
-            rows.append([str(n), name, _spread([r.best for r in rs], ".3f"), _spread([r.last for r in rs], ".3f"),
-                         _spread([r.seconds for r in rs], ".0f"), _spread(ratios, ".2f") if ratios else "n/a",
-                         reached])
+            rows.append(
+                [
+                    str(n),
+                    name,
+                    _spread([r.best for r in rs], ".3f"),
+                    _spread([r.last for r in rs], ".3f"),
+                    _spread([r.seconds for r in rs], ".0f"),
+                    _spread(ratios, ".2f") if ratios else "n/a",
+                    reached,
+                ]
+            )
     return header, rows
 
 
 def _report(runs: Sequence[Run], settings: dict[str, Any]) -> str:
     header, rows = summarize(runs)
     info = machine()
-    lines = ["## Fine-tuning recipes vs fastai (benchmarks/recipes.py)", "",
-             "Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".",
-             "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()) + f"; load average {load_average()}.",
-             "Medians over seeds, [min, max] in brackets; wall-time ratios are per seed, in one process.", "",
-             markdown_table(header, rows)]
+    lines = [
+        "## Fine-tuning recipes vs fastai (benchmarks/recipes.py)",
+        "",
+        "Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".",
+        "Machine: "
+        + "; ".join(f"{k} {v}" for k, v in info.items())
+        + f"; load average {load_average()}.",
+        "Medians over seeds, [min, max] in brackets; wall-time ratios are per seed, in one process.",
+        "",
+        markdown_table(header, rows),
+    ]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: 5 shots, 1 seed, 3 epochs, 16px, 40 images per digit")
-    p.add_argument("--ablation", action="store_true", help="the one-factor experiments (ABLATIONS) instead")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 5 shots, 1 seed, 3 epochs, 16px, 40 images per digit",
+    )
+    p.add_argument(
+        "--ablation", action="store_true", help="the one-factor experiments (ABLATIONS) instead"
+    )
     p.add_argument("--shots", type=int, nargs="+", default=[5, 20, 50])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=12)
@@ -534,17 +676,34 @@ def main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--source-epochs", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", nargs="+", help="candidates whose name contains one of these strings")
-    p.add_argument("--strop", action="append", default=[], metavar="NAME=JSON",
-                   help='an extra strop candidate, e.g. \'mine={"optimizer": {"lr": 0.02}}\'')
-    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "strop-bench-recipes",
-                   help="data, source weights, run folders (reused between runs)")
+    p.add_argument(
+        "--strop",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help='an extra strop candidate, e.g. \'mine={"optimizer": {"lr": 0.02}}\'',
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "strop-bench-recipes",
+        help="data, source weights, run folders (reused between runs)",
+    )
     p.add_argument("--markdown", type=Path, help="write the table here (default OUT/recipes.md)")
-    p.add_argument("--from-json", type=Path, nargs="+", metavar="JSON",
-                   help="no training: the table of earlier runs' JSON files (e.g. one process per seed)")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="no training: the table of earlier runs' JSON files (e.g. one process per seed)",
+    )
     a = p.parse_args(argv)
     if a.from_json:
-        runs = [Run(**{**r, "trace": [tuple(t) for t in r["trace"]]}) for f in a.from_json
-                for r in json.loads(f.read_text())]
+        runs = [
+            Run(**{**r, "trace": [tuple(t) for t in r["trace"]]})
+            for f in a.from_json
+            for r in json.loads(f.read_text())
+        ]
         text = _report(runs, {"from": ", ".join(str(f) for f in a.from_json)})
         print(text)
         if a.markdown:
@@ -552,7 +711,14 @@ def main(argv: Sequence[str] | None = None) -> str:
         return text
     per_class = None
     if a.quick:
-        a.shots, a.seeds, a.epochs, a.image_size, a.source_epochs, per_class = [5], [0], 3, 16, 2, 40
+        a.shots, a.seeds, a.epochs, a.image_size, a.source_epochs, per_class = (
+            [5],
+            [0],
+            3,
+            16,
+            2,
+            40,
+        )
     cands = list(ABLATIONS if a.ablation else CANDIDATES)
     for spec in a.strop:
         name, sep, raw = spec.partition("=")
@@ -563,15 +729,35 @@ def main(argv: Sequence[str] | None = None) -> str:
         cands = [c for c in cands if any(s in c.name for s in a.only)]
         if not cands:
             p.error(f"--only {a.only}: no candidate matches")
-    settings = {"shots": a.shots, "seeds": a.seeds, "epochs": a.epochs, "image size": a.image_size,
-                "source epochs": a.source_epochs, "batch": 32, "torch threads": a.threads,
-                "images per digit": per_class or "all"}
+    settings = {
+        "shots": a.shots,
+        "seeds": a.seeds,
+        "epochs": a.epochs,
+        "image size": a.image_size,
+        "source epochs": a.source_epochs,
+        "batch": 32,
+        "torch threads": a.threads,
+        "images per digit": per_class or "all",
+    }
     print("recipes benchmark: " + ", ".join(f"{k} {v}" for k, v in settings.items()), flush=True)
     try:
-        runs = run(cands, shots=a.shots, seeds=a.seeds, epochs=a.epochs, image_size=a.image_size, out=a.out,
-                   source_epochs=a.source_epochs, per_class=per_class, threads=a.threads)
+        runs = run(
+            cands,
+            shots=a.shots,
+            seeds=a.seeds,
+            epochs=a.epochs,
+            image_size=a.image_size,
+            out=a.out,
+            source_epochs=a.source_epochs,
+            per_class=per_class,
+            threads=a.threads,
+        )
     except BenchInterrupted as stop:
-        print(f"\nrecipes benchmark interrupted by {stop}: no results reported", file=sys.stderr, flush=True)
+        print(
+            f"\nrecipes benchmark interrupted by {stop}: no results reported",
+            file=sys.stderr,
+            flush=True,
+        )
         raise SystemExit(143 if str(stop) == "SIGTERM" else 130) from None
     text = _report(runs, settings)
     print("\n" + text)

@@ -43,12 +43,27 @@ def matmul_gflops(n: int, dtype: torch.dtype, *, repeats: int = 5) -> float:
     return 2 * n**3 / sec / 1e9
 
 
-def conv_gflops(dtype: torch.dtype, memory_format: torch.memory_format, *, batch: int = 32, hw: int = 28,
-                channels: int = 128, repeats: int = 5) -> float:
+def conv_gflops(
+    dtype: torch.dtype,
+    memory_format: torch.memory_format,
+    *,
+    batch: int = 32,
+    hw: int = 28,
+    channels: int = 128,
+    repeats: int = 5,
+) -> float:
     """GFLOP/s of a 3×3, stride-1 convolution (resnet18's layer2 shape at 224: 128 channels, 28×28)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, channels, hw, hw, generator=g).to(dtype).contiguous(memory_format=memory_format)
-    w = torch.randn(channels, channels, 3, 3, generator=g).to(dtype).contiguous(memory_format=memory_format)
+    x = (
+        torch.randn(batch, channels, hw, hw, generator=g)
+        .to(dtype)
+        .contiguous(memory_format=memory_format)
+    )
+    w = (
+        torch.randn(channels, channels, 3, 3, generator=g)
+        .to(dtype)
+        .contiguous(memory_format=memory_format)
+    )
     sec = _bench(lambda: F.conv2d(x, w, padding=1), repeats=repeats)
     flops = 2 * batch * channels * channels * 9 * hw * hw
     return flops / sec / 1e9
@@ -63,9 +78,15 @@ def roofs(*, quick: bool = False) -> dict[str, float]:
         "bf16 matmul": max(matmul_gflops(n, torch.bfloat16, repeats=reps) for n in sizes),
     }
     batch = 8 if quick else 32
-    out["fp32 conv3x3 NCHW"] = conv_gflops(torch.float32, torch.contiguous_format, batch=batch, repeats=reps)
-    out["bf16 conv3x3 NCHW"] = conv_gflops(torch.bfloat16, torch.contiguous_format, batch=batch, repeats=reps)
-    out["bf16 conv3x3 channels_last"] = conv_gflops(torch.bfloat16, torch.channels_last, batch=batch, repeats=reps)
+    out["fp32 conv3x3 NCHW"] = conv_gflops(
+        torch.float32, torch.contiguous_format, batch=batch, repeats=reps
+    )
+    out["bf16 conv3x3 NCHW"] = conv_gflops(
+        torch.bfloat16, torch.contiguous_format, batch=batch, repeats=reps
+    )
+    out["bf16 conv3x3 channels_last"] = conv_gflops(
+        torch.bfloat16, torch.channels_last, batch=batch, repeats=reps
+    )
     return out
 
 

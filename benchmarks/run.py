@@ -35,8 +35,12 @@ MARKER = "<!-- hand-written analysis below -->"
 PARTS = ("roof", "training", "cache", "data", "losses")
 
 
-def _goals(train_res: dict[tuple[int, str], dict[str, Any]] | None, roof: float | None,
-           cache: dict[str, Any] | None, data: dict[str, Any] | None) -> str:
+def _goals(
+    train_res: dict[tuple[int, str], dict[str, Any]] | None,
+    roof: float | None,
+    cache: dict[str, Any] | None,
+    data: dict[str, Any] | None,
+) -> str:
     rows: list[list[str]] = []
 
     def verdict(ok: bool) -> str:
@@ -51,49 +55,101 @@ def _goals(train_res: dict[tuple[int, str], dict[str, Any]] | None, roof: float 
         tag = f"{size}px {mode}"
         if "best" in res:
             r = like.images_per_s / res["best"].images_per_s
-            rows.append([f"{tag}: strop{' (uncached)' if cached else ''} ≥ 0.95× best hand loop",
-                         f"{r:.2f}×", verdict(r >= 0.95)])
+            rows.append(
+                [
+                    f"{tag}: strop{' (uncached)' if cached else ''} ≥ 0.95× best hand loop",
+                    f"{r:.2f}×",
+                    verdict(r >= 0.95),
+                ]
+            )
             if cached:
                 r = s / res["best"].images_per_s
-                rows.append([f"{tag}: strop (cached, epochs 2..N) vs best hand loop", f"{r:.0f}×", verdict(r >= 0.95)])
+                rows.append(
+                    [
+                        f"{tag}: strop (cached, epochs 2..N) vs best hand loop",
+                        f"{r:.0f}×",
+                        verdict(r >= 0.95),
+                    ]
+                )
         if size >= 224 and "tutorial" in res:
             r = like.images_per_s / res["tutorial"].images_per_s
             rows.append([f"{tag}: strop ≥ 3× tutorial loop", f"{r:.2f}×", verdict(r >= 3.0)])
         pl = [res[k].images_per_s for k in ("lightning", "lightning_cl") if k in res]
         if pl:
             r = like.images_per_s / max(pl)
-            rows.append([f"{tag}: strop faster than Lightning (its faster variant)", f"{r:.2f}×", verdict(r > 1.0)])
+            rows.append(
+                [
+                    f"{tag}: strop faster than Lightning (its faster variant)",
+                    f"{r:.2f}×",
+                    verdict(r > 1.0),
+                ]
+            )
         if size >= 224 and roof and mode == "full":
             flops = like.extra.get("flops")
             if flops:
                 frac = flops / common.median(like.times) / 1e9 / roof
-                rows.append([f"{tag}: ≥ 40% of the bf16 matmul roof", f"{100 * frac:.0f}%", verdict(frac >= 0.40)])
+                rows.append(
+                    [
+                        f"{tag}: ≥ 40% of the bf16 matmul roof",
+                        f"{100 * frac:.0f}%",
+                        verdict(frac >= 0.40),
+                    ]
+                )
     if cache:
-        rows.append([f"feature cache ≥ 5× (whole fit, {cache.get('epochs', 10)} epochs)", f"{cache['speedup']:.1f}×",
-                     verdict(cache["speedup"] >= 5)])
+        rows.append(
+            [
+                f"feature cache ≥ 5× (whole fit, {cache.get('epochs', 10)} epochs)",
+                f"{cache['speedup']:.1f}×",
+                verdict(cache["speedup"] >= 5),
+            ]
+        )
         same = cache["auto"]["val_accuracy"] == cache["off"]["val_accuracy"]
-        rows.append(["feature cache: same validation accuracy",
-                     f"{cache['auto']['val_accuracy']:.4f} vs {cache['off']['val_accuracy']:.4f}", verdict(same)])
+        rows.append(
+            [
+                "feature cache: same validation accuracy",
+                f"{cache['auto']['val_accuracy']:.4f} vs {cache['off']['val_accuracy']:.4f}",
+                verdict(same),
+            ]
+        )
     if data:
         ref = common.median(data["memory_tensors"]["epoch2"])
         for v in ("none", "memory", "disk"):
             r = ref / common.median(data[v]["epoch2"])
-            rows.append([f"data: folder ({v} cache) within 10% of in-memory", f"{r:.2f}×", verdict(r >= 0.90)])
+            rows.append(
+                [
+                    f"data: folder ({v} cache) within 10% of in-memory",
+                    f"{r:.2f}×",
+                    verdict(r >= 0.90),
+                ]
+            )
     return common.markdown_table(["goal (issue 6)", "measured", "verdict"], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="about 3 minutes: 64px only, fewer repeats")
-    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    parser.add_argument("--full-losses", action="store_true",
-                        help="run benchmarks/losses.py at full size (default: its --quick sizes)")
-    parser.add_argument("--output", default=str(HERE.parent / "BENCHMARKS.md"), help="markdown file to write ('' : none)")
+    parser.add_argument(
+        "--quick", action="store_true", help="about 3 minutes: 64px only, fewer repeats"
+    )
+    parser.add_argument(
+        "--only", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
+    )
+    parser.add_argument(
+        "--full-losses",
+        action="store_true",
+        help="run benchmarks/losses.py at full size (default: its --quick sizes)",
+    )
+    parser.add_argument(
+        "--output",
+        default=str(HERE.parent / "BENCHMARKS.md"),
+        help="markdown file to write ('' : none)",
+    )
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
-        parser.error(f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+        parser.error(
+            f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}"
+        )
 
     def progress(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
@@ -108,12 +164,19 @@ def main(argv: Sequence[str] | None = None) -> str:
         progress("roofline")
         roofs = roofline.roofs(quick=args.quick)
         roof = roofs["bf16 matmul"]
-        sections.append("## Roof: dense kernels on this machine\n\n" + common.markdown_table(
-            ["kernel", "GFLOP/s"], [[k, f"{v:,.0f}"] for k, v in roofs.items()]))
+        sections.append(
+            "## Roof: dense kernels on this machine\n\n"
+            + common.markdown_table(
+                ["kernel", "GFLOP/s"], [[k, f"{v:,.0f}"] for k, v in roofs.items()]
+            )
+        )
     if "training" in parts:
         progress("training throughput")
-        kw: dict[str, Any] = ({"sizes": (64,), "steps": {64: 8}, "rounds": 1} if args.quick
-                              else {"sizes": (64, 224), "steps": {64: 8, 224: 3}, "warmup": 1, "rounds": 2})
+        kw: dict[str, Any] = (
+            {"sizes": (64,), "steps": {64: 8}, "rounds": 1}
+            if args.quick
+            else {"sizes": (64, 224), "steps": {64: 8, 224: 3}, "warmup": 1, "rounds": 2}
+        )
         md, train_res = training.run(roof_gflops=roof, progress=progress, **kw)
         sections.append("## Training throughput (resnet18, batch 32)\n\n" + md)
     if "cache" in parts:
@@ -130,8 +193,10 @@ def main(argv: Sequence[str] | None = None) -> str:
         progress("losses")
         import losses
 
-        sections.append("## Losses (forward + backward, from benchmarks/losses.py)\n\n"
-                         + losses.main(["--quick"] if args.quick or not args.full_losses else []))
+        sections.append(
+            "## Losses (forward + backward, from benchmarks/losses.py)\n\n"
+            + losses.main(["--quick"] if args.quick or not args.full_losses else [])
+        )
     load_end = common.load_average()
     minutes = (time.perf_counter() - t0) / 60
     head = [
@@ -143,9 +208,14 @@ def main(argv: Sequence[str] | None = None) -> str:
         "",
         "## Machine",
         "",
-        common.markdown_table(["", ""], [*[[k, v] for k, v in info.items()],
-                                         ["load average (1/5/15 min) at start", load_start],
-                                         ["load average at end", load_end]]),
+        common.markdown_table(
+            ["", ""],
+            [
+                *[[k, v] for k, v in info.items()],
+                ["load average (1/5/15 min) at start", load_start],
+                ["load average at end", load_end],
+            ],
+        ),
         "",
         "## Goals",
         "",
@@ -159,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         if out.exists():
             old = out.read_text()
             if MARKER in old:
-                kept = old[old.index(MARKER):]
+                kept = old[old.index(MARKER) :]
         out.write_text(report + ("\n" + kept if kept else f"\n{MARKER}\n"))
     return report
 

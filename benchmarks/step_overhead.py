@@ -62,27 +62,45 @@ class _CPUTimer:
         self.last = now
 
 
-def strop_steps(data: tuple[Any, Any, int], size: int, out: Path, extra: Sequence[Any] = ()) -> list[float]:
+def strop_steps(
+    data: tuple[Any, Any, int], size: int, out: Path, extra: Sequence[Any] = ()
+) -> list[float]:
     """CPU seconds of each step of ``strop.train.fit`` (one epoch over ``data``)."""
     timer = _CPUTimer()
-    run_fit({
-        "data": {"root": "(in-memory tensors)", "image_size": size, "batch_size": BATCH,
-                 "num_workers": 0},
-        "model": {"name": "resnet18"}, "precision": "bf16", "memory_format": "channels_last",
-        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}, "nonfinite": "skip",
-        "epochs": 1, "feature_cache": "off", "output": str(out), "compile": False,
-    }, data=data, callbacks=[timer, *extra])
+    run_fit(
+        {
+            "data": {
+                "root": "(in-memory tensors)",
+                "image_size": size,
+                "batch_size": BATCH,
+                "num_workers": 0,
+            },
+            "model": {"name": "resnet18"},
+            "precision": "bf16",
+            "memory_format": "channels_last",
+            "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+            "nonfinite": "skip",
+            "epochs": 1,
+            "feature_cache": "off",
+            "output": str(out),
+            "compile": False,
+        },
+        data=data,
+        callbacks=[timer, *extra],
+    )
     return timer.times
 
 
-def measure(*, size: int = 64, steps: int = 12, rounds: int = 3, warmup: int = 2,
-            root: Path | None = None) -> dict[str, Any]:
+def measure(
+    *, size: int = 64, steps: int = 12, rounds: int = 3, warmup: int = 2, root: Path | None = None
+) -> dict[str, Any]:
     """``{"hand": [...], "strop": [...], "overhead": fraction}`` (CPU seconds per step)."""
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        data = in_memory(digits_folder(root or tmp / "data", size=size), size=size,
-                         n=(steps + warmup) * BATCH)
+        data = in_memory(
+            digits_folder(root or tmp / "data", size=size), size=size, n=(steps + warmup) * BATCH
+        )
         res: dict[str, list[float]] = {"hand": [], "strop": []}
         for r in range(rounds):
             order = ["hand", "strop"] if r % 2 == 0 else ["strop", "hand"]
@@ -108,8 +126,9 @@ def profile_table(size: int = 64, steps: int = 6, root: Path | None = None) -> s
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        data = in_memory(digits_folder(root or tmp / "data", size=size), size=size,
-                         n=(steps + 3) * BATCH)
+        data = in_memory(
+            digits_folder(root or tmp / "data", size=size), size=size, n=(steps + 3) * BATCH
+        )
         tables = {}
         for name in ("hand", "strop"):
             sched = schedule(wait=1, warmup=1, active=steps, repeat=1)
@@ -127,9 +146,12 @@ def profile_table(size: int = 64, steps: int = 6, root: Path | None = None) -> s
         if n != hn or key.startswith("ProfilerStep") or abs(t - h) > 0.005 * total["hand"]:
             rows.append((t - h, key, n, hn))
     rows.sort(reverse=True)
-    lines = [f"self CPU µs over {steps} steps: hand {total['hand']:.0f}, strop {total['strop']:.0f} "
-             f"({100 * (total['strop'] / total['hand'] - 1):+.1f}%); ops whose call count differs:",
-             "| op | strop − hand, µs | % of hand step | calls strop / hand |", "|---|---|---|---|"]
+    lines = [
+        f"self CPU µs over {steps} steps: hand {total['hand']:.0f}, strop {total['strop']:.0f} "
+        f"({100 * (total['strop'] / total['hand'] - 1):+.1f}%); ops whose call count differs:",
+        "| op | strop − hand, µs | % of hand step | calls strop / hand |",
+        "|---|---|---|---|",
+    ]
     for extra, key, n, hn in rows[:20]:
         lines.append(f"| {key} | {extra:.0f} | {100 * extra / total['hand']:.2f}% | {n} / {hn} |")
     return "\n".join(lines)
@@ -143,9 +165,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
     m = measure(size=args.size, steps=args.steps, rounds=args.rounds)
-    out = (f"resnet18 {args.size}px bf16 channels_last, batch {BATCH}, 1 thread, CPU time per step "
-           f"(median of {len(m['hand'])}): hand {1e3 * median(m['hand']):.1f} ms, strop "
-           f"{1e3 * median(m['strop']):.1f} ms; strop's overhead {100 * m['overhead']:+.1f}%")
+    out = (
+        f"resnet18 {args.size}px bf16 channels_last, batch {BATCH}, 1 thread, CPU time per step "
+        f"(median of {len(m['hand'])}): hand {1e3 * median(m['hand']):.1f} ms, strop "
+        f"{1e3 * median(m['strop']):.1f} ms; strop's overhead {100 * m['overhead']:+.1f}%"
+    )
     if args.profile:
         out += "\n\n" + profile_table(args.size)
     return out

@@ -89,8 +89,13 @@ def _frozen_bn_eval(model: nn.Module) -> None:
 
 
 def _loader(ds: Any) -> DataLoader:
-    return DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=0,
-                      generator=torch.Generator().manual_seed(0))
+    return DataLoader(
+        ds,
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def hand_setup(data: tuple[Any, Any, int], *, fast: bool, frozen: bool) -> tuple[nn.Module, Any]:
@@ -105,7 +110,9 @@ def hand_setup(data: tuple[Any, Any, int], *, fast: bool, frozen: bool) -> tuple
     return model, opt
 
 
-def hand_step(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor, *, fast: bool) -> tuple[float, int]:
+def hand_step(
+    model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor, *, fast: bool
+) -> tuple[float, int]:
     """One step of the hand loop (``fast``: bf16 autocast + channels_last inputs) and the tutorial's
     bookkeeping, which strop logs too: ``(summed loss, correct predictions)``."""
     x = x.contiguous(memory_format=torch.channels_last if fast else torch.contiguous_format)
@@ -129,25 +136,41 @@ def hand_loop(data: tuple[Any, Any, int], *, fast: bool, frozen: bool) -> Result
     return Result("best" if fast else "tutorial", timer.times)
 
 
-def strop_fit(data: tuple[Any, Any, int], *, size: int, frozen: bool, feature_cache: str, out: Path) -> Result:
+def strop_fit(
+    data: tuple[Any, Any, int], *, size: int, frozen: bool, feature_cache: str, out: Path
+) -> Result:
     """One epoch of ``strop.train.fit`` on ``data`` (see the module docstring)."""
     train, val, _ = data
-    result, times, stamps = run_fit({
-        "data": {"root": "(in-memory tensors)", "image_size": size, "batch_size": BATCH, "num_workers": 0},
-        "model": {"name": "resnet18", "freeze": "backbone" if frozen else None},
-        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-        "epochs": 1, "feature_cache": feature_cache, "output": str(out),
-    }, data=data)
+    result, times, stamps = run_fit(
+        {
+            "data": {
+                "root": "(in-memory tensors)",
+                "image_size": size,
+                "batch_size": BATCH,
+                "num_workers": 0,
+            },
+            "model": {"name": "resnet18", "freeze": "backbone" if frozen else None},
+            "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+            "epochs": 1,
+            "feature_cache": feature_cache,
+            "output": str(out),
+        },
+        data=data,
+    )
     extra: dict[str, Any] = {"choices": result.choices}
     if result.choices.get("feature_cache"):
         # the cache is built between the "precision" line and the "feature cache" line
         t0 = next(t for t, m in stamps if m.startswith("precision:"))
         t1 = next(t for t, m in stamps if m.startswith("feature cache: used"))
         extra["extract_images_per_s"] = (len(train) + len(val)) / (t1 - t0)
-    return Result("strop" if feature_cache == "auto" else "strop_nocache", times.get(0, []), extra=extra)
+    return Result(
+        "strop" if feature_cache == "auto" else "strop_nocache", times.get(0, []), extra=extra
+    )
 
 
-def lightning_fit(data: tuple[Any, Any, int], *, frozen: bool, channels_last: bool, out: Path) -> Result:
+def lightning_fit(
+    data: tuple[Any, Any, int], *, frozen: bool, channels_last: bool, out: Path
+) -> Result:
     """One epoch of ``lightning.Trainer(precision="bf16-mixed")`` on ``data``."""
     import lightning as L
 
@@ -168,7 +191,9 @@ def lightning_fit(data: tuple[Any, Any, int], *, frozen: bool, channels_last: bo
             return F.cross_entropy(self.model(x.contiguous(memory_format=fmt)), y)
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+            return torch.optim.SGD(
+                [p for p in self.parameters() if p.requires_grad], lr=0.01, momentum=0.9
+            )
 
     timer = Timer()
 
@@ -176,27 +201,46 @@ def lightning_fit(data: tuple[Any, Any, int], *, frozen: bool, channels_last: bo
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
             timer.start()
 
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
             timer.tick()
 
     with quiet():
         trainer = L.Trainer(
-            accelerator="cpu", devices=1, precision="bf16-mixed", max_epochs=1, logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Stamp()], default_root_dir=str(out),
+            accelerator="cpu",
+            devices=1,
+            precision="bf16-mixed",
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=[Stamp()],
+            default_root_dir=str(out),
         )
         trainer.fit(Module(), _loader(train))
     return Result("lightning_cl" if channels_last else "lightning", timer.times)
 
 
-def _candidates(frozen: bool, names: Sequence[str], size: int, out: Path) -> dict[str, Callable[[Any], Result]]:
+def _candidates(
+    frozen: bool, names: Sequence[str], size: int, out: Path
+) -> dict[str, Callable[[Any], Result]]:
     table: dict[str, Callable[[Any], Result]] = {
         "tutorial": lambda d: hand_loop(d, fast=False, frozen=frozen),
         "best": lambda d: hand_loop(d, fast=True, frozen=frozen),
-        "strop": lambda d: strop_fit(d, size=size, frozen=frozen, feature_cache="auto", out=out / "strop"),
-        "strop_nocache": lambda d: strop_fit(d, size=size, frozen=frozen, feature_cache="off", out=out / "strop_nc"),
+        "strop": lambda d: strop_fit(
+            d, size=size, frozen=frozen, feature_cache="auto", out=out / "strop"
+        ),
+        "strop_nocache": lambda d: strop_fit(
+            d, size=size, frozen=frozen, feature_cache="off", out=out / "strop_nc"
+        ),
         "lightning": lambda d: lightning_fit(d, frozen=frozen, channels_last=False, out=out / "pl"),
-        "lightning_cl": lambda d: lightning_fit(d, frozen=frozen, channels_last=True, out=out / "plcl"),
+        "lightning_cl": lambda d: lightning_fit(
+            d, frozen=frozen, channels_last=True, out=out / "plcl"
+        ),
     }
     chosen = [n for n in names if n in table and (frozen or n != "strop_nocache")]
     return {n: table[n] for n in chosen}
@@ -254,7 +298,7 @@ def run(
                 order = list(cands)
                 for r in range(rounds):
                     # rotate the order each round: no candidate always runs first (cold caches) or last
-                    for name in order[r % len(order):] + order[:r % len(order)]:
+                    for name in order[r % len(order) :] + order[: r % len(order)]:
                         fn = cands[name]
                         progress(f"  {size}px {mode}: round {r + 1}/{rounds} {name}")
                         one = fn(data)
@@ -268,38 +312,77 @@ def run(
     return _table(results, flops, roof_gflops), results
 
 
-def _table(results: dict[tuple[int, str], dict[str, Result]], flops: dict[tuple[int, str], int],
-           roof: float | None) -> str:
-    header = ["size", "mode", "candidate", "img/s (median)", "per-round range", "× tutorial", "× best loop",
-              "× Lightning", "GFLOP/s", "% of bf16 roof"]
+def _table(
+    results: dict[tuple[int, str], dict[str, Result]],
+    flops: dict[tuple[int, str], int],
+    roof: float | None,
+) -> str:
+    header = [
+        "size",
+        "mode",
+        "candidate",
+        "img/s (median)",
+        "per-round range",
+        "× tutorial",
+        "× best loop",
+        "× Lightning",
+        "GFLOP/s",
+        "% of bf16 roof",
+    ]
     rows = []
     for (size, mode), res in results.items():
         ref = {k: res[k].images_per_s for k in ("tutorial", "best", "lightning_cl") if k in res}
         for name, r in res.items():
             ips = r.images_per_s
-            rng = f"{BATCH / max(r.round_medians):.1f}–{BATCH / min(r.round_medians):.1f}" if r.round_medians else ""
+            rng = (
+                f"{BATCH / max(r.round_medians):.1f}–{BATCH / min(r.round_medians):.1f}"
+                if r.round_medians
+                else ""
+            )
             cached = bool(r.extra.get("choices", {}).get("feature_cache"))
             label = LABELS[name] + (" — head on cached features" if cached else "")
             gfs = flops[(size, mode)] / median(r.times) / 1e9 if not cached else float("nan")
-            rows.append([
-                f"{size}", mode, label, f"{ips:.1f}", rng,
-                f"{ips / ref['tutorial']:.2f}" if "tutorial" in ref else "",
-                f"{ips / ref['best']:.2f}" if "best" in ref else "",
-                f"{ips / ref['lightning_cl']:.2f}" if "lightning_cl" in ref else "",
-                "—" if cached else f"{gfs:.0f}",
-                "—" if cached or not roof else f"{100 * gfs / roof:.0f}%",
-            ])
+            rows.append(
+                [
+                    f"{size}",
+                    mode,
+                    label,
+                    f"{ips:.1f}",
+                    rng,
+                    f"{ips / ref['tutorial']:.2f}" if "tutorial" in ref else "",
+                    f"{ips / ref['best']:.2f}" if "best" in ref else "",
+                    f"{ips / ref['lightning_cl']:.2f}" if "lightning_cl" in ref else "",
+                    "—" if cached else f"{gfs:.0f}",
+                    "—" if cached or not roof else f"{100 * gfs / roof:.0f}%",
+                ]
+            )
             if cached and "extract_images_per_s" in r.extra:
-                rows.append([f"{size}", mode, "  ↳ strop one-time feature extraction (forward, eval)",
-                             f"{r.extra['extract_images_per_s']:.1f}", "", "", "", "", "", ""])
-    notes = [f"- training-step FLOPs (FlopCounterMode, batch {BATCH}): "
-             + ", ".join(f"{s}px {m}: {f / 1e9:.1f} GFLOP" for (s, m), f in flops.items())]
+                rows.append(
+                    [
+                        f"{size}",
+                        mode,
+                        "  ↳ strop one-time feature extraction (forward, eval)",
+                        f"{r.extra['extract_images_per_s']:.1f}",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                    ]
+                )
+    notes = [
+        f"- training-step FLOPs (FlopCounterMode, batch {BATCH}): "
+        + ", ".join(f"{s}px {m}: {f / 1e9:.1f} GFLOP" for (s, m), f in flops.items())
+    ]
     for (size, mode), res in results.items():
         ch = res.get("strop", Result("strop")).extra.get("choices")
         if ch:
-            notes.append(f"- strop at {size}px {mode} chose precision={ch['precision']}, "
-                         f"memory_format={ch['memory_format']}, feature_cache={ch['feature_cache']} "
-                         f"({ch.get('feature_cache_reason', '')})")
+            notes.append(
+                f"- strop at {size}px {mode} chose precision={ch['precision']}, "
+                f"memory_format={ch['memory_format']}, feature_cache={ch['feature_cache']} "
+                f"({ch.get('feature_cache_reason', '')})"
+            )
             break
     return markdown_table(header, rows) + "\n\n" + "\n".join(notes)
 
@@ -309,7 +392,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--quick", action="store_true", help="64px only, one round, fewer steps")
     args = parser.parse_args(argv)
     if args.quick:
-        md, _ = run(sizes=(64,), steps={64: 8}, rounds=1, progress=lambda m: print(m, file=sys.stderr))
+        md, _ = run(
+            sizes=(64,), steps={64: 8}, rounds=1, progress=lambda m: print(m, file=sys.stderr)
+        )
     else:
         md, _ = run(progress=lambda m: print(m, file=sys.stderr))
     return md

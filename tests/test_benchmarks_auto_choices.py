@@ -25,8 +25,11 @@ def ac():
 def test_candidates_cover_every_fixed_choice_then_auto(ac):
     plain = ac.candidates()
     assert [c.label for c in plain] == [
-        "fp32, contiguous, compile false", "fp32, channels_last, compile false",
-        "bf16, contiguous, compile false", "bf16, channels_last, compile false", "auto",
+        "fp32, contiguous, compile false",
+        "fp32, channels_last, compile false",
+        "bf16, contiguous, compile false",
+        "bf16, channels_last, compile false",
+        "auto",
     ]
     with_compile = ac.candidates(compile=True)
     assert len(with_compile) == 9 and len(set(with_compile)) == 9
@@ -44,8 +47,9 @@ def test_picked_maps_the_fit_choices(ac):
 
 
 def _outcome(ac, choice, step_s, choices=None):
-    return ac.Outcome(choice, times=list(step_s), round_medians=[min(step_s), max(step_s)],
-                      choices=choices or {})
+    return ac.Outcome(
+        choice, times=list(step_s), round_medians=[min(step_s), max(step_s)], choices=choices or {}
+    )
 
 
 def test_summarize_ratio_noise_and_verdict(ac):
@@ -55,8 +59,12 @@ def test_summarize_ratio_noise_and_verdict(ac):
         _outcome(ac, C("bf16", "channels_last", False), [0.25, 0.20, 0.20]),  # 160 img/s: best
         _outcome(ac, C("fp32", "channels_last", False), [0.32]),  # 100 img/s
     ]
-    auto = _outcome(ac, C("auto", "auto", False), [0.32, 0.32],
-                    {"precision": "fp32", "memory_format": "channels_last", "compile": False})
+    auto = _outcome(
+        ac,
+        C("auto", "auto", False),
+        [0.32, 0.32],
+        {"precision": "fp32", "memory_format": "channels_last", "compile": False},
+    )
     rows, verdict = ac.summarize([*fixed, auto])
     assert verdict["best"] == C("bf16", "channels_last", False)
     assert verdict["auto"] == C("fp32", "channels_last", False)
@@ -66,14 +74,22 @@ def test_summarize_ratio_noise_and_verdict(ac):
     assert rows[1] == ["bf16, channels_last, compile false", "160.0", "128.0–160.0", "1.00"]
     assert rows[-1][0] == "auto → fp32, channels_last, compile false" and rows[-1][3] == "0.62"
 
-    auto_fast = _outcome(ac, C("auto", "auto", False), [0.21],
-                         {"precision": "bf16", "memory_format": "channels_last", "compile": False})
+    auto_fast = _outcome(
+        ac,
+        C("auto", "auto", False),
+        [0.21],
+        {"precision": "bf16", "memory_format": "channels_last", "compile": False},
+    )
     _, verdict = ac.summarize([*fixed, auto_fast])
     assert verdict["ratio"] == pytest.approx((32 / 0.21) / 160) and verdict["met"] is True
     assert verdict["noise"] == pytest.approx((32 / 0.21) / 160)
 
-    untried = _outcome(ac, C("auto", "auto", False), [0.21],
-                       {"precision": "bf16", "memory_format": "contiguous_format", "compile": True})
+    untried = _outcome(
+        ac,
+        C("auto", "auto", False),
+        [0.21],
+        {"precision": "bf16", "memory_format": "contiguous_format", "compile": True},
+    )
     assert ac.summarize([*fixed, untried])[1]["noise"] is None  # its twin was not measured
     with pytest.raises(ValueError, match="need one auto and at least one fixed outcome"):
         ac.summarize(fixed)
@@ -90,9 +106,12 @@ def test_run_interleaves_drops_warmup_and_reports(ac, monkeypatch, tmp_path):
         calls.append((prec, config["memory_format"]))
         base = step[chose] * (1.0 if fmt == "channels_last" else 1.25)
         times = {0: [9.0, 9.0] + [base] * 4}  # two slow warm-up steps, dropped
-        choices = {"precision": chose, "compile": False,
-                   "memory_format": "channels_last" if fmt == "channels_last" else "contiguous_format",
-                   "precision_reason": "fake"}
+        choices = {
+            "precision": chose,
+            "compile": False,
+            "memory_format": "channels_last" if fmt == "channels_last" else "contiguous_format",
+            "precision_reason": "fake",
+        }
         return SimpleNamespace(choices=choices), times, []
 
     monkeypatch.setattr(ac, "run_fit", fake_run_fit)

@@ -34,7 +34,14 @@ def recipes():
 
 
 # the data and source model of --quick (trained once per module, shared by the tests below)
-TINY = {"shots": [5], "seeds": [0], "epochs": 2, "image_size": 16, "source_epochs": 2, "per_class": 40}
+TINY = {
+    "shots": [5],
+    "seeds": [0],
+    "epochs": 2,
+    "image_size": 16,
+    "source_epochs": 2,
+    "per_class": 40,
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +51,11 @@ def out(tmp_path_factory):
 
 def _strop_candidates(mod):
     cands = [c for c in mod.CANDIDATES if c.kind == "strop"]
-    assert {c.name for c in cands} >= {"strop frozen backbone (chapter)", "strop docs today", "strop best"}
+    assert {c.name for c in cands} >= {
+        "strop frozen backbone (chapter)",
+        "strop docs today",
+        "strop best",
+    }
     return cands
 
 
@@ -66,7 +77,9 @@ def test_strop_candidates_run_and_the_table_matches_strops_metrics_csv(recipes, 
     # the docs' recipe really ran as documented: the run folder's resolved config says so
     import yaml
 
-    cfg = yaml.safe_load((out / "runs" / recipes.run_dir_name(5, 0, "strop docs today") / "config.yaml").read_text())
+    cfg = yaml.safe_load(
+        (out / "runs" / recipes.run_dir_name(5, 0, "strop docs today") / "config.yaml").read_text()
+    )
     assert cfg["optimizer"]["name"] == "adamw" and cfg["optimizer"]["lr"] == 1e-4
     assert cfg["optimizer"]["head_lr_mult"] == 10.0 and cfg["gradual_unfreeze"]["lr_mult"] == 0.1
     assert cfg["model"]["weights"].endswith(".pth") and cfg["data"]["root"].endswith("5shots-seed0")
@@ -97,7 +110,9 @@ def test_summary_medians_ratios_and_time_to_reference_by_hand(recipes):
     assert header[5] == f"wall / {fa}"
     by = {r[1]: r for r in rows}
     target = statistics.median([0.8, 0.9, 0.85])  # fastai's median best: 0.85
-    assert by[fa][2] == "0.850 [0.800, 0.900]" and by[fa][3] == "0.700 [0.700, 0.900]"  # lasts 0.7, 0.9, 0.7
+    assert (
+        by[fa][2] == "0.850 [0.800, 0.900]" and by[fa][3] == "0.700 [0.700, 0.900]"
+    )  # lasts 0.7, 0.9, 0.7
     assert by[mine][2] == "0.850 [0.750, 0.900]"
     # per-seed ratios 0.30, 0.25, 0.75 -> median 0.30
     assert by[mine][5] == "0.30 [0.25, 0.75]"
@@ -108,19 +123,34 @@ def test_summary_medians_ratios_and_time_to_reference_by_hand(recipes):
 
 
 def test_merge_keeps_nested_defaults_and_none_drops_a_key(recipes, tmp_path):
-    cand = recipes.strop_candidate("x", optimizer={"lr": 0.5}, gradual_unfreeze=None, data={"augment": "crop"})
-    cfg = recipes.strop_config(cand, tmp_path, tmp_path / "w.pth", image_size=16, epochs=2, seed=1,
-                               output=tmp_path / "o")
+    cand = recipes.strop_candidate(
+        "x", optimizer={"lr": 0.5}, gradual_unfreeze=None, data={"augment": "crop"}
+    )
+    cfg = recipes.strop_config(
+        cand, tmp_path, tmp_path / "w.pth", image_size=16, epochs=2, seed=1, output=tmp_path / "o"
+    )
     assert cfg["optimizer"] == {"lr": 0.5} and "gradual_unfreeze" not in cfg
-    assert cfg["data"] == {"batch_size": 32, "cache": "memory", "num_workers": 0, "root": str(tmp_path),
-                           "image_size": 16, "augment": "crop"}
+    assert cfg["data"] == {
+        "batch_size": 32,
+        "cache": "memory",
+        "num_workers": 0,
+        "root": str(tmp_path),
+        "image_size": 16,
+        "augment": "crop",
+    }
     from strop.train import config_from_dict
 
     assert config_from_dict(cfg).optimizer.lr == 0.5  # what the benchmark builds is a valid config
-    assert recipes.BASE["data"] == {"batch_size": 32, "cache": "memory", "num_workers": 0}  # not mutated
+    assert recipes.BASE["data"] == {
+        "batch_size": 32,
+        "cache": "memory",
+        "num_workers": 0,
+    }  # not mutated
 
 
-def test_sigint_during_a_strop_run_stops_the_benchmark_and_reports_nothing(recipes, out, tmp_path, monkeypatch):
+def test_sigint_during_a_strop_run_stops_the_benchmark_and_reports_nothing(
+    recipes, out, tmp_path, monkeypatch
+):
     import strop.train
 
     real_fit = strop.train.fit
@@ -130,13 +160,17 @@ def test_sigint_during_a_strop_run_stops_the_benchmark_and_reports_nothing(recip
             os.kill(os.getpid(), signal.SIGINT)
 
     def fit(config, *, callbacks=(), log=None, **kw):
-        extra = [SigintAtFirstBatch()] if "shots-seed" in config.output else []  # not the source run
+        extra = (
+            [SigintAtFirstBatch()] if "shots-seed" in config.output else []
+        )  # not the source run
         return real_fit(config, callbacks=[*callbacks, *extra], log=log, **kw)
 
     monkeypatch.setattr(strop.train, "fit", fit)
     md = tmp_path / "table.md"
     with pytest.raises(SystemExit) as exc:
-        recipes.main(["--quick", "--only", "strop docs today", "--out", str(out), "--markdown", str(md)])
+        recipes.main(
+            ["--quick", "--only", "strop docs today", "--out", str(out), "--markdown", str(md)]
+        )
     assert exc.value.code == 130
     assert not md.exists() and not md.with_suffix(".json").exists()
 

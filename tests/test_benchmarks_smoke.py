@@ -70,7 +70,9 @@ def test_training_candidates_run_and_report(tiny_data, tmp_path):
 
     hand = training.hand_loop(tiny_data, fast=True, frozen=False)
     assert len(hand.times) == 2 and all(t > 0 for t in hand.times)
-    frozen = training.strop_fit(tiny_data, size=16, frozen=True, feature_cache="auto", out=tmp_path / "s")
+    frozen = training.strop_fit(
+        tiny_data, size=16, frozen=True, feature_cache="auto", out=tmp_path / "s"
+    )
     assert frozen.extra["choices"]["feature_cache"] is True
     assert len(frozen.times) == 2 and frozen.extra["extract_images_per_s"] > 0
     pl = training.lightning_fit(tiny_data, frozen=False, channels_last=True, out=tmp_path / "pl")
@@ -82,8 +84,16 @@ def test_training_table_has_every_candidate(tiny_digits, tmp_path, monkeypatch):
     import training
 
     monkeypatch.setattr(training, "digits_folder", lambda root, size: tiny_digits)
-    md, res = training.run(sizes=(16,), modes=("full",), steps={16: 1}, warmup=1, rounds=1,
-                           names=("tutorial", "best", "strop"), roof_gflops=100.0, data_root=tmp_path)
+    md, res = training.run(
+        sizes=(16,),
+        modes=("full",),
+        steps={16: 1},
+        warmup=1,
+        rounds=1,
+        names=("tutorial", "best", "strop"),
+        roof_gflops=100.0,
+        data_root=tmp_path,
+    )
     assert set(res[(16, "full")]) == {"tutorial", "best", "strop"}
     for label in ("tutorial loop", "best hand loop", "strop fit (auto)"):
         assert label in md
@@ -120,7 +130,9 @@ def test_run_writes_markdown_and_keeps_the_analysis(tmp_path, monkeypatch):
     import roofline
     import run
 
-    monkeypatch.setattr(roofline, "roofs", lambda quick=False: {"fp32 matmul": 1.0, "bf16 matmul": 2.0})
+    monkeypatch.setattr(
+        roofline, "roofs", lambda quick=False: {"fp32 matmul": 1.0, "bf16 matmul": 2.0}
+    )
     out = tmp_path / "B.md"
     out.write_text(f"old tables\n{run.MARKER}\nkeep this analysis\n")
     report = run.main(["--only", "roof", "--output", str(out)])
@@ -135,8 +147,13 @@ def test_gpu_script_smoke_runs_on_cpu_and_prints_every_candidate():
     import gpu
 
     md = gpu.main(["--device", "cpu", "--quick"])
-    for label in ("hand fp32", "hand fp16 + GradScaler", "hand bf16", "hand bf16 + channels_last",
-                  "strop fit (auto, compile: False)"):
+    for label in (
+        "hand fp32",
+        "hand fp16 + GradScaler",
+        "hand bf16",
+        "hand bf16 + channels_last",
+        "strop fit (auto, compile: False)",
+    ):
         assert f"| {label} |" in md
     assert "CPU" in md and "not in the table" in md
 
@@ -144,5 +161,8 @@ def test_gpu_script_smoke_runs_on_cpu_and_prints_every_candidate():
 def test_gpu_peak_table_matches_device_names():
     import gpu
 
-    assert gpu.peak_tflops("NVIDIA H200") == 989.0 and gpu.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert (
+        gpu.peak_tflops("NVIDIA H200") == 989.0
+        and gpu.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    )
     assert gpu.peak_tflops("NVIDIA L4") == 121.0 and gpu.peak_tflops("Some NPU") is None

@@ -18,7 +18,10 @@ def test_did_you_mean():
 
 def test_check_choice_lists_choices_and_suggests():
     check_choice("f", "mode", "binary", ["binary", "multiclass"])
-    with pytest.raises(ValueError, match=r"f: mode must be one of 'binary', 'multiclass'; got 'binar'; did you mean 'binary'\?"):
+    with pytest.raises(
+        ValueError,
+        match=r"f: mode must be one of 'binary', 'multiclass'; got 'binar'; did you mean 'binary'\?",
+    ):
         check_choice("f", "mode", "binar", ["binary", "multiclass"])
 
 
@@ -50,7 +53,9 @@ def test_registry_aliases_case_and_miss():
     assert reg.get("dice") == 1 and reg.get("DICE-LOSS") == 1 and reg.get("Focal") == 2
     assert reg.names() == ["Dice", "focal"]
     assert "dice_loss" in reg and "nope" not in reg and 3 not in reg
-    with pytest.raises(ValueError, match=r"unknown loss 'dise'; did you mean 'dice'\? available: Dice, focal"):
+    with pytest.raises(
+        ValueError, match=r"unknown loss 'dise'; did you mean 'dice'\? available: Dice, focal"
+    ):
         reg.get("dise")
     with pytest.raises(TypeError, match="loss name must be a string; got int 3"):
         reg.get(3)

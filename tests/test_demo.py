@@ -35,7 +35,10 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 # --- numbers -> table, verdicts, conclusion ------------------------------------------------------
 
-def _made_up(ft_small: list[float], scratch_small: list[float]) -> dict[str, dict[int, list[float]]]:
+
+def _made_up(
+    ft_small: list[float], scratch_small: list[float]
+) -> dict[str, dict[int, list[float]]]:
     return {
         "frozen-pretrained": {5: [0.80, 0.82, 0.84], 30: [0.90, 0.91, 0.92]},
         "fine-tune": {5: ft_small, 30: [0.95, 0.96, 0.97]},
@@ -53,7 +56,9 @@ def test_summary_is_mean_and_sample_sd_per_cell():
     assert s.sd["scratch"][5] == 0.0
     table = format_table(s)
     assert "| recipe | 5 per class | 30 per class |" in table
-    assert "| recommended fine-tuning (recipe: fine_tune) | 0.800 ± 0.100 | 0.960 ± 0.010 |" in table
+    assert (
+        "| recommended fine-tuning (recipe: fine_tune) | 0.800 ± 0.100 | 0.960 ± 0.010 |" in table
+    )
 
 
 def test_conclusion_flips_with_the_numbers():
@@ -81,18 +86,30 @@ def test_conclusion_flips_with_the_numbers():
 def test_verdicts_say_plainly_where_fine_tuning_does_not_win():
     s = summarize(_made_up([0.85, 0.86, 0.87], [0.84, 0.86, 0.88]))
     lines = verdicts(s)
-    assert "  5 per class: fine-tuning is ahead of, but within the seed spread of, from scratch: +0.0 points" \
-        not in lines  # margin is exactly 0 here: that is a loss, not "ahead"
-    assert any(li.startswith("  5 per class: fine-tuning does NOT beat from scratch") for li in lines)
-    assert any(li.startswith("  5 per class: fine-tuning beats frozen random: +24.0 points") for li in lines)
+    assert (
+        "  5 per class: fine-tuning is ahead of, but within the seed spread of, from scratch: +0.0 points"
+        not in lines
+    )  # margin is exactly 0 here: that is a loss, not "ahead"
+    assert any(
+        li.startswith("  5 per class: fine-tuning does NOT beat from scratch") for li in lines
+    )
+    assert any(
+        li.startswith("  5 per class: fine-tuning beats frozen random: +24.0 points")
+        for li in lines
+    )
 
 
 # --- the glyph source data --------------------------------------------------------------------
 
+
 def test_glyphs_are_letters_and_symbols_made_like_the_digit_scans(tmp_path):
     root = write_glyphs(tmp_path / "g", chars="AB&", per_class=3, seed=1, size=8)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    assert classes == ["0026-ampersand", "0041-latin-capital-letter-a", "0042-latin-capital-letter-b"]
+    assert classes == [
+        "0026-ampersand",
+        "0041-latin-capital-letter-a",
+        "0042-latin-capital-letter-b",
+    ]
     levels = np.rint(np.arange(17) * 255 / 16)  # the 17 values an 8x8 count of 4x4 blocks can take
     for c in classes:
         files = sorted((root / c).glob("*.png"))
@@ -105,7 +122,10 @@ def test_glyphs_are_letters_and_symbols_made_like_the_digit_scans(tmp_path):
             # at least 7 of the 8 block rows or columns
             rows, cols = np.flatnonzero(px.any(axis=1)), np.flatnonzero(px.any(axis=0))
             assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 >= 7
-    assert not any(ch.isdigit() for ch in GLYPH_CHARS) and len(set(GLYPH_CHARS)) == len(GLYPH_CHARS) == 53
+    assert (
+        not any(ch.isdigit() for ch in GLYPH_CHARS)
+        and len(set(GLYPH_CHARS)) == len(GLYPH_CHARS) == 53
+    )
 
 
 def test_glyphs_are_deterministic_and_seeded(tmp_path):
@@ -118,13 +138,16 @@ def test_glyphs_are_deterministic_and_seeded(tmp_path):
     assert a == b and a != c
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"chars": "A"}, "chars must hold at least 2 distinct"),
-    ({"chars": "AA"}, "chars must hold at least 2 distinct"),
-    ({"chars": "A B"}, "chars must hold at least 2 distinct"),
-    ({"per_class": 0}, "per_class must be > 0"),
-    ({"size": 4}, "size must be >= 8"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"chars": "A"}, "chars must hold at least 2 distinct"),
+        ({"chars": "AA"}, "chars must hold at least 2 distinct"),
+        ({"chars": "A B"}, "chars must hold at least 2 distinct"),
+        ({"per_class": 0}, "per_class must be > 0"),
+        ({"size": 4}, "size must be >= 8"),
+    ],
+)
 def test_glyph_bad_input_names_the_argument(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=f"write_glyphs: {match}"):
         write_glyphs(tmp_path / "x", **kwargs)
@@ -138,6 +161,7 @@ def test_glyph_class_names_survive_case_insensitive_file_systems():
 
 # --- cache folder ---------------------------------------------------------------------------------
 
+
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("STROP_CACHE", str(tmp_path / "s"))
     assert cache_dir() == tmp_path / "s" / "demo"
@@ -149,6 +173,7 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 
 
 # --- the whole demo, miniature --------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_quick_demo_end_to_end_then_the_source_comes_from_the_cache(tmp_path, monkeypatch):
@@ -166,8 +191,11 @@ def test_quick_demo_end_to_end_then_the_source_comes_from_the_cache(tmp_path, mo
     assert sorted(c["recipe"] for c in cells.values()) == sorted(RECIPES)
     for c in cells.values():
         # the reported accuracy is the run's own last epoch on the held-out digits
-        epochs = [row for row in (Path(c["run_dir"]) / "metrics.csv").read_text().splitlines()
-                  if row.startswith("epoch,")]
+        epochs = [
+            row
+            for row in (Path(c["run_dir"]) / "metrics.csv").read_text().splitlines()
+            if row.startswith("epoch,")
+        ]
         assert len(epochs) == plan.epochs(2) == len(c["curve"])
         assert c["accuracy"] == c["curve"][-1]
     trainable = {c["recipe"]: c["trainable_params"] for c in cells.values()}
@@ -185,8 +213,13 @@ def test_quick_demo_end_to_end_then_the_source_comes_from_the_cache(tmp_path, mo
     logs.clear()
     mtime = weights[0].stat().st_mtime_ns
     t = time.perf_counter()
-    run_demo(tmp_path / "two", plan=DemoPlan(**{**plan.__dict__, "recipes": ("frozen-pretrained",)}),
-             progress=False, log=logs.append, report=out.append)
+    run_demo(
+        tmp_path / "two",
+        plan=DemoPlan(**{**plan.__dict__, "recipes": ("frozen-pretrained",)}),
+        progress=False,
+        log=logs.append,
+        report=out.append,
+    )
     assert any(line.startswith("source model: cached, skipping its training") for line in logs)
     assert weights[0].stat().st_mtime_ns == mtime
     assert not any("from scratch on 53 characters" in line for line in logs)
@@ -209,12 +242,33 @@ def test_confusion_matrix_counts_match_an_independent_evaluation(tmp_path, monke
         for d in range(10):
             (root / part / str(d)).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(root / part / str(d) / f"{i}.png")
-    res = fit(config_from_dict({"data": {"root": str(root), "image_size": 16, "batch_size": 10, "num_workers": 0},
-                                "model": {"name": "resnet18"}, "epochs": 1, "precision": "fp32",
-                                "progress": False, "output": str(tmp_path / "run")}), log=lambda m: None)
-    cell = CellResult("scratch", 3, 0, res.final["val_accuracy"], [res.final["val_accuracy"]], 1.0, 1.0, 1,
-                      str(res.run_dir))
+                Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(
+                    root / part / str(d) / f"{i}.png"
+                )
+    res = fit(
+        config_from_dict(
+            {
+                "data": {"root": str(root), "image_size": 16, "batch_size": 10, "num_workers": 0},
+                "model": {"name": "resnet18"},
+                "epochs": 1,
+                "precision": "fp32",
+                "progress": False,
+                "output": str(tmp_path / "run"),
+            }
+        ),
+        log=lambda m: None,
+    )
+    cell = CellResult(
+        "scratch",
+        3,
+        0,
+        res.final["val_accuracy"],
+        [res.final["val_accuracy"]],
+        1.0,
+        1.0,
+        1,
+        str(res.run_dir),
+    )
     _, acc = plot_confusion(cell, root, DemoPlan(image_size=16), tmp_path / "cm.png")
     # fit's own evaluation of the same weights on the same images
     assert acc == pytest.approx(res.final["val_accuracy"], abs=1e-6)
@@ -227,7 +281,9 @@ def test_confusion_matrix_counts_match_an_independent_evaluation(tmp_path, monke
 
 
 def test_demo_rejects_unknown_task_and_recipe(tmp_path):
-    with pytest.raises(ValueError, match="run_demo: task must be 'classification' or 'segmentation'; got 'x'"):
+    with pytest.raises(
+        ValueError, match="run_demo: task must be 'classification' or 'segmentation'; got 'x'"
+    ):
         run_demo(tmp_path, task="x")
     with pytest.raises(ValueError, match=r"run_demo: unknown recipe\(s\) \['nope'\]"):
         run_demo(tmp_path, plan=DemoPlan(recipes=("nope",)))
@@ -253,10 +309,28 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _start_demo(tmp_path: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": SRC, "STROP_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", _CHILD, "demo", "--quick", "--no-progress", "--out",
-                             str(tmp_path / "out")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": SRC,
+        "STROP_CACHE": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            "demo",
+            "--quick",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _training(run_dir: Path) -> bool:
@@ -269,7 +343,9 @@ def _wait_for(predicate, proc: subprocess.Popen[str], timeout: float = 240.0) ->
     t = time.monotonic()
     while not predicate():
         if proc.poll() is not None:
-            pytest.fail(f"the demo ended (rc {proc.returncode}) before the signal: {proc.communicate()}")
+            pytest.fail(
+                f"the demo ended (rc {proc.returncode}) before the signal: {proc.communicate()}"
+            )
         if time.monotonic() - t > timeout:
             proc.kill()
             pytest.fail("the demo never reached the point to signal")

@@ -80,14 +80,22 @@ def test_resolve_reports_this_machine():
     info = Path("/proc/cpuinfo")
     if not info.is_file():
         pytest.skip("needs /proc/cpuinfo (Linux) to read the CPU flags independently")
-    flags = {f for line in info.read_text().splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    flags = {
+        f
+        for line in info.read_text().splitlines()
+        if line.startswith("flags")
+        for f in line.split(":", 1)[1].split()
+    }
     p = resolve("auto", "cpu")
     if "amx_bf16" in flags:
         assert (p.name, p.dtype) == ("bf16", torch.bfloat16) and "AMX-BF16" in p.reason
     elif "avx512_bf16" in flags:
         assert (p.name, p.dtype) == ("bf16", torch.bfloat16) and "AVX512-BF16" in p.reason
     else:
-        assert (p.name, p.dtype) == ("fp32", torch.float32) and "neither AMX-BF16 nor AVX512-BF16" in p.reason
+        assert (p.name, p.dtype) == (
+            "fp32",
+            torch.float32,
+        ) and "neither AMX-BF16 nor AVX512-BF16" in p.reason
 
 
 @pytest.mark.parametrize(

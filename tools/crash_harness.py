@@ -85,8 +85,13 @@ class Workspace:
         import yaml
 
         cfg: dict[str, Any] = {
-            "data": {"root": str(self.data), "image_size": 16, "batch_size": 8, "val_fraction": 0.25,
-                     "num_workers": 0},
+            "data": {
+                "root": str(self.data),
+                "image_size": 16,
+                "batch_size": 8,
+                "val_fraction": 0.25,
+                "num_workers": 0,
+            },
             "model": {"name": self.model},
             "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 1e-4},
             "schedule": {"name": "onecycle", "max_lr": 0.003},
@@ -108,20 +113,31 @@ class Workspace:
         return path
 
 
-def make_workspace(root: str | Path, *, epochs: int = 2, model: str = "mobilenet_v3_small",
-                   checkpoint_every_steps: int | None = 1) -> Workspace:
+def make_workspace(
+    root: str | Path,
+    *,
+    epochs: int = 2,
+    model: str = "mobilenet_v3_small",
+    checkpoint_every_steps: int | None = 1,
+) -> Workspace:
     """Create ``root`` with three digit classes (20 images each, 16×16) for the harness runs."""
     from strop.data import write_digits
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     data = write_digits(root / "digits", digits=[0, 1, 2], per_class=20, seed=0, size=16)
-    return Workspace(root=root, data=Path(data), epochs=epochs, model=model,
-                     checkpoint_every_steps=checkpoint_every_steps)
+    return Workspace(
+        root=root,
+        data=Path(data),
+        epochs=epochs,
+        model=model,
+        checkpoint_every_steps=checkpoint_every_steps,
+    )
 
 
-def start_train(config: Path, *, resume: bool, log_dir: Path, tag: str,
-                exist_ok: bool = False) -> tuple[subprocess.Popen, Path]:
+def start_train(
+    config: Path, *, resume: bool, log_dir: Path, tag: str, exist_ok: bool = False
+) -> tuple[subprocess.Popen, Path]:
     """Start ``python -m strop train CONFIG [--resume | --exist-ok]``; stdout+stderr go to
     ``log_dir/tag.log``. ``exist_ok``: a run killed before its first checkpoint starts again in
     its own folder (without it strop would, rightly, go to ``FOLDER-2``)."""
@@ -166,10 +182,17 @@ def run_reference(ws: Workspace, *, timeout: float = 600.0) -> Reference:
         time.sleep(0.001)
     t_total = time.monotonic() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"reference run failed (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"reference run failed (exit {proc.returncode}):\n{log.read_text()[-3000:]}"
+        )
     t_step = (replaced[-1] - replaced[0]) / (len(replaced) - 1) if len(replaced) > 1 else 0.1
-    return Reference(run_dir=run_dir, t_ready=t_ready if t_ready is not None else t_total / 2, t_total=t_total,
-                     writes=max(len(replaced), 1), t_step=t_step)
+    return Reference(
+        run_dir=run_dir,
+        t_ready=t_ready if t_ready is not None else t_total / 2,
+        t_total=t_total,
+        writes=max(len(replaced), 1),
+        t_step=t_step,
+    )
 
 
 @dataclass
@@ -208,7 +231,11 @@ def step_rows(path: Path) -> list[tuple[str, ...]]:
     if not path.exists():
         return []
     with open(path, newline="") as fh:
-        return [tuple(row.get(k) or "" for k in STEP_FIELDS) for row in csv.DictReader(fh) if row.get("kind") == "step"]
+        return [
+            tuple(row.get(k) or "" for k in STEP_FIELDS)
+            for row in csv.DictReader(fh)
+            if row.get("kind") == "step"
+        ]
 
 
 def compare_runs(a: Path, b: Path) -> dict[str, Any]:
@@ -226,7 +253,9 @@ def compare_runs(a: Path, b: Path) -> dict[str, Any]:
         sa = load_checkpoint(a / "checkpoints" / f"{which}.pt")["model"]
         sb = load_checkpoint(b / "checkpoints" / f"{which}.pt")["model"]
         diff = [k for k in sa if k not in sb or not torch.equal(sa[k], sb[k])]
-        out["weights_equal" if which == "last" else "best_equal"] = not diff and sa.keys() == sb.keys()
+        out["weights_equal" if which == "last" else "best_equal"] = (
+            not diff and sa.keys() == sb.keys()
+        )
         if diff and not out["detail"]:
             out["detail"] = f"{which}.pt differs first at {diff[0]} ({len(diff)} tensors differ)"
     ra, rb = step_rows(a / "metrics.csv"), step_rows(b / "metrics.csv")
@@ -296,8 +325,17 @@ def _kill_when(proc: subprocess.Popen, last: Path, plan: KillPlan, *, deadline: 
 MODES = ("write", "step", "random")
 
 
-def run_trial(ws: Workspace, ref: Reference, index: int, rng: random.Random, *, kill_budget: int,
-              kill_again: float = 0.5, max_kills: int = 3, timeout: float = 600.0) -> TrialResult:
+def run_trial(
+    ws: Workspace,
+    ref: Reference,
+    index: int,
+    rng: random.Random,
+    *,
+    kill_budget: int,
+    kill_again: float = 0.5,
+    max_kills: int = 3,
+    timeout: float = 600.0,
+) -> TrialResult:
     """One trial: kill, resume (maybe kill again, at most ``max_kills`` and ``kill_budget``),
     until a run completes; then compare with the reference.
 
@@ -315,15 +353,27 @@ def run_trial(ws: Workspace, ref: Reference, index: int, rng: random.Random, *, 
     attempt = 0
     while True:
         resume = last.exists()
-        proc, log = start_train(cfg, resume=resume, log_dir=ws.root, tag=f"trial{index:03d}-{attempt}",
-                                exist_ok=attempt > 0)
+        proc, log = start_train(
+            cfg,
+            resume=resume,
+            log_dir=ws.root,
+            tag=f"trial{index:03d}-{attempt}",
+            exist_ok=attempt > 0,
+        )
         res.resumes += resume
-        want_kill = res.kills < min(max_kills, kill_budget) and (res.kills == 0 or rng.random() < kill_again)
+        want_kill = res.kills < min(max_kills, kill_budget) and (
+            res.kills == 0 or rng.random() < kill_again
+        )
         killed = False
         if want_kill:
             mode = MODES[(index + res.kills) % len(MODES)]
-            plan = KillPlan(mode, n=rng.randint(1, ref.writes),
-                            delay=rng.uniform(0, 1.5 * ref.t_step) if mode == "step" else rng.uniform(0, ref.t_total))
+            plan = KillPlan(
+                mode,
+                n=rng.randint(1, ref.writes),
+                delay=rng.uniform(0, 1.5 * ref.t_step)
+                if mode == "step"
+                else rng.uniform(0, ref.t_total),
+            )
             if resume and mode != "random":  # a resumed run writes only what is left
                 plan.n = rng.randint(1, max(ref.writes - _steps_done(last), 1))
             killed = _kill_when(proc, last, plan, deadline=timeout)
@@ -355,7 +405,11 @@ def run_trial(ws: Workspace, ref: Reference, index: int, rng: random.Random, *, 
         res.completed = True
         break
     cmp = compare_runs(run_dir, ref.run_dir)
-    res.weights_equal, res.best_equal, res.steps_equal = cmp["weights_equal"], cmp["best_equal"], cmp["steps_equal"]
+    res.weights_equal, res.best_equal, res.steps_equal = (
+        cmp["weights_equal"],
+        cmp["best_equal"],
+        cmp["steps_equal"],
+    )
     res.detail = cmp["detail"]
     return res
 
@@ -394,9 +448,12 @@ class Summary:
     def ok(self) -> bool:
         """Every trial completed with the reference weights; every resume read its checkpoint
         (or was killed before it could); no checkpoint was unreadable after a kill."""
-        return (self.completed == self.trials == self.weights_equal and self.resume_failures == 0
-                and self.unreadable_checkpoints == 0
-                and self.resumes_loaded + self.resumes_killed_early == self.resumes)
+        return (
+            self.completed == self.trials == self.weights_equal
+            and self.resume_failures == 0
+            and self.unreadable_checkpoints == 0
+            and self.resumes_loaded + self.resumes_killed_early == self.resumes
+        )
 
     def text(self) -> str:
         """A short human-readable report."""
@@ -415,14 +472,24 @@ class Summary:
         ]
         for r in self.results:
             if r.failures or not (r.weights_equal and r.best_equal and r.steps_equal):
-                lines.append(f"  trial {r.index}: kills={r.kills} ({','.join(r.modes)}) {r.detail} "
-                             + " | ".join(f.splitlines()[0] if f else "" for f in r.failures))
+                lines.append(
+                    f"  trial {r.index}: kills={r.kills} ({','.join(r.modes)}) {r.detail} "
+                    + " | ".join(f.splitlines()[0] if f else "" for f in r.failures)
+                )
                 lines.extend("      " + ln for f in r.failures for ln in f.splitlines()[-6:])
         return "\n".join(lines)
 
 
-def run_harness(kills: int, seed: int = 0, *, workdir: str | Path | None = None, epochs: int = 2,
-                kill_again: float = 0.5, ws: Workspace | None = None, ref: Reference | None = None) -> Summary:
+def run_harness(
+    kills: int,
+    seed: int = 0,
+    *,
+    workdir: str | Path | None = None,
+    epochs: int = 2,
+    kill_again: float = 0.5,
+    ws: Workspace | None = None,
+    ref: Reference | None = None,
+) -> Summary:
     """Deliver ``kills`` SIGKILLs over as many trials as it takes; see the module docstring.
 
     ``ws``/``ref`` reuse a workspace and reference run (the tests share them).
@@ -436,7 +503,9 @@ def run_harness(kills: int, seed: int = 0, *, workdir: str | Path | None = None,
     results: list[TrialResult] = []
     delivered = 0
     while delivered < kills:
-        r = run_trial(ws, ref, len(results), rng, kill_budget=kills - delivered, kill_again=kill_again)
+        r = run_trial(
+            ws, ref, len(results), rng, kill_budget=kills - delivered, kill_again=kill_again
+        )
         results.append(r)
         delivered += r.kills
         if r.kills == 0 and r.completed and len(results) > 3 * kills:
@@ -468,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--workdir", default=None, help="default: a new temporary folder")
-    p.add_argument("--keep", action="store_true", help="keep the work folder (default: removed when ok)")
+    p.add_argument(
+        "--keep", action="store_true", help="keep the work folder (default: removed when ok)"
+    )
     p.add_argument("--json", default=None, help="also write the summary as JSON here")
     args = p.parse_args(argv)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="strop-crash-"))

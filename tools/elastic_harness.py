@@ -37,14 +37,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ElasticSummary", "ElasticTrial", "elastic_config", "main", "run_elastic_harness", "workers"]
+__all__ = [
+    "ElasticSummary",
+    "ElasticTrial",
+    "elastic_config",
+    "main",
+    "run_elastic_harness",
+    "workers",
+]
 
 MAX_RESTARTS = 3
 
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0", STROP_DIST_TIMEOUT="60")
+    env.update(
+        OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0", STROP_DIST_TIMEOUT="60"
+    )
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "STROP_DEBUG"):
         env.pop(key, None)
     return env
@@ -55,11 +64,24 @@ def elastic_config(data: Path, output: Path) -> Path:
     import yaml
 
     cfg: dict[str, Any] = {
-        "data": {"root": str(data), "image_size": 32, "batch_size": 8, "val_fraction": 0.2, "num_workers": 0},
+        "data": {
+            "root": str(data),
+            "image_size": 32,
+            "batch_size": 8,
+            "val_fraction": 0.2,
+            "num_workers": 0,
+        },
         "model": {"name": "squeezenet1_1", "dropout": 0.0},
         "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-        "precision": "fp32", "memory_format": "contiguous", "device": "cpu", "feature_cache": "off",
-        "epochs": 2, "seed": 0, "progress": False, "checkpoint_every_steps": 1, "output": str(output),
+        "precision": "fp32",
+        "memory_format": "contiguous",
+        "device": "cpu",
+        "feature_cache": "off",
+        "epochs": 2,
+        "seed": 0,
+        "progress": False,
+        "checkpoint_every_steps": 1,
+        "output": str(output),
     }
     path = output.with_name(output.name + ".yaml")
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -67,10 +89,22 @@ def elastic_config(data: Path, output: Path) -> Path:
 
 
 def _launch(cfg: Path, log: Path, *, max_restarts: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           f"--max-restarts={max_restarts}", "-m", "strop", "train", str(cfg)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        f"--max-restarts={max_restarts}",
+        "-m",
+        "strop",
+        "train",
+        str(cfg),
+    ]
     with open(log, "wb") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), start_new_session=True
+        )
 
 
 def workers(agent: int) -> dict[int, int]:
@@ -103,7 +137,9 @@ class ElasticTrial:
     detail: str = ""
 
 
-def _wait_moment(proc: subprocess.Popen, last: Path, mode: str, n: int, delay: float, deadline: float) -> None:
+def _wait_moment(
+    proc: subprocess.Popen, last: Path, mode: str, n: int, delay: float, deadline: float
+) -> None:
     tmp = last.with_name(last.name + ".tmp")
     t0, seen, present, inode, fired = time.monotonic(), 0, False, None, None
     while proc.poll() is None and time.monotonic() - t0 < deadline:
@@ -132,8 +168,18 @@ def _wait_moment(proc: subprocess.Popen, last: Path, mode: str, n: int, delay: f
         time.sleep(0.0005)
 
 
-def run_trial(data: Path, root: Path, ref_dir: Path, index: int, rng: random.Random, *, t_total: float,
-              steps: int, kill_again: float = 0.3, timeout: float = 900.0) -> ElasticTrial:
+def run_trial(
+    data: Path,
+    root: Path,
+    ref_dir: Path,
+    index: int,
+    rng: random.Random,
+    *,
+    t_total: float,
+    steps: int,
+    kill_again: float = 0.3,
+    timeout: float = 900.0,
+) -> ElasticTrial:
     import torch
 
     from strop.train.checkpoint import load_checkpoint
@@ -172,7 +218,10 @@ def run_trial(data: Path, root: Path, ref_dir: Path, index: int, rng: random.Ran
     res.completed = proc.returncode == 0
     res.own_folder = not any(root.glob(f"trial{index:03d}-*"))
     if res.completed:
-        a, b = load_checkpoint(last)["model"], load_checkpoint(ref_dir / "checkpoints" / "last.pt")["model"]
+        a, b = (
+            load_checkpoint(last)["model"],
+            load_checkpoint(ref_dir / "checkpoints" / "last.pt")["model"],
+        )
         diff = [k for k in b if k not in a or not torch.equal(a[k], b[k])]
         res.weights_equal = not diff
         res.detail = res.detail or (f"{len(diff)} tensors differ" if diff else "")
@@ -213,8 +262,9 @@ class ElasticSummary:
         return "\n".join(lines)
 
 
-def run_elastic_harness(kills: int, seed: int = 0, *, workdir: str | Path | None = None,
-                        max_trials: int | None = None) -> ElasticSummary:
+def run_elastic_harness(
+    kills: int, seed: int = 0, *, workdir: str | Path | None = None, max_trials: int | None = None
+) -> ElasticSummary:
     """Deliver at least ``kills`` SIGKILLs (one or two per trial); see the module docstring."""
     from strop.data import write_digits
 
@@ -229,7 +279,9 @@ def run_elastic_harness(kills: int, seed: int = 0, *, workdir: str | Path | None
     t_ref = time.monotonic() - t0
     rng = random.Random(seed)
     results: list[ElasticTrial] = []
-    while sum(len(r.kills) for r in results) < kills and (max_trials is None or len(results) < max_trials):
+    while sum(len(r.kills) for r in results) < kills and (
+        max_trials is None or len(results) < max_trials
+    ):
         results.append(run_trial(data, root, ref_dir, len(results), rng, t_total=t_ref, steps=8))
         print(f"trial {len(results) - 1}: {asdict(results[-1])}", file=sys.stderr, flush=True)
     return ElasticSummary(
@@ -254,8 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="strop-elastic-"))
-    summary = run_elastic_harness(args.kills, args.seed, workdir=workdir, max_trials=args.max_trials)
+    workdir = (
+        Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="strop-elastic-"))
+    )
+    summary = run_elastic_harness(
+        args.kills, args.seed, workdir=workdir, max_trials=args.max_trials
+    )
     print(summary.text())
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(summary), indent=2, default=str))

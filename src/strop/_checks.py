@@ -18,7 +18,9 @@ from typing import Any, NoReturn
 __all__ = ["check_choice", "check_positive", "did_you_mean", "fail"]
 
 
-def fail(func: str, message: str, *, hint: str | None = None, exc: type[Exception] = ValueError) -> NoReturn:
+def fail(
+    func: str, message: str, *, hint: str | None = None, exc: type[Exception] = ValueError
+) -> NoReturn:
     """Raise ``exc`` with the message ``"{func}: {message}[. Hint: {hint}]"``."""
     text = f"{func}: {message}"
     if hint:
@@ -37,10 +39,14 @@ def check_choice(func: str, arg: str, value: Any, choices: Iterable[str]) -> Non
     choices = list(choices)
     if value not in choices:
         listed = ", ".join(repr(c) for c in choices)
-        fail(func, f"{arg} must be one of {listed}; got {value!r}{did_you_mean(str(value), choices)}")
+        fail(
+            func, f"{arg} must be one of {listed}; got {value!r}{did_you_mean(str(value), choices)}"
+        )
 
 
-def check_positive(func: str, arg: str, value: Any, *, allow_zero: bool = False, integer: bool = False) -> None:
+def check_positive(
+    func: str, arg: str, value: Any, *, allow_zero: bool = False, integer: bool = False
+) -> None:
     """Fail unless ``value`` is a number > 0 (or >= 0 with ``allow_zero``); integers when asked."""
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):

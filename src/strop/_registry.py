@@ -46,7 +46,9 @@ class Registry(Generic[T]):
     def canonical(self, name: str) -> str:
         """The registered name for ``name`` or an alias of it."""
         if not isinstance(name, str):
-            raise TypeError(f"{self.kind} name must be a string; got {type(name).__name__} {name!r}")
+            raise TypeError(
+                f"{self.kind} name must be a string; got {type(name).__name__} {name!r}"
+            )
         try:
             return self._canonical[_key(name)]
         except KeyError:

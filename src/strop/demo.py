@@ -70,7 +70,13 @@ FINE_TUNE: dict[str, Any] = {"recipe": "fine_tune"}
 #: crops (no flips: digits are not mirror-symmetric). A head-first phase would only freeze a
 #: random backbone.
 SCRATCH: dict[str, Any] = {
-    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+    "optimizer": {
+        "name": "sgd",
+        "lr": 0.01,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+    },
     "schedule": {"name": "onecycle"},
     "loss": {"name": "cross_entropy", "label_smoothing": 0.1},
     "data": {"augment": "crop"},
@@ -79,15 +85,23 @@ SCRATCH: dict[str, Any] = {
 # recipe key -> (label, pretrained?, config fragment)
 RECIPES: dict[str, tuple[str, bool, dict[str, Any]]] = {
     "frozen-pretrained": (
-        "frozen pretrained backbone + new head (the tutorial's recipe)", True,
-        {"model": {"freeze": "backbone"}, "optimizer": {"name": "sgd", "lr": 0.05, "weight_decay": 5e-4},
-         "schedule": {"name": "cosine"}},
+        "frozen pretrained backbone + new head (the tutorial's recipe)",
+        True,
+        {
+            "model": {"freeze": "backbone"},
+            "optimizer": {"name": "sgd", "lr": 0.05, "weight_decay": 5e-4},
+            "schedule": {"name": "cosine"},
+        },
     ),
     "fine-tune": ("recommended fine-tuning (recipe: fine_tune)", True, FINE_TUNE),
     "frozen-random": (
-        "frozen random backbone + new head", False,
-        {"model": {"freeze": "backbone"}, "optimizer": {"name": "sgd", "lr": 0.05, "weight_decay": 5e-4},
-         "schedule": {"name": "cosine"}},
+        "frozen random backbone + new head",
+        False,
+        {
+            "model": {"freeze": "backbone"},
+            "optimizer": {"name": "sgd", "lr": 0.05, "weight_decay": 5e-4},
+            "schedule": {"name": "cosine"},
+        },
     ),
     "scratch": ("from scratch", False, SCRATCH),
 }
@@ -114,8 +128,16 @@ class DemoPlan:
     def quick(cls) -> DemoPlan:
         """Seconds, not minutes: a 0.35M-parameter network, one tiny size, one seed, 3 short
         epochs per run. A plumbing check, not a result."""
-        return cls(sizes=(2,), seeds=1, test_per_class=3, target_steps=6, source_per_class=4,
-                   source_epochs=1, digits_per_class=6, model="shufflenet_v2_x0_5")
+        return cls(
+            sizes=(2,),
+            seeds=1,
+            test_per_class=3,
+            target_steps=6,
+            source_per_class=4,
+            source_epochs=1,
+            digits_per_class=6,
+            model="shufflenet_v2_x0_5",
+        )
 
     def batch_size(self, shots: int) -> int:
         """10 images per batch up to 10 per class (one per class on average), 30 above: each
@@ -167,7 +189,11 @@ def cache_dir() -> Path:
 def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(base[k], v) if isinstance(v, Mapping) and isinstance(base.get(k), Mapping) else v
+        out[k] = (
+            _deep_merge(base[k], v)
+            if isinstance(v, Mapping) and isinstance(base.get(k), Mapping)
+            else v
+        )
     return out
 
 
@@ -205,11 +231,23 @@ class _Signals:
 def _source_config(plan: DemoPlan) -> dict[str, Any]:
     """The source training, without its data root and output (those do not change the model)."""
     return {
-        "data": {"image_size": plan.image_size, "batch_size": 64, "val_fraction": 0.1, "augment": "crop",
-                 "num_workers": 0, "cache": "memory"},
+        "data": {
+            "image_size": plan.image_size,
+            "batch_size": 64,
+            "val_fraction": 0.1,
+            "augment": "crop",
+            "num_workers": 0,
+            "cache": "memory",
+        },
         "model": {"name": plan.model},
         "loss": {"name": "cross_entropy", "label_smoothing": 0.1},
-        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+        "optimizer": {
+            "name": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "nesterov": True,
+            "weight_decay": 5e-4,
+        },
         "schedule": {"name": "onecycle"},
         "epochs": plan.source_epochs,
         "precision": plan.precision,
@@ -222,8 +260,11 @@ def source_key(plan: DemoPlan) -> str:
     from strop import __version__
     from strop.data.bundled import GLYPH_CHARS
 
-    spec = {"config": _source_config(plan), "glyphs": {"chars": GLYPH_CHARS, "per_class": plan.source_per_class,
-                                                       "seed": 0, "size": 32}, "strop": __version__}
+    spec = {
+        "config": _source_config(plan),
+        "glyphs": {"chars": GLYPH_CHARS, "per_class": plan.source_per_class, "seed": 0, "size": 32},
+        "strop": __version__,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -237,8 +278,9 @@ class SourceModel:
     cached: bool
 
 
-def _train_source(plan: DemoPlan, *, progress: bool, log: Callable[[str], None],
-                  fit_log: Callable[[str], None]) -> SourceModel:
+def _train_source(
+    plan: DemoPlan, *, progress: bool, log: Callable[[str], None], fit_log: Callable[[str], None]
+) -> SourceModel:
     import torch
 
     from strop.data.bundled import write_glyphs
@@ -250,10 +292,14 @@ def _train_source(plan: DemoPlan, *, progress: bool, log: Callable[[str], None],
     meta_path = folder / f"{plan.model}-glyphs-{key}.json"
     if weights.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        log(f"source model: cached, skipping its training — {weights}\n"
+        log(
+            f"source model: cached, skipping its training — {weights}\n"
             f"      (trained in {meta['seconds']:.0f} s; {meta['accuracy']:.3f} accuracy on held-out glyphs of "
-            f"{meta['classes']} characters)")
-        return SourceModel(weights, meta["accuracy"], meta["classes"], meta["seconds"], meta["cpu_seconds"], True)
+            f"{meta['classes']} characters)"
+        )
+        return SourceModel(
+            weights, meta["accuracy"], meta["classes"], meta["seconds"], meta["cpu_seconds"], True
+        )
 
     folder.mkdir(parents=True, exist_ok=True)
     t, c = time.perf_counter(), time.process_time()
@@ -261,18 +307,27 @@ def _train_source(plan: DemoPlan, *, progress: bool, log: Callable[[str], None],
     run_dir = folder / f"source-run-{key}"
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
     classes = sum(1 for p in root.iterdir() if p.is_dir())
-    log(f"source model: {plan.model} from scratch on {classes} characters rendered in matplotlib's fonts "
+    log(
+        f"source model: {plan.model} from scratch on {classes} characters rendered in matplotlib's fonts "
         f"({plan.source_per_class} images each, no digit), {plan.source_epochs} epochs"
-        + (" — resuming the interrupted training" if resume else ""))
-    cfg = _deep_merge(_source_config(plan), {"data": {"root": str(root)}, "output": str(run_dir),
-                                             "progress": progress})
+        + (" — resuming the interrupted training" if resume else "")
+    )
+    cfg = _deep_merge(
+        _source_config(plan),
+        {"data": {"root": str(root)}, "output": str(run_dir), "progress": progress},
+    )
     # a source run cut before its first checkpoint starts again in its own folder
     res = fit(config_from_dict(cfg), resume=resume, exist_ok=not resume, log=fit_log)
     if res.interrupted:
-        raise DemoInterrupted(res.interrupted, f"interrupted by {res.interrupted} while training the source model; "
-                              f"its state is saved in {run_dir / 'checkpoints' / 'last.pt'}")
+        raise DemoInterrupted(
+            res.interrupted,
+            f"interrupted by {res.interrupted} while training the source model; "
+            f"its state is saved in {run_dir / 'checkpoints' / 'last.pt'}",
+        )
     accuracy = float(res.final["val_accuracy"])
-    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)[
+        "model"
+    ]
     # the backbone only, as a pretrained file for a new task is: the head is the target's own
     from strop.finetune import build_model
 
@@ -283,13 +338,21 @@ def _train_source(plan: DemoPlan, *, progress: bool, log: Callable[[str], None],
     torch.save({k: v for k, v in state.items() if k not in head}, tmp)
     os.replace(tmp, weights)
     seconds, cpu = time.perf_counter() - t, time.process_time() - c
-    meta = {"accuracy": accuracy, "classes": classes, "seconds": seconds, "cpu_seconds": cpu, "key": key}
+    meta = {
+        "accuracy": accuracy,
+        "classes": classes,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "key": key,
+    }
     tmp = meta_path.with_name(meta_path.name + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, meta_path)  # last: the pair exists only when both are whole
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # ~100 MB the cache does not need
-    log(f"      source model: {accuracy:.3f} accuracy on held-out glyphs in {seconds:.0f} s "
-        f"(CPU {cpu:.0f} s); saved to {weights}")
+    log(
+        f"      source model: {accuracy:.3f} accuracy on held-out glyphs in {seconds:.0f} s "
+        f"(CPU {cpu:.0f} s); saved to {weights}"
+    )
     return SourceModel(weights, accuracy, classes, seconds, cpu, False)
 
 
@@ -314,10 +377,12 @@ def _target_splits(out: Path, plan: DemoPlan) -> dict[tuple[int, int], Path]:
         files = sorted((digits / str(d)).iterdir())
         order = rng.permutation(len(files))
         held[d] = [files[i] for i in order[: plan.test_per_class]]
-        pool[d] = [files[i] for i in order[plan.test_per_class:]]
+        pool[d] = [files[i] for i in order[plan.test_per_class :]]
         if len(pool[d]) < max(plan.sizes):
-            raise ValueError(f"run_demo: digit {d} has {len(pool[d])} images left after the held-out "
-                             f"{plan.test_per_class}; sizes ask for up to {max(plan.sizes)}")
+            raise ValueError(
+                f"run_demo: digit {d} has {len(pool[d])} images left after the held-out "
+                f"{plan.test_per_class}; sizes ask for up to {max(plan.sizes)}"
+            )
     for seed in range(plan.seeds):
         draw = {d: np.random.default_rng(1000 + seed).permutation(len(pool[d])) for d in range(10)}
         for shots in plan.sizes:
@@ -326,7 +391,10 @@ def _target_splits(out: Path, plan: DemoPlan) -> dict[tuple[int, int], Path]:
             if not marker.exists():
                 shutil.rmtree(root, ignore_errors=True)
                 for d in range(10):
-                    for part, files in (("train", [pool[d][i] for i in draw[d][:shots]]), ("val", held[d])):
+                    for part, files in (
+                        ("train", [pool[d][i] for i in draw[d][:shots]]),
+                        ("val", held[d]),
+                    ):
                         (root / part / str(d)).mkdir(parents=True, exist_ok=True)
                         for f in files:
                             shutil.copy2(f, root / part / str(d) / f.name)
@@ -335,12 +403,18 @@ def _target_splits(out: Path, plan: DemoPlan) -> dict[tuple[int, int], Path]:
     return splits
 
 
-def _target_config(plan: DemoPlan, recipe: str, shots: int, seed: int, root: Path, weights: Path,
-                   run_dir: Path) -> dict[str, Any]:
+def _target_config(
+    plan: DemoPlan, recipe: str, shots: int, seed: int, root: Path, weights: Path, run_dir: Path
+) -> dict[str, Any]:
     _, pretrained, fragment = RECIPES[recipe]
     base = {
-        "data": {"root": str(root), "image_size": plan.image_size, "batch_size": plan.batch_size(shots),
-                 "num_workers": 0, "cache": "memory"},
+        "data": {
+            "root": str(root),
+            "image_size": plan.image_size,
+            "batch_size": plan.batch_size(shots),
+            "num_workers": 0,
+            "cache": "memory",
+        },
         "model": {"name": plan.model, "weights": str(weights) if pretrained else None},
         "epochs": plan.epochs(shots),
         "precision": plan.precision,
@@ -367,9 +441,15 @@ class _Progress:
 
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=round(total), unit="img", unit_scale=True, file=sys.stderr,
-                            dynamic_ncols=True, mininterval=0.5,
-                            bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+            self.bar = tqdm(
+                total=round(total),
+                unit="img",
+                unit_scale=True,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                mininterval=0.5,
+                bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
+            )
 
     def start(self, desc: str) -> None:
         if self.bar is not None:
@@ -408,26 +488,45 @@ class _EpochTicker:
         self.progress.advance(self.per_epoch)
 
 
-def _run_cells(plan: DemoPlan, out: Path, source: SourceModel, *, progress: bool, log: Callable[[str], None],
-               fit_log: Callable[[str], None]) -> list[CellResult]:
+def _run_cells(
+    plan: DemoPlan,
+    out: Path,
+    source: SourceModel,
+    *,
+    progress: bool,
+    log: Callable[[str], None],
+    fit_log: Callable[[str], None],
+) -> list[CellResult]:
     from strop.train import config_from_dict, fit
 
     splits = _target_splits(out, plan)
     results_path = out / "results.json"
     done: dict[str, CellResult] = {}
     if results_path.is_file():
-        done = {k: CellResult(**v) for k, v in json.loads(results_path.read_text()).get("cells", {}).items()}
-    cells = [(shots, seed, recipe) for shots in plan.sizes for seed in range(plan.seeds) for recipe in plan.recipes]
+        done = {
+            k: CellResult(**v)
+            for k, v in json.loads(results_path.read_text()).get("cells", {}).items()
+        }
+    cells = [
+        (shots, seed, recipe)
+        for shots in plan.sizes
+        for seed in range(plan.seeds)
+        for recipe in plan.recipes
+    ]
     configs = {}
     for shots, seed, recipe in cells:
         run_dir = out / "runs" / f"{shots}-per-class" / f"{recipe}-seed{seed}"
-        cfg = _target_config(plan, recipe, shots, seed, splits[(shots, seed)], source.weights, run_dir)
+        cfg = _target_config(
+            plan, recipe, shots, seed, splits[(shots, seed)], source.weights, run_dir
+        )
         configs[(shots, seed, recipe)] = (cfg, _cell_id({**cfg, "source": source.weights.name}))
     todo = [c for c in cells if configs[c][1] not in done]
     total = sum(_cost(plan, r, s)[0] + _cost(plan, r, s)[1] * plan.epochs(s) for s, _, r in todo)
     if len(todo) < len(cells):
-        log(f"      {len(cells) - len(todo)} of {len(cells)} target runs already finished in {results_path}; "
-            "skipping them")
+        log(
+            f"      {len(cells) - len(todo)} of {len(cells)} target runs already finished in {results_path}; "
+            "skipping them"
+        )
     bar = _Progress(total, progress)
     results: list[CellResult] = [done[configs[c][1]] for c in cells if configs[c][1] in done]
     best = max(results, key=lambda r: r.accuracy, default=None)
@@ -437,16 +536,29 @@ def _run_cells(plan: DemoPlan, out: Path, source: SourceModel, *, progress: bool
             once, per_epoch = _cost(plan, recipe, shots)
             bar.start(f"[{i + 1}/{len(todo)}] {shots}/class seed {seed}: {recipe}")
             run_dir = Path(cfg["output"])
-            shutil.rmtree(run_dir, ignore_errors=True)  # a run cut earlier restarts: target runs take seconds
+            shutil.rmtree(
+                run_dir, ignore_errors=True
+            )  # a run cut earlier restarts: target runs take seconds
             t, c = time.perf_counter(), time.process_time()
             res = fit(config_from_dict(cfg), callbacks=[_EpochTicker(bar, per_epoch)], log=fit_log)
             if res.interrupted:
-                raise DemoInterrupted(res.interrupted, f"interrupted by {res.interrupted} during the target run "
-                                      f"{run_dir.name} ({shots} per class); that run is discarded")
+                raise DemoInterrupted(
+                    res.interrupted,
+                    f"interrupted by {res.interrupted} during the target run "
+                    f"{run_dir.name} ({shots} per class); that run is discarded",
+                )
             bar.advance(once)
-            cell = CellResult(recipe, shots, seed, float(res.final["val_accuracy"]),
-                              [float(h["val_accuracy"]) for h in res.history], time.perf_counter() - t,
-                              time.process_time() - c, int(res.choices.get("trainable_params", -1)), str(run_dir))
+            cell = CellResult(
+                recipe,
+                shots,
+                seed,
+                float(res.final["val_accuracy"]),
+                [float(h["val_accuracy"]) for h in res.history],
+                time.perf_counter() - t,
+                time.process_time() - c,
+                int(res.choices.get("trainable_params", -1)),
+                str(run_dir),
+            )
             done[cid] = cell
             results.append(cell)
             tmp = results_path.with_name(results_path.name + ".tmp")
@@ -460,8 +572,10 @@ def _run_cells(plan: DemoPlan, out: Path, source: SourceModel, *, progress: bool
                 best = cell
             else:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            bar.write(f"      {shots:>3}/class seed {seed}  {RECIPES[recipe][0]:<62} {cell.accuracy:.3f}  "
-                      f"({cell.seconds:.1f} s, CPU {cell.cpu_seconds:.1f} s)")
+            bar.write(
+                f"      {shots:>3}/class seed {seed}  {RECIPES[recipe][0]:<62} {cell.accuracy:.3f}  "
+                f"({cell.seconds:.1f} s, CPU {cell.cpu_seconds:.1f} s)"
+            )
     finally:
         bar.close()
     return results
@@ -491,7 +605,9 @@ def summarize(accuracies: Mapping[str, Mapping[int, Sequence[float]]]) -> Summar
     for r in recipes:
         out.values[r] = {s: list(v) for s, v in accuracies[r].items()}
         out.mean[r] = {s: statistics.fmean(v) for s, v in accuracies[r].items() if v}
-        out.sd[r] = {s: statistics.stdev(v) if len(v) > 1 else 0.0 for s, v in accuracies[r].items() if v}
+        out.sd[r] = {
+            s: statistics.stdev(v) if len(v) > 1 else 0.0 for s, v in accuracies[r].items() if v
+        }
         out.n[r] = {s: len(v) for s, v in accuracies[r].items()}
     return out
 
@@ -503,8 +619,12 @@ def _beats(s: Summary, a: str, b: str, size: int) -> tuple[bool, float, float]:
     return margin > spread, margin, spread
 
 
-def verdicts(s: Summary, recipe: str = "fine-tune", against: Sequence[str] = ("scratch", "frozen-random"),
-             unit: str = "per class") -> list[str]:
+def verdicts(
+    s: Summary,
+    recipe: str = "fine-tune",
+    against: Sequence[str] = ("scratch", "frozen-random"),
+    unit: str = "per class",
+) -> list[str]:
     """One line per size and rival: does ``recipe`` win by more than the seed spread?"""
     lines = []
     for size in s.sizes:
@@ -512,35 +632,59 @@ def verdicts(s: Summary, recipe: str = "fine-tune", against: Sequence[str] = ("s
             if other not in s.mean or recipe not in s.mean or size not in s.mean[other]:
                 continue
             ok, margin, spread = _beats(s, recipe, other, size)
-            word = "beats" if ok else ("does NOT beat" if margin <= 0 else "is ahead of, but within the seed spread of,")
-            lines.append(f"{size:>3} {unit}: {_short(recipe)} {word} {_short(other)}: "
-                         f"{100 * margin:+.1f} points (spread {100 * spread:.1f})")
+            word = (
+                "beats"
+                if ok
+                else (
+                    "does NOT beat"
+                    if margin <= 0
+                    else "is ahead of, but within the seed spread of,"
+                )
+            )
+            lines.append(
+                f"{size:>3} {unit}: {_short(recipe)} {word} {_short(other)}: "
+                f"{100 * margin:+.1f} points (spread {100 * spread:.1f})"
+            )
     return lines
 
 
 def _short(recipe: str) -> str:
-    return {"frozen-pretrained": "frozen pretrained", "fine-tune": "fine-tuning", "frozen-random": "frozen random",
-            "scratch": "from scratch"}.get(recipe, recipe)
+    return {
+        "frozen-pretrained": "frozen pretrained",
+        "fine-tune": "fine-tuning",
+        "frozen-random": "frozen random",
+        "scratch": "from scratch",
+    }.get(recipe, recipe)
 
 
-def conclusion(s: Summary, recipe: str = "fine-tune", unit: str = "per class", metric: str = "accuracy") -> str:
+def conclusion(
+    s: Summary, recipe: str = "fine-tune", unit: str = "per class", metric: str = "accuracy"
+) -> str:
     """The one-line verdict, computed from the numbers: does ``recipe`` beat every recipe without
     pretrained weights (from scratch, frozen random) by more than the seed spread, at the smallest
     size, and does that last to the largest?"""
     rivals = [r for r in s.recipes if r != recipe and r in RECIPES and not RECIPES[r][1]]
     if recipe not in s.recipes or not rivals:
-        return (f"No conclusion: the comparison needs {_short(recipe)} and a recipe without pretrained "
-                f"weights; this run had {', '.join(map(_short, s.recipes))}.")
+        return (
+            f"No conclusion: the comparison needs {_short(recipe)} and a recipe without pretrained "
+            f"weights; this run had {', '.join(map(_short, s.recipes))}."
+        )
     small, large = s.sizes[0], s.sizes[-1]
 
     def pct(r: str, size: int) -> str:
-        return f"{100 * s.mean[r][size]:.1f}%" if metric == "accuracy" else f"{metric} {s.mean[r][size]:.3f}"
+        return (
+            f"{100 * s.mean[r][size]:.1f}%"
+            if metric == "accuracy"
+            else f"{metric} {s.mean[r][size]:.3f}"
+        )
 
     wins = {size: all(_beats(s, recipe, o, size)[0] for o in rivals) for size in s.sizes}
     best = max(rivals, key=lambda r: s.mean[r][small])
     margin = s.mean[recipe][small] - s.mean[best][small]
-    head = (f"with {small} labelled images {unit} {_short(recipe)} reaches {pct(recipe, small)} against "
-            f"{pct(best, small)} for {_short(best)} ({100 * margin:+.1f} points")
+    head = (
+        f"with {small} labelled images {unit} {_short(recipe)} reaches {pct(recipe, small)} against "
+        f"{pct(best, small)} for {_short(best)} ({100 * margin:+.1f} points"
+    )
     if not wins[small]:
         how = "behind" if margin <= 0 else "ahead by no more than the seed spread"
         return f"Transfer learning did not pay off here: {head}, {how})."
@@ -550,12 +694,19 @@ def conclusion(s: Summary, recipe: str = "fine-tune", unit: str = "per class", m
     gap = s.mean[recipe][large] - max(s.mean[r][large] for r in rivals)
     if wins[large]:
         return line + f"; it still leads by {100 * gap:.1f} points at {large} {unit}."
-    return line + f"; the advantage fades with more labels ({100 * gap:+.1f} points at {large} {unit})."
+    return (
+        line
+        + f"; the advantage fades with more labels ({100 * gap:+.1f} points at {large} {unit})."
+    )
 
 
-def format_table(s: Summary, params: Mapping[str, int] | None = None,
-                 seconds: Mapping[str, tuple[float, float]] | None = None,
-                 labels: Mapping[str, tuple[str, bool, Any]] = RECIPES, unit: str = "per class") -> str:
+def format_table(
+    s: Summary,
+    params: Mapping[str, int] | None = None,
+    seconds: Mapping[str, tuple[float, float]] | None = None,
+    labels: Mapping[str, tuple[str, bool, Any]] = RECIPES,
+    unit: str = "per class",
+) -> str:
     """A markdown table: accuracy mean ± sd per recipe (rows) and size (columns)."""
     head = "| recipe | " + " | ".join(f"{size} {unit}" for size in s.sizes) + " |"
     extra = ""
@@ -570,8 +721,13 @@ def format_table(s: Summary, params: Mapping[str, int] | None = None,
         cells = []
         for size in s.sizes:
             n = s.n[r].get(size, 0)
-            cells.append("—" if not n else f"{s.mean[r][size]:.3f} ± {s.sd[r][size]:.3f}" if n > 1
-                         else f"{s.mean[r][size]:.3f}")
+            cells.append(
+                "—"
+                if not n
+                else f"{s.mean[r][size]:.3f} ± {s.sd[r][size]:.3f}"
+                if n > 1
+                else f"{s.mean[r][size]:.3f}"
+            )
         row = f"| {labels[r][0] if r in labels else r} | " + " | ".join(cells) + " |"
         if params is not None:
             row += f" {params.get(r, -1):,} |"
@@ -589,8 +745,12 @@ def _figure(width: float, height: float, ncols: int = 1) -> tuple[Any, Any]:
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
-_COLORS = {"frozen-pretrained": "tab:blue", "fine-tune": "tab:green", "frozen-random": "tab:gray",
-           "scratch": "tab:red"}
+_COLORS = {
+    "frozen-pretrained": "tab:blue",
+    "fine-tune": "tab:green",
+    "frozen-random": "tab:gray",
+    "scratch": "tab:red",
+}
 
 
 def plot_accuracy_vs_shots(s: Summary, path: Path) -> Path:
@@ -598,10 +758,21 @@ def plot_accuracy_vs_shots(s: Summary, path: Path) -> Path:
     fig, (ax,) = _figure(6.5, 4.2)
     for r in s.recipes:
         xs = [size for size in s.sizes if size in s.mean[r]]
-        ax.errorbar(xs, [100 * s.mean[r][x] for x in xs], yerr=[100 * s.sd[r][x] for x in xs], marker="o",
-                    capsize=3, label=_short(r), color=_COLORS.get(r))
-    ax.set(xscale="log", xlabel="labelled images per class (log scale)", ylabel="held-out accuracy (%)",
-           title="Handwritten digits: accuracy vs labelled images")
+        ax.errorbar(
+            xs,
+            [100 * s.mean[r][x] for x in xs],
+            yerr=[100 * s.sd[r][x] for x in xs],
+            marker="o",
+            capsize=3,
+            label=_short(r),
+            color=_COLORS.get(r),
+        )
+    ax.set(
+        xscale="log",
+        xlabel="labelled images per class (log scale)",
+        ylabel="held-out accuracy (%)",
+        title="Handwritten digits: accuracy vs labelled images",
+    )
     ax.set_xticks(s.sizes, [str(x) for x in s.sizes])
     ax.grid(alpha=0.3)
     ax.legend()
@@ -609,8 +780,14 @@ def plot_accuracy_vs_shots(s: Summary, path: Path) -> Path:
     return path
 
 
-def plot_learning_curves(cells: Sequence[CellResult], s: Summary, path: Path, *, metric: str = "held-out accuracy",
-                         labels: Mapping[str, tuple[str, bool, Any]] = RECIPES) -> Path:
+def plot_learning_curves(
+    cells: Sequence[CellResult],
+    s: Summary,
+    path: Path,
+    *,
+    metric: str = "held-out accuracy",
+    labels: Mapping[str, tuple[str, bool, Any]] = RECIPES,
+) -> Path:
     """Held-out metric after each epoch (mean over seeds), one panel per size."""
     fig, axes = _figure(4.0 * len(s.sizes), 3.6, ncols=len(s.sizes))
     for ax, size in zip(axes, s.sizes, strict=True):
@@ -620,10 +797,18 @@ def plot_learning_curves(cells: Sequence[CellResult], s: Summary, path: Path, *,
                 continue
             n = min(len(c) for c in curves)
             mean = [100 * statistics.fmean(c[e] for c in curves) for e in range(n)]
-            ax.plot(range(1, n + 1), mean, marker=".", label=_short(r) if r in RECIPES else labels[r][0],
-                    color=_COLORS.get(r))
-        ax.set(title=f"{size} labelled" + (" per class" if labels is RECIPES else " images"), xlabel="epoch",
-               ylabel=f"{metric} (%)")
+            ax.plot(
+                range(1, n + 1),
+                mean,
+                marker=".",
+                label=_short(r) if r in RECIPES else labels[r][0],
+                color=_COLORS.get(r),
+            )
+        ax.set(
+            title=f"{size} labelled" + (" per class" if labels is RECIPES else " images"),
+            xlabel="epoch",
+            ylabel=f"{metric} (%)",
+        )
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.savefig(path, dpi=110)
@@ -645,14 +830,19 @@ def plot_bars(s: Summary, path: Path) -> Path:
     floor = max(0.0, 5 * math.floor((min(lows) - 3) / 5))
     ax.set_ylim(floor, 100)
     ax.set_xticks(range(len(s.sizes)), [f"{size} per class" for size in s.sizes])
-    ax.set(ylabel=f"held-out accuracy (%) — axis from {floor:.0f}", title="Mean accuracy over seeds (± sd)")
+    ax.set(
+        ylabel=f"held-out accuracy (%) — axis from {floor:.0f}",
+        title="Mean accuracy over seeds (± sd)",
+    )
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path, dpi=110)
     return path
 
 
-def plot_confusion(cell: CellResult, split_root: Path, plan: DemoPlan, path: Path) -> tuple[Path, float]:
+def plot_confusion(
+    cell: CellResult, split_root: Path, plan: DemoPlan, path: Path
+) -> tuple[Path, float]:
     """Confusion matrix (scikit-learn) of ``cell``'s final weights on the held-out digits;
     returns the path and the accuracy recomputed from the predictions."""
     import torch
@@ -674,8 +864,11 @@ def plot_confusion(cell: CellResult, split_root: Path, plan: DemoPlan, path: Pat
     accuracy = float(cm.trace() / cm.sum())
     fig, (ax,) = _figure(5.2, 4.6)
     ConfusionMatrixDisplay(cm, display_labels=classes).plot(ax=ax, colorbar=False, cmap="Blues")
-    ax.set_title(f"{_short(cell.recipe)}, {cell.shots} labelled per class (seed {cell.seed}): "
-                 f"{100 * accuracy:.1f}%", fontsize=9)
+    ax.set_title(
+        f"{_short(cell.recipe)}, {cell.shots} labelled per class (seed {cell.seed}): "
+        f"{100 * accuracy:.1f}%",
+        fontsize=9,
+    )
     fig.savefig(path, dpi=110)
     return path, accuracy
 
@@ -721,40 +914,62 @@ def run_demo(
 
     with signals.installed():
         if task == "segmentation":
-            return _segmentation_demo(out, progress=progress, log=log, report=report, fit_log=fit_log)
+            return _segmentation_demo(
+                out, progress=progress, log=log, report=report, fit_log=fit_log
+            )
         log(f"[1/2] source task (cache: {cache_dir()})")
         source = _train_source(plan, progress=progress, log=log, fit_log=fit_log)
         n_runs = len(plan.sizes) * plan.seeds * len(plan.recipes)
-        log(f"[2/2] target task: real handwritten digits 0-9 from {', '.join(map(str, plan.sizes))} labelled "
+        log(
+            f"[2/2] target task: real handwritten digits 0-9 from {', '.join(map(str, plan.sizes))} labelled "
             f"images per class; {len(plan.recipes)} recipes x {plan.seeds} seed(s) = {n_runs} runs, each scored on "
-            f"{10 * plan.test_per_class} held-out digits")
+            f"{10 * plan.test_per_class} held-out digits"
+        )
         cells = _run_cells(plan, out, source, progress=progress, log=log, fit_log=fit_log)
-        s = summarize({r: {size: [c.accuracy for c in cells if c.recipe == r and c.shots == size]
-                           for size in plan.sizes} for r in plan.recipes})
+        s = summarize(
+            {
+                r: {
+                    size: [c.accuracy for c in cells if c.recipe == r and c.shots == size]
+                    for size in plan.sizes
+                }
+                for r in plan.recipes
+            }
+        )
         params = {r: next(c.trainable_params for c in cells if c.recipe == r) for r in plan.recipes}
-        seconds = {r: (statistics.fmean(c.seconds for c in cells if c.recipe == r),
-                       statistics.fmean(c.cpu_seconds for c in cells if c.recipe == r)) for r in plan.recipes}
+        seconds = {
+            r: (
+                statistics.fmean(c.seconds for c in cells if c.recipe == r),
+                statistics.fmean(c.cpu_seconds for c in cells if c.recipe == r),
+            )
+            for r in plan.recipes
+        }
         plots = out / "plots"
         plots.mkdir(exist_ok=True)
         best = max(cells, key=lambda c: c.accuracy)
         splits_root = out / "data" / "target" / f"{best.shots}-per-class-seed{best.seed}"
-        written = [plot_accuracy_vs_shots(s, plots / "demo-accuracy-vs-shots.png"),
-                   plot_learning_curves(cells, s, plots / "demo-learning-curves.png"),
-                   plot_bars(s, plots / "demo-bars.png")]
+        written = [
+            plot_accuracy_vs_shots(s, plots / "demo-accuracy-vs-shots.png"),
+            plot_learning_curves(cells, s, plots / "demo-learning-curves.png"),
+            plot_bars(s, plots / "demo-bars.png"),
+        ]
         path, _ = plot_confusion(best, splits_root, plan, plots / "demo-confusion.png")
         written.append(path)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     report("")
-    report(f"Held-out accuracy on {10 * plan.test_per_class} real handwritten digits (mean ± sd over "
+    report(
+        f"Held-out accuracy on {10 * plan.test_per_class} real handwritten digits (mean ± sd over "
         f"{plan.seeds} seed(s); last epoch, {plan.target_steps} optimizer steps per run; source: "
-        f"{source.accuracy:.3f} on held-out glyphs):")
+        f"{source.accuracy:.3f} on held-out glyphs):"
+    )
     report(format_table(s, params, seconds))
     report("")
     for line in verdicts(s):
         report(line)
     report("")
     report(f"plots: {', '.join(str(p) for p in written)}; runs in {out / 'runs'}")
-    report(f"demo took {wall:.0f} s (CPU time {cpu:.0f} s){'; source model from the cache' if source.cached else ''}")
+    report(
+        f"demo took {wall:.0f} s (CPU time {cpu:.0f} s){'; source model from the cache' if source.cached else ''}"
+    )
     report(conclusion(s))
     return s
 
@@ -766,21 +981,43 @@ def run_demo(
 #: the recipe the demo used before (every layer at 10x lower LR, the new head included): it is kept
 #: as the experiment that shows why it lost to training from scratch (see the README).
 SEG_RECIPES: dict[str, tuple[str, bool, dict[str, Any]]] = {
-    "frozen-pretrained": ("frozen pretrained backbone + new head (the tutorial's recipe)", True,
-                          {"model": {"freeze": "backbone"}, "optimizer": {"lr": 0.003}}),
-    "fine-tune": ("recommended fine-tuning (head first, backbone at 0.1x LR)", True,
-                  {"gradual_unfreeze": {"head_epochs": 2, "lr_mult": 0.1}, "optimizer": {"lr": 0.003}}),
-    "frozen-random": ("frozen random backbone + new head", False,
-                      {"model": {"freeze": "backbone"}, "optimizer": {"lr": 0.003}}),
+    "frozen-pretrained": (
+        "frozen pretrained backbone + new head (the tutorial's recipe)",
+        True,
+        {"model": {"freeze": "backbone"}, "optimizer": {"lr": 0.003}},
+    ),
+    "fine-tune": (
+        "recommended fine-tuning (head first, backbone at 0.1x LR)",
+        True,
+        {"gradual_unfreeze": {"head_epochs": 2, "lr_mult": 0.1}, "optimizer": {"lr": 0.003}},
+    ),
+    "frozen-random": (
+        "frozen random backbone + new head",
+        False,
+        {"model": {"freeze": "backbone"}, "optimizer": {"lr": 0.003}},
+    ),
     "scratch": ("from scratch", False, {"optimizer": {"lr": 0.003}}),
-    "full-low-lr": ("full fine-tuning, everything at 10x lower LR (the old demo's)", True,
-                    {"optimizer": {"lr": 0.0003}}),
+    "full-low-lr": (
+        "full fine-tuning, everything at 10x lower LR (the old demo's)",
+        True,
+        {"optimizer": {"lr": 0.0003}},
+    ),
 }
 
 
-def _segmentation_demo(out: Path, *, progress: bool, log: Callable[[str], None], report: Callable[[str], None],
-                       fit_log: Callable[[str], None], shots: int = 30, seeds: int = 1, image_size: int = 64,
-                       source_epochs: int = 8, target_epochs: int = 30) -> Summary:
+def _segmentation_demo(
+    out: Path,
+    *,
+    progress: bool,
+    log: Callable[[str], None],
+    report: Callable[[str], None],
+    fit_log: Callable[[str], None],
+    shots: int = 30,
+    seeds: int = 1,
+    image_size: int = 64,
+    source_epochs: int = 8,
+    target_epochs: int = 30,
+) -> Summary:
     """Source: 3-class shapes (background, circle, square); target: binary foreground of all shapes
     (triangles are new) from ``shots`` labelled images, scored on 120 held-out images."""
     import torch
@@ -789,68 +1026,129 @@ def _segmentation_demo(out: Path, *, progress: bool, log: Callable[[str], None],
     from strop.train import config_from_dict, fit
 
     t0, c0 = time.perf_counter(), time.process_time()
-    source_root = write_shapes(out / "data" / "shapes-source", n=240, size=image_size, seed=1, num_classes=3)
+    source_root = write_shapes(
+        out / "data" / "shapes-source", n=240, size=image_size, seed=1, num_classes=3
+    )
     n_val = 120
-    target_root = write_shapes(out / "data" / "shapes-target", n=shots + n_val, size=image_size, seed=2,
-                               num_classes=2)
-    common = {"task": "segmentation", "precision": "auto", "progress": progress,
-              "optimizer": {"name": "adamw", "weight_decay": 1e-4}, "schedule": {"name": "cosine", "warmup_epochs": 1}}
+    target_root = write_shapes(
+        out / "data" / "shapes-target", n=shots + n_val, size=image_size, seed=2, num_classes=2
+    )
+    common = {
+        "task": "segmentation",
+        "precision": "auto",
+        "progress": progress,
+        "optimizer": {"name": "adamw", "weight_decay": 1e-4},
+        "schedule": {"name": "cosine", "warmup_epochs": 1},
+    }
     model = {"name": "lraspp_mobilenet_v3_large", "bn_momentum": 0.1}
 
     def run(cfg: dict[str, Any], what: str) -> Any:
-        res = fit(config_from_dict(cfg), exist_ok=True, log=fit_log)  # a demo rerun replaces its runs
+        res = fit(
+            config_from_dict(cfg), exist_ok=True, log=fit_log
+        )  # a demo rerun replaces its runs
         if res.interrupted:
-            raise DemoInterrupted(res.interrupted, f"interrupted by {res.interrupted} during {what}; that run is "
-                                  "discarded")
+            raise DemoInterrupted(
+                res.interrupted,
+                f"interrupted by {res.interrupted} during {what}; that run is discarded",
+            )
         return res
 
-    log(f"[1/2] source task: lraspp_mobilenet_v3_large from scratch on 3-class shapes ({source_epochs} epochs)")
-    src = run(_deep_merge(common, {"data": {"root": str(source_root), "image_size": image_size, "batch_size": 16},
-                                   "model": model, "epochs": source_epochs, "seed": 0,
-                                   "loss": {"dice": {"weight": 1.0, "mode": "multiclass"}, "cross_entropy": 1.0},
-                                   "optimizer": {"lr": 0.003}, "output": str(out / "runs" / "source-shapes")}),
-              "the source training")
-    state = torch.load(src.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    log(
+        f"[1/2] source task: lraspp_mobilenet_v3_large from scratch on 3-class shapes ({source_epochs} epochs)"
+    )
+    src = run(
+        _deep_merge(
+            common,
+            {
+                "data": {"root": str(source_root), "image_size": image_size, "batch_size": 16},
+                "model": model,
+                "epochs": source_epochs,
+                "seed": 0,
+                "loss": {"dice": {"weight": 1.0, "mode": "multiclass"}, "cross_entropy": 1.0},
+                "optimizer": {"lr": 0.003},
+                "output": str(out / "runs" / "source-shapes"),
+            },
+        ),
+        "the source training",
+    )
+    state = torch.load(
+        src.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True
+    )["model"]
     weights = out / "lraspp-shapes-source.pth"
     # the whole source model; its 3-class output convs do not fit the binary target and are re-initialised
     torch.save(state, weights)
     log(f"      source val_dice {src.final['val_dice']:.3f}; saved to {weights}")
-    log(f"[2/2] target task: binary shapes (triangles are new) from {shots} labelled images, "
-        f"{len(SEG_RECIPES)} recipes x {seeds} seed(s)")
+    log(
+        f"[2/2] target task: binary shapes (triangles are new) from {shots} labelled images, "
+        f"{len(SEG_RECIPES)} recipes x {seeds} seed(s)"
+    )
     values: dict[str, dict[int, list[float]]] = {r: {shots: []} for r in SEG_RECIPES}
     cells: list[CellResult] = []
     for seed in range(seeds):
         for key, (label, pretrained, fragment) in SEG_RECIPES.items():
-            cfg = _deep_merge(common, {
-                "data": {"root": str(target_root), "image_size": image_size, "batch_size": 8,
-                         "val_fraction": n_val / (shots + n_val)},
-                "model": {**model, "weights": str(weights) if pretrained else None}, "epochs": target_epochs,
-                "seed": seed, "loss": {"dice": 1.0, "bce": 1.0}, "output": str(out / "runs" / f"{key}-seed{seed}"),
-                "progress": False})
+            cfg = _deep_merge(
+                common,
+                {
+                    "data": {
+                        "root": str(target_root),
+                        "image_size": image_size,
+                        "batch_size": 8,
+                        "val_fraction": n_val / (shots + n_val),
+                    },
+                    "model": {**model, "weights": str(weights) if pretrained else None},
+                    "epochs": target_epochs,
+                    "seed": seed,
+                    "loss": {"dice": 1.0, "bce": 1.0},
+                    "output": str(out / "runs" / f"{key}-seed{seed}"),
+                    "progress": False,
+                },
+            )
             t, c = time.perf_counter(), time.process_time()
             log(f"      training {label} (seed {seed}) ...")
             res = run(_deep_merge(cfg, fragment), label)
             dice = float(res.final["val_dice"])
             values[key][shots].append(dice)
-            cells.append(CellResult(key, shots, seed, dice, [float(h["val_dice"]) for h in res.history],
-                                    time.perf_counter() - t, time.process_time() - c,
-                                    int(res.choices.get("trainable_params", -1)), str(res.run_dir)))
-            log(f"      {label}: val Dice {dice:.3f} ({cells[-1].seconds:.0f} s, CPU {cells[-1].cpu_seconds:.0f} s)")
+            cells.append(
+                CellResult(
+                    key,
+                    shots,
+                    seed,
+                    dice,
+                    [float(h["val_dice"]) for h in res.history],
+                    time.perf_counter() - t,
+                    time.process_time() - c,
+                    int(res.choices.get("trainable_params", -1)),
+                    str(res.run_dir),
+                )
+            )
+            log(
+                f"      {label}: val Dice {dice:.3f} ({cells[-1].seconds:.0f} s, CPU {cells[-1].cpu_seconds:.0f} s)"
+            )
     s = summarize(values)
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
-    curves = plot_learning_curves(cells, s, plots / "demo-segmentation-curves.png", metric="val Dice",
-                                  labels=SEG_RECIPES)
+    curves = plot_learning_curves(
+        cells, s, plots / "demo-segmentation-curves.png", metric="val Dice", labels=SEG_RECIPES
+    )
     params = {r: next(c.trainable_params for c in cells if c.recipe == r) for r in SEG_RECIPES}
-    secs = {r: (statistics.fmean(c.seconds for c in cells if c.recipe == r),
-                statistics.fmean(c.cpu_seconds for c in cells if c.recipe == r)) for r in SEG_RECIPES}
+    secs = {
+        r: (
+            statistics.fmean(c.seconds for c in cells if c.recipe == r),
+            statistics.fmean(c.cpu_seconds for c in cells if c.recipe == r),
+        )
+        for r in SEG_RECIPES
+    }
     report("")
-    report(f"Last epoch's val Dice on {n_val} held-out images ({seeds} seed(s), {target_epochs} epochs):")
+    report(
+        f"Last epoch's val Dice on {n_val} held-out images ({seeds} seed(s), {target_epochs} epochs):"
+    )
     report(format_table(s, params, secs, labels=SEG_RECIPES, unit="labelled images"))
     report("")
     for line in verdicts(s, unit="labelled"):
         report(line)
     report(f"plots: {curves}; runs in {out / 'runs'}")
-    report(f"demo took {time.perf_counter() - t0:.0f} s (CPU time {time.process_time() - c0:.0f} s)")
+    report(
+        f"demo took {time.perf_counter() - t0:.0f} s (CPU time {time.process_time() - c0:.0f} s)"
+    )
     report(conclusion(s, unit="in all", metric="Dice"))
     return s

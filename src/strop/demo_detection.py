@@ -42,8 +42,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["MODEL", "DetectionDemoRow", "detection_recipes", "format_detection_table", "plot_detection_comparison",
-           "run_detection_demo"]
+__all__ = [
+    "MODEL",
+    "DetectionDemoRow",
+    "detection_recipes",
+    "format_detection_table",
+    "plot_detection_comparison",
+    "run_detection_demo",
+]
 
 MODEL = "ssdlite320_mobilenet_v3_large"
 SCRATCH_LR = 3e-3  # AdamW, cosine after one warm-up epoch: the source run and from scratch
@@ -86,29 +92,51 @@ def run_detection_demo(
     from strop.train import config_from_dict, fit
 
     out = Path(out) / "detection"
-    source_root = write_shapes_detection(out / "data" / "source", n_train=n_source, n_val=max(8, n_val // 2),
-                                         size=image_size, seed=seed)
-    target_root = write_shapes_detection(out / "data" / "target", n_train=n_target, n_val=n_val,
-                                         size=image_size, seed=seed + 1)
+    source_root = write_shapes_detection(
+        out / "data" / "source",
+        n_train=n_source,
+        n_val=max(8, n_val // 2),
+        size=image_size,
+        seed=seed,
+    )
+    target_root = write_shapes_detection(
+        out / "data" / "target", n_train=n_target, n_val=n_val, size=image_size, seed=seed + 1
+    )
 
     def cfg(name: str, root: Path, epochs: int, lr: float, model: dict[str, Any]) -> Any:
-        return config_from_dict({
-            "task": "detection",
-            "data": {"root": str(root), "image_size": image_size, "batch_size": batch_size, "augment": "flip"},
-            "model": {"name": MODEL, **model},
-            "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 1e-4},
-            "schedule": {"name": "cosine", "warmup_epochs": 1 if epochs > 2 else 0},
-            "epochs": epochs, "precision": precision, "seed": seed, "progress": progress,
-            "output": str(out / "runs" / name),
-        })
+        return config_from_dict(
+            {
+                "task": "detection",
+                "data": {
+                    "root": str(root),
+                    "image_size": image_size,
+                    "batch_size": batch_size,
+                    "augment": "flip",
+                },
+                "model": {"name": MODEL, **model},
+                "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 1e-4},
+                "schedule": {"name": "cosine", "warmup_epochs": 1 if epochs > 2 else 0},
+                "epochs": epochs,
+                "precision": precision,
+                "seed": seed,
+                "progress": progress,
+                "output": str(out / "runs" / name),
+            }
+        )
 
-    log(f"[1/2] source detector: {MODEL} from scratch on {n_source} shape images ({source_epochs} epochs)")
+    log(
+        f"[1/2] source detector: {MODEL} from scratch on {n_source} shape images ({source_epochs} epochs)"
+    )
     t = time.perf_counter()
     src = fit(cfg("source", source_root, source_epochs, SCRATCH_LR, {}))
     weights = out / "detector-shapes-source.pth"
-    state = torch.load(src.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)["model"]
+    state = torch.load(
+        src.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=True
+    )["model"]
     torch.save(state, weights)
-    log(f"      source val mAP {src.best_metric:.3f} in {time.perf_counter() - t:.0f}s; weights saved to {weights}")
+    log(
+        f"      source val mAP {src.best_metric:.3f} in {time.perf_counter() - t:.0f}s; weights saved to {weights}"
+    )
 
     log(f"[2/2] target: {n_target} labelled images drawn with another seed, three recipes")
     rows = []
@@ -117,28 +145,54 @@ def run_detection_demo(
         res = fit(cfg(name, target_root, target_epochs, lr, model))
         best = _best_row(res.history)
         info = json.loads((res.run_dir / "run.json").read_text())
-        rows.append(DetectionDemoRow(label, best.get("val_map", 0.0), best.get("val_map_50", 0.0),
-                                     time.perf_counter() - t, int(info.get("trainable_params", -1)), res.run_dir))
-        log(f"      {label}: val mAP {rows[-1].val_map:.3f} (mAP@.5 {rows[-1].val_map_50:.3f}) in {rows[-1].seconds:.0f}s")
+        rows.append(
+            DetectionDemoRow(
+                label,
+                best.get("val_map", 0.0),
+                best.get("val_map_50", 0.0),
+                time.perf_counter() - t,
+                int(info.get("trainable_params", -1)),
+                res.run_dir,
+            )
+        )
+        log(
+            f"      {label}: val mAP {rows[-1].val_map:.3f} (mAP@.5 {rows[-1].val_map_50:.3f}) in {rows[-1].seconds:.0f}s"
+        )
     log("")
     log(format_detection_table(rows))
     plot_detection_comparison(rows, out / "comparison.png")
-    log(f"\nplot: {out / 'comparison.png'}; runs: {out / 'runs'}/*/ (strop eval / strop predict --draw)")
+    log(
+        f"\nplot: {out / 'comparison.png'}; runs: {out / 'runs'}/*/ (strop eval / strop predict --draw)"
+    )
     return rows
 
 
-def detection_recipes(weights: str | Path, only: Sequence[str] | None = None) -> list[tuple[str, str, float, dict[str, Any]]]:
+def detection_recipes(
+    weights: str | Path, only: Sequence[str] | None = None
+) -> list[tuple[str, str, float, dict[str, Any]]]:
     """``(label, run name, lr, model options)`` of each target recipe; ``weights``: the source file."""
     recipes = [
-        ("frozen backbone", "frozen-backbone", FINETUNE_LR, {"weights": str(weights), "trainable_backbone_layers": 0}),
-        ("full fine-tuning", "full-finetune", FINETUNE_LR, {"weights": str(weights), "trainable_backbone_layers": 6}),
+        (
+            "frozen backbone",
+            "frozen-backbone",
+            FINETUNE_LR,
+            {"weights": str(weights), "trainable_backbone_layers": 0},
+        ),
+        (
+            "full fine-tuning",
+            "full-finetune",
+            FINETUNE_LR,
+            {"weights": str(weights), "trainable_backbone_layers": 6},
+        ),
         ("from scratch", "scratch", SCRATCH_LR, {}),
     ]
     if only is None:
         return recipes
     unknown = [r for r in only if r not in [label for label, *_ in recipes]]
     if unknown:
-        raise ValueError(f"run_detection_demo: recipes must name some of {[label for label, *_ in recipes]}; got {unknown}")
+        raise ValueError(
+            f"run_detection_demo: recipes must name some of {[label for label, *_ in recipes]}; got {unknown}"
+        )
     return [r for r in recipes if r[0] in only]
 
 
@@ -149,9 +203,14 @@ def _best_row(history: list[dict[str, float]]) -> dict[str, float]:
 
 def format_detection_table(rows: list[DetectionDemoRow]) -> str:
     """A markdown table of the recipes."""
-    lines = ["| recipe | val mAP@[.5:.95] | val mAP@.5 | trainable params | train time |", "|---|---|---|---|---|"]
+    lines = [
+        "| recipe | val mAP@[.5:.95] | val mAP@.5 | trainable params | train time |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.recipe} | {r.val_map:.3f} | {r.val_map_50:.3f} | {r.trainable_params:,} | {r.seconds:.1f} s |")
+        lines.append(
+            f"| {r.recipe} | {r.val_map:.3f} | {r.val_map_50:.3f} | {r.trainable_params:,} | {r.seconds:.1f} s |"
+        )
     return "\n".join(lines)
 
 
@@ -165,7 +224,9 @@ def plot_detection_comparison(rows: list[DetectionDemoRow], path: Path) -> Path:
     ax1, ax2 = fig.subplots(1, 2)
     for r in rows:
         epochs, _ = read_metrics(r.run_dir / "metrics.csv")
-        ax1.plot([e["epoch"] for e in epochs], [e["val_map"] for e in epochs], marker="o", label=r.recipe)
+        ax1.plot(
+            [e["epoch"] for e in epochs], [e["val_map"] for e in epochs], marker="o", label=r.recipe
+        )
     ax1.set(xlabel="epoch", ylabel="val mAP@[.5:.95]", title="Target task: validation")
     ax1.legend(fontsize=8)
     y = range(len(rows))

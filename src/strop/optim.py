@@ -28,7 +28,14 @@ import torch
 
 from strop._checks import check_choice, check_positive, did_you_mean, fail
 
-__all__ = ["IMPLEMENTATIONS", "OPTIMIZERS", "REFUSED", "build_optimizer", "check_options", "optimizer_options"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "OPTIMIZERS",
+    "REFUSED",
+    "build_optimizer",
+    "check_options",
+    "optimizer_options",
+]
 
 IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
 
@@ -58,10 +65,10 @@ OPTIMIZERS: dict[str, _Entry] = {
 #: torch.optim optimizers strop refuses, and why.
 REFUSED: dict[str, str] = {
     "lbfgs": "LBFGS.step needs a closure that re-evaluates the loss several times per step; "
-             "strop's loop takes one step per batch",
+    "strop's loop takes one step per batch",
     "sparse_adam": "SparseAdam only takes sparse gradients (nn.Embedding(sparse=True))",
     "muon": "Muon only takes 2-D weight matrices; fine-tuning groups hold convolutions, biases "
-            "and norm weights",
+    "and norm weights",
 }
 
 # set by build_optimizer itself, not an option
@@ -79,11 +86,17 @@ def _entry(func: str, name: str) -> _Entry:
     if key in ("sparseadam",):
         key = "sparse_adam"
     if key in REFUSED:
-        fail(func, f"optimizer {name!r} is not supported: {REFUSED[key]}",
-             hint=f"use one of {', '.join(OPTIMIZERS)}")
+        fail(
+            func,
+            f"optimizer {name!r} is not supported: {REFUSED[key]}",
+            hint=f"use one of {', '.join(OPTIMIZERS)}",
+        )
     if key not in OPTIMIZERS:
-        fail(func, f"unknown optimizer {name!r}{did_you_mean(key, OPTIMIZERS)} available: "
-                   f"{', '.join(OPTIMIZERS)}")
+        fail(
+            func,
+            f"unknown optimizer {name!r}{did_you_mean(key, OPTIMIZERS)} available: "
+            f"{', '.join(OPTIMIZERS)}",
+        )
     return OPTIMIZERS[key]
 
 
@@ -99,12 +112,17 @@ def check_options(func: str, name: str, options: dict[str, Any]) -> None:
     accepted = optimizer_options(name)
     for key in options:
         if key in ("foreach", "fused"):
-            fail(func, f"option {key!r} is chosen by implementation", hint="set implementation: "
-                       "auto | fused | foreach | for_loop")
+            fail(
+                func,
+                f"option {key!r} is chosen by implementation",
+                hint="set implementation: auto | fused | foreach | for_loop",
+            )
         if key not in accepted:
-            fail(func, f"unknown option {key!r} for optimizer {_key(name)!r}"
-                       f"{did_you_mean(key, accepted)}",
-                 hint=f"options of {_key(name)!r}: {', '.join(accepted)}")
+            fail(
+                func,
+                f"unknown option {key!r} for optimizer {_key(name)!r}{did_you_mean(key, accepted)}",
+                hint=f"options of {_key(name)!r}: {', '.join(accepted)}",
+            )
 
 
 def _fused_devices() -> tuple[str, ...]:
@@ -119,20 +137,34 @@ def _fused_devices() -> tuple[str, ...]:
 def _implementation(func: str, cls: type, impl: str, params: list[torch.Tensor]) -> dict[str, bool]:
     signature = inspect.signature(cls).parameters
     devices = {p.device.type for p in params}
-    fused_ok = ("fused" in signature and len(devices) == 1 and devices <= set(_fused_devices())
-                and all(p.is_floating_point() for p in params))
+    fused_ok = (
+        "fused" in signature
+        and len(devices) == 1
+        and devices <= set(_fused_devices())
+        and all(p.is_floating_point() for p in params)
+    )
     if impl == "auto":
         impl = "fused" if fused_ok else ("foreach" if "foreach" in signature else "for_loop")
     if impl == "fused":
         if not fused_ok:
-            where = "its parameters' device " + "/".join(sorted(devices)) if "fused" in signature else "it"
-            fail(func, f"implementation='fused' is not available for {cls.__name__} on {where}",
-                 hint="use implementation='auto'")
+            where = (
+                "its parameters' device " + "/".join(sorted(devices))
+                if "fused" in signature
+                else "it"
+            )
+            fail(
+                func,
+                f"implementation='fused' is not available for {cls.__name__} on {where}",
+                hint="use implementation='auto'",
+            )
         return {"fused": True}
     if impl == "foreach":
         if "foreach" not in signature:
-            fail(func, f"implementation='foreach' is not available for {cls.__name__}",
-                 hint="use implementation='auto'")
+            fail(
+                func,
+                f"implementation='foreach' is not available for {cls.__name__}",
+                hint="use implementation='auto'",
+            )
         return {"foreach": True}
     return {"foreach": False} if "foreach" in signature else {}
 
@@ -169,18 +201,28 @@ def build_optimizer(
     groups = list(params)
     if not groups:
         fail(func, "params is empty", hint="is every parameter frozen?")
-    tensors = ([p for g in groups for p in g["params"]] if isinstance(groups[0], dict) else groups)
+    tensors = [p for g in groups for p in g["params"]] if isinstance(groups[0], dict) else groups
     signature = inspect.signature(entry.cls).parameters
-    decays = [g.get("weight_decay", weight_decay) for g in groups] if isinstance(groups[0], dict) else [weight_decay]
+    decays = (
+        [g.get("weight_decay", weight_decay) for g in groups]
+        if isinstance(groups[0], dict)
+        else [weight_decay]
+    )
     kwargs: dict[str, Any] = {**entry.defaults, **options, "lr": lr}
     if "weight_decay" in signature:
         kwargs["weight_decay"] = weight_decay
     elif any(d > 0 for d in decays):
-        fail(func, f"optimizer {_key(name)!r} has no weight decay; got weight_decay={max(decays)!r}",
-             hint="set weight_decay: 0")
+        fail(
+            func,
+            f"optimizer {_key(name)!r} has no weight decay; got weight_decay={max(decays)!r}",
+            hint="set weight_decay: 0",
+        )
     else:
-        groups = [{k: v for k, v in g.items() if k != "weight_decay"} for g in groups] \
-            if isinstance(groups[0], dict) else groups
+        groups = (
+            [{k: v for k, v in g.items() if k != "weight_decay"} for g in groups]
+            if isinstance(groups[0], dict)
+            else groups
+        )
     kwargs.update(_implementation(func, entry.cls, implementation, tensors))
     try:
         return entry.cls(groups, **kwargs)

@@ -158,7 +158,15 @@ def plot_metrics(
     ax.legend()
 
     metrics, ax = _curve_figure("Metrics", "epoch", "metric")
-    keys = ("train_accuracy", "val_accuracy", "val_top5", "val_dice", "val_iou", "val_map", "val_map_50")
+    keys = (
+        "train_accuracy",
+        "val_accuracy",
+        "val_top5",
+        "val_dice",
+        "val_iou",
+        "val_map",
+        "val_map_50",
+    )
     _epoch_lines(ax, epochs, "epoch", [(k, k) for k in keys])
     ax.legend()
 

@@ -35,13 +35,26 @@ def run_dir(tmp_path_factory):
     """A finished one-epoch run (mobilenet_v3_small on 16×16 digits): best.pt and last.pt."""
     base = tmp_path_factory.mktemp("export")
     root = write_digits(base / "digits", digits=[0, 1, 2], per_class=20, seed=0, size=16)
-    config = config_from_dict({
-        "data": {"root": str(root), "image_size": 16, "batch_size": 8, "val_fraction": 0.25, "num_workers": 0},
-        "model": {"name": "mobilenet_v3_small"},
-        "optimizer": {"name": "adamw", "lr": 0.003},
-        "precision": "fp32", "memory_format": "contiguous", "feature_cache": "off",
-        "epochs": 1, "seed": 0, "progress": False, "output": str(base / "run"),
-    })
+    config = config_from_dict(
+        {
+            "data": {
+                "root": str(root),
+                "image_size": 16,
+                "batch_size": 8,
+                "val_fraction": 0.25,
+                "num_workers": 0,
+            },
+            "model": {"name": "mobilenet_v3_small"},
+            "optimizer": {"name": "adamw", "lr": 0.003},
+            "precision": "fp32",
+            "memory_format": "contiguous",
+            "feature_cache": "off",
+            "epochs": 1,
+            "seed": 0,
+            "progress": False,
+            "output": str(base / "run"),
+        }
+    )
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -60,7 +73,21 @@ def test_export_safetensors_equals_the_checkpoint_weights(run_dir, tmp_path, cap
     from safetensors.torch import load_file
 
     out = tmp_path / f"{which}.safetensors"
-    assert main(["export", str(run_dir), "--format", "safetensors", "--checkpoint", which, "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(run_dir),
+                "--format",
+                "safetensors",
+                "--checkpoint",
+                which,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == str(out)
     exported = load_file(str(out))
     expected = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")["model"]
@@ -126,7 +153,9 @@ def _write(kind, path, marker):
     elif kind == "zip-exec":
         torch.save({**payload, "model": _exec(marker)}, path)
     elif kind == "legacy-open":  # torch's pre-1.6 (non-zip) format
-        torch.save({**payload, "model": {"w": _open(marker)}}, path, _use_new_zipfile_serialization=False)
+        torch.save(
+            {**payload, "model": {"w": _open(marker)}}, path, _use_new_zipfile_serialization=False
+        )
     elif kind == "plain-pickle":  # not a torch file at all
         with open(path, "wb") as fh:
             pickle.dump({**payload, "model": _system(marker)}, fh, protocol=2)
@@ -141,7 +170,9 @@ def _assert_refused_in_one_line(err, path):
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("strop ")]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert f"could not read checkpoint {path}" in lines[0] and "refused" in lines[0], lines[0]
-    assert "\x1b" not in err and "weights_only` set to `False" not in err, "torch's unsafe advice leaked"
+    assert "\x1b" not in err and "weights_only` set to `False" not in err, (
+        "torch's unsafe advice leaked"
+    )
 
 
 @pytest.fixture
@@ -177,7 +208,11 @@ def test_every_command_refuses_crafted_checkpoints(crafted_run, capsys, kind, co
         cfg.write_text(yaml.safe_dump({**data, "output": str(run)}))
         argv, read = ["train", str(cfg), "--resume"], run / "checkpoints" / "last.pt"
     elif command == "predict":
-        image = next((Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["root"]) / "0").iterdir())
+        image = next(
+            (
+                Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["root"]) / "0"
+            ).iterdir()
+        )
         argv, read = ["predict", str(run), str(image)], run / "checkpoints" / "best.pt"
     else:
         argv, read = [command, str(run)], run / "checkpoints" / "best.pt"

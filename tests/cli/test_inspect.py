@@ -20,7 +20,11 @@ def test_inspect_prints_what_finetuning_touches(capsys):
 def test_inspect_inception_and_freeze_by_count(capsys):
     assert main(["inspect", "inception_v3", "--freeze", "2"]) == 0
     out = capsys.readouterr().out
-    assert "299x299" in out and "AuxLogits.fc" in out and "frozen       Conv2d_1a_3x3, Conv2d_2a_3x3\n" in out
+    assert (
+        "299x299" in out
+        and "AuxLogits.fc" in out
+        and "frozen       Conv2d_1a_3x3, Conv2d_2a_3x3\n" in out
+    )
 
 
 def test_inspect_with_a_weights_file(tmp_path, capsys):
@@ -28,9 +32,13 @@ def test_inspect_with_a_weights_file(tmp_path, capsys):
 
     path = tmp_path / "w.pth"
     torch.save(build_model("mobilenet_v3_small", num_classes=10).state_dict(), path)
-    assert main(["inspect", "mobilenet_v3_small", "--num-classes", "3", "--weights", str(path)]) == 0
+    assert (
+        main(["inspect", "mobilenet_v3_small", "--num-classes", "3", "--weights", str(path)]) == 0
+    )
     out = capsys.readouterr().out
-    assert "head re-initialised for the new class count: classifier.3.weight, classifier.3.bias" in out
+    assert (
+        "head re-initialised for the new class count: classifier.3.weight, classifier.3.bias" in out
+    )
 
 
 def test_inspect_errors(capsys):

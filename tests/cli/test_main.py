@@ -30,7 +30,9 @@ def test_each_command_has_help(command, capsys):
 
 
 def test_console_script_runs_as_module():
-    out = subprocess.run([sys.executable, "-m", "strop", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "strop", "--version"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == f"strop {__version__}"
 
 

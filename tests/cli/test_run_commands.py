@@ -15,17 +15,27 @@ def tiny_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
     root = write_digits(base / "digits", digits=[0, 1, 2], per_class=12, seed=0, size=16)
     cfg = base / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "data": {"root": str(root), "image_size": 32, "batch_size": 12, "val_fraction": 0.25, "num_workers": 0},
-        # a run that learns (BatchNorm momentum 0.5 for 3 steps), so per-image losses differ and
-        # eval's numbers match the logged ones only when it batches and averages as the run did
-        "model": {"name": "resnet18", "bn_momentum": 0.5},
-        "optimizer": {"name": "adam", "lr": 0.001},
-        "precision": "fp32",
-        "epochs": 1,
-        "progress": False,
-        "output": str(base / "run"),
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "root": str(root),
+                    "image_size": 32,
+                    "batch_size": 12,
+                    "val_fraction": 0.25,
+                    "num_workers": 0,
+                },
+                # a run that learns (BatchNorm momentum 0.5 for 3 steps), so per-image losses differ and
+                # eval's numbers match the logged ones only when it batches and averages as the run did
+                "model": {"name": "resnet18", "bn_momentum": 0.5},
+                "optimizer": {"name": "adam", "lr": 0.001},
+                "precision": "fp32",
+                "epochs": 1,
+                "progress": False,
+                "output": str(base / "run"),
+            }
+        )
+    )
     assert main(["train", str(cfg), "--set", "epochs=1"]) == 0
     return base, root, cfg
 
@@ -42,8 +52,13 @@ def test_eval_prints_the_val_metrics(tiny_run, capsys):
 
     best_epoch = load_checkpoint(base / "run" / "checkpoints" / "best.pt")["epoch"]
     with (base / "run" / "metrics.csv").open() as fh:
-        row = next(r for r in csv.DictReader(fh) if r["kind"] == "epoch" and int(r["epoch"]) == best_epoch)
-    assert metrics == {"val_loss": float(row["val_loss"]), "val_accuracy": float(row["val_accuracy"])}
+        row = next(
+            r for r in csv.DictReader(fh) if r["kind"] == "epoch" and int(r["epoch"]) == best_epoch
+        )
+    assert metrics == {
+        "val_loss": float(row["val_loss"]),
+        "val_accuracy": float(row["val_accuracy"]),
+    }
 
 
 @pytest.mark.slow

@@ -36,7 +36,10 @@ def test_decompression_bombs_are_refused_with_the_file_named(tmp_path, monkeypat
     assert len(record) == 1
     text = str(record[0].message)
     assert "2 unreadable or non-image files" in text
-    assert "b/bomb.png (refused: decompression bomb" in text and "b/warn.png (refused: decompression bomb" in text
+    assert (
+        "b/bomb.png (refused: decompression bomb" in text
+        and "b/warn.png (refused: decompression bomb" in text
+    )
     assert len(train) == 8 and classes == ["a", "b"]  # the 8 good images are kept
     with pytest.raises(ValueError, match=r"b/bomb.png \(refused: decompression bomb"):
         image_folder(tmp_path, image_size=8, val_fraction=0.0, strict=True)

@@ -94,7 +94,9 @@ def test_resize_matches_pil_bilinear_within_one_level(tmp_path, size):
     src = np.concatenate([_noise(97, 65, 3), np.resize(SMOOTH, (97, 66, 3))], axis=1)
     path = tmp_path / "src.png"
     Image.fromarray(src).save(path)
-    expected = np.asarray(Image.fromarray(src).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    expected = np.asarray(
+        Image.fromarray(src).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    )
     got = T.load_image(path, size).permute(1, 2, 0).numpy()
     diff = np.abs(got.astype(int) - expected.astype(int))
     assert got.shape == expected.shape
@@ -111,8 +113,9 @@ def _folder(tmp_path, n=12):
 
 
 def test_batched_normalisation_is_the_per_item_result_bit_for_bit(tmp_path):
-    train, _, _ = image_folder(_folder(tmp_path), image_size=(16, 18), augment="standard",
-                               val_fraction=0.2)
+    train, _, _ = image_folder(
+        _folder(tmp_path), image_size=(16, 18), augment="standard", val_fraction=0.2
+    )
     idx = list(range(len(train)))
     torch.manual_seed(3)
     one_by_one = [train[i] for i in idx]
@@ -141,8 +144,9 @@ def test_custom_float_augment_is_normalised_one_by_one(tmp_path):
     def to_float(image):
         return image.float() / 255
 
-    train, _, _ = image_folder(_folder(tmp_path), image_size=(16, 16), augment=to_float,
-                               val_fraction=0.2)
+    train, _, _ = image_folder(
+        _folder(tmp_path), image_size=(16, 16), augment=to_float, val_fraction=0.2
+    )
     batched = train.__getitems__([0, 1, 2])
     for i, (img, _) in enumerate(batched):
         assert torch.equal(img, train[i][0])

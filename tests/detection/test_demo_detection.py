@@ -26,23 +26,47 @@ def test_recipes_train_what_they_say(tmp_path):
     features = sum(p.numel() for p in reference.backbone.features.parameters())
     # frozen: no MobileNetV3 feature parameter trains (the SSD extras and heads do); full and
     # scratch: everything (SSDLite keeps plain BatchNorm2d, as torchvision builds it)
-    expected = {"frozen backbone": total - features, "full fine-tuning": total, "from scratch": total}
+    expected = {
+        "frozen backbone": total - features,
+        "full fine-tuning": total,
+        "from scratch": total,
+    }
     assert 0 < features < total
     for label, _, lr, model in detection_recipes(weights):
-        config = config_from_dict({"task": "detection", "data": {"root": "x"}, "model": {"name": MODEL, **model},
-                                   "optimizer": {"lr": lr}})
+        config = config_from_dict(
+            {
+                "task": "detection",
+                "data": {"root": "x"},
+                "model": {"name": MODEL, **model},
+                "optimizer": {"lr": lr},
+            }
+        )
         detector, _, optimizer = build_detection_parts(config, 3)
         trainable = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
-        assert trainable == expected[label] == sum(p.numel() for p in detector.parameters() if p.requires_grad), label
+        assert (
+            trainable
+            == expected[label]
+            == sum(p.numel() for p in detector.parameters() if p.requires_grad)
+        ), label
     with pytest.raises(ValueError, match=r"recipes must name some of .*got \['frozen'\]"):
         detection_recipes(weights, ["frozen"])
 
 
 def test_demo_end_to_end_at_toy_size(tmp_path):
     lines = []
-    rows = run_detection_demo(tmp_path, n_source=4, n_target=4, n_val=4, image_size=64, source_epochs=1,
-                              target_epochs=1, precision="fp32", progress=False, recipes=["frozen backbone"],
-                              log=lines.append)
+    rows = run_detection_demo(
+        tmp_path,
+        n_source=4,
+        n_target=4,
+        n_val=4,
+        image_size=64,
+        source_epochs=1,
+        target_epochs=1,
+        precision="fp32",
+        progress=False,
+        recipes=["frozen backbone"],
+        log=lines.append,
+    )
     assert [r.recipe for r in rows] == ["frozen backbone"]
     # the frozen backbone's weights are the source detector's, bit for bit, after target training;
     # its BatchNorm statistics were recalibrated on the target images
@@ -51,8 +75,11 @@ def test_demo_end_to_end_at_toy_size(tmp_path):
     stats = ("running_mean", "running_var", "num_batches_tracked")
     body = [k for k in source if k.startswith("backbone.features.") and not k.endswith(stats)]
     assert body and all(torch.equal(source[k], target[k]) for k in body)
-    assert any(not torch.equal(source[k], target[k]) for k in source if k.startswith("backbone.features.")
-               and k.endswith("running_mean"))
+    assert any(
+        not torch.equal(source[k], target[k])
+        for k in source
+        if k.startswith("backbone.features.") and k.endswith("running_mean")
+    )
     assert any(not torch.equal(source[k], target[k]) for k in source if k.startswith("head."))
     assert 0.0 <= rows[0].val_map <= rows[0].val_map_50 <= 1.0
     assert (tmp_path / "detection" / "comparison.png").stat().st_size > 1000

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_harness():
-    spec = importlib.util.spec_from_file_location("crash_harness", ROOT / "tools" / "crash_harness.py")
+    spec = importlib.util.spec_from_file_location(
+        "crash_harness", ROOT / "tools" / "crash_harness.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
     spec.loader.exec_module(mod)
@@ -39,8 +41,13 @@ class DetectionWorkspace(harness.Workspace):
     def config(self, output: Path, *, path: Path | None = None, **over: Any) -> Path:
         detection = {
             "task": "detection",
-            "data": {"root": str(self.data), "image_size": 48, "batch_size": 2, "augment": "flip",
-                     "num_workers": 0},
+            "data": {
+                "root": str(self.data),
+                "image_size": 48,
+                "batch_size": 2,
+                "augment": "flip",
+                "num_workers": 0,
+            },
             "model": {"name": "fasterrcnn_mobilenet_v3_large_320_fpn"},
             "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
             "schedule": {"name": "cosine", "warmup_epochs": 1},

@@ -61,11 +61,26 @@ def _config(root: Path, weights: Path, out: Path, **over) -> dict:
     cfg = {
         "task": "detection",
         # augment none: a random flip would draw from each rank's own RNG
-        "data": {"root": str(root), "image_size": 64, "batch_size": 4, "augment": "none", "num_workers": 0},
-        "model": {"name": "retinanet_resnet50_fpn", "weights": str(weights), "trainable_backbone_layers": 0,
-                  "score_threshold": 0.0},
+        "data": {
+            "root": str(root),
+            "image_size": 64,
+            "batch_size": 4,
+            "augment": "none",
+            "num_workers": 0,
+        },
+        "model": {
+            "name": "retinanet_resnet50_fpn",
+            "weights": str(weights),
+            "trainable_backbone_layers": 0,
+            "score_threshold": 0.0,
+        },
         "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-        "precision": "fp32", "device": "cpu", "epochs": 2, "seed": 0, "progress": False, "output": str(out),
+        "precision": "fp32",
+        "device": "cpu",
+        "epochs": 2,
+        "seed": 0,
+        "progress": False,
+        "output": str(out),
     }
     for k, v in over.items():
         cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
@@ -78,10 +93,16 @@ def test_two_processes_train_the_one_process_global_batch_weights(setup):
 
     base, root, weights = setup
     run = base / "ddp"
-    rc, out, _ = dist._run_driver([{"config": _config(root, weights, run), "report": str(base / "r.json")}], base)
+    rc, out, _ = dist._run_driver(
+        [{"config": _config(root, weights, run), "report": str(base / "r.json")}], base
+    )
     assert rc == 0, out[-4000:]
     choices = json.loads((run / "run.json").read_text())
-    assert (choices["world_size"], choices["backend"], choices["per_process_batch"]) == (2, "gloo", 2)
+    assert (choices["world_size"], choices["backend"], choices["per_process_batch"]) == (
+        2,
+        "gloo",
+        2,
+    )
     assert dist._load(run)["state"]["step"] == STEPS
 
     threads = torch.get_num_threads()
@@ -96,7 +117,10 @@ def test_two_processes_train_the_one_process_global_batch_weights(setup):
     # the bound can fail: training moved the weights, and another global batch lands far away
     assert dist._max_diff(w1, dist._weights(base / "b2")) > 100 * ACROSS_WORLD_ATOL
     source = torch.load(weights, weights_only=True)
-    assert max(float((w1[k] - source[k]).abs().max()) for k in w1 if k.startswith("head.")) > 100 * ACROSS_WORLD_ATOL
+    assert (
+        max(float((w1[k] - source[k]).abs().max()) for k in w1 if k.startswith("head."))
+        > 100 * ACROSS_WORLD_ATOL
+    )
     # one log, from rank 0: every step and epoch once
     rows = dist._csv_rows(run)
     assert [int(r["step"]) for r in rows if r["kind"] == "step"] == list(range(1, STEPS + 1))

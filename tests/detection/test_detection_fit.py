@@ -29,7 +29,9 @@ CLASSES = ["circle", "square", "triangle"]
 
 @pytest.fixture(scope="module")
 def det_root(tmp_path_factory):
-    return write_shapes_detection(tmp_path_factory.mktemp("det"), n_train=6, n_val=4, size=64, seed=1)
+    return write_shapes_detection(
+        tmp_path_factory.mktemp("det"), n_train=6, n_val=4, size=64, seed=1
+    )
 
 
 def _config(root, out, **over):
@@ -38,7 +40,12 @@ def _config(root, out, **over):
         "data": {"root": str(root), "image_size": 64, "batch_size": 2, "num_workers": 0},
         "model": {"name": "fasterrcnn_mobilenet_v3_large_320_fpn"},
         "optimizer": {"name": "adam", "lr": 1e-3},
-        "precision": "fp32", "device": "cpu", "epochs": 1, "seed": 0, "progress": False, "output": str(out),
+        "precision": "fp32",
+        "device": "cpu",
+        "epochs": 1,
+        "seed": 0,
+        "progress": False,
+        "output": str(out),
     }
     for k, v in over.items():
         base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
@@ -60,9 +67,17 @@ def _pycocotools_map(run_dir, root):
         for img in gt.dataset["images"]:
             x = _pixels(root / "val" / "images" / img["file_name"]).float() / 255
             out = model([x])[0]
-            for b, s, k in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True):
-                dets.append({"image_id": img["id"], "category_id": ids[ck["classes"][k - 1]], "score": s,
-                             "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
+            for b, s, k in zip(
+                out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True
+            ):
+                dets.append(
+                    {
+                        "image_id": img["id"],
+                        "category_id": ids[ck["classes"][k - 1]],
+                        "score": s,
+                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    }
+                )
     ev = COCOeval(gt, gt.loadRes(dets), "bbox")
     ev.evaluate()
     ev.accumulate()
@@ -95,16 +110,51 @@ def test_fit_eval_predict(det_root, tmp_path, capsys):
 
     image = det_root / "val" / "images" / "0000.png"
     out, drawn = tmp_path / "preds.json", tmp_path / "drawn"
-    assert main(["predict", str(run), str(image), "--score", "0", "--out", str(out), "--draw", str(drawn)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                str(image),
+                "--score",
+                "0",
+                "--out",
+                str(out),
+                "--draw",
+                str(drawn),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())
     assert rows == predict_detections(run, [str(image)], score=0.0)
-    assert len(rows) == 1 and len(rows[0]["boxes"]) == len(rows[0]["labels"]) == len(rows[0]["scores"]) > 0
-    assert set(rows[0]["labels"]) <= set(CLASSES) and rows[0]["scores"] == sorted(rows[0]["scores"], reverse=True)
+    assert (
+        len(rows) == 1
+        and len(rows[0]["boxes"]) == len(rows[0]["labels"]) == len(rows[0]["scores"]) > 0
+    )
+    assert set(rows[0]["labels"]) <= set(CLASSES) and rows[0]["scores"] == sorted(
+        rows[0]["scores"], reverse=True
+    )
     picture, original = _pixels(drawn / "0000.png"), _pixels(image)
     assert picture.shape == original.shape
     x1, y1 = (round(v) for v in rows[0]["boxes"][0][:2])  # the best box's top-left corner, red
     assert picture[:, y1, x1].tolist() == [255, 0, 0]
-    assert main(["predict", str(run), str(image), "--format", "csv", "--score", "0.99", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                str(image),
+                "--format",
+                "csv",
+                "--score",
+                "0.99",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert out.read_text().splitlines()[0] == "path,label,score,x1,y1,x2,y2"
 
 
@@ -128,24 +178,39 @@ def test_mid_epoch_resume_is_exact(det_root, tmp_path):
     assert int(a["backbone.body.1.block.0.1.num_batches_tracked"]) == 3
     b = load_checkpoint(resumed.run_dir / "checkpoints" / "last.pt")["model"]
     assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][
+        :3
+    ]
     assert resumed.history[-1]["val_map"] == full.history[-1]["val_map"]
     assert math.isfinite(full.history[-1]["train_loss"])
 
 
-@pytest.mark.parametrize(("over", "match"), [
-    ({"loss": "cross_entropy"}, "detection models compute their own losses"),
-    ({"model": {"freeze": 2}}, "model.freeze for detection is null or 'backbone'; got 2"),
-    ({"model": {"name": "resnet18"}}, "model.name must be one of .*got 'resnet18'"),
-    ({"model": {"box_loss": "giou2"}}, "model.box_loss must be one of"),
-    ({"data": {"augment": "crop"}}, "data.augment for detection is one of none, flip, photometric, ssd; got 'crop'"),
-    ({"memory_format": "channels_last"}, "channels_last does not apply to detection"),
-    ({"gradual_unfreeze": {"head_epochs": 1}}, "gradual_unfreeze is not supported for detection"),
-    ({"task": "classification", "model": {"name": "resnet18", "box_loss": "giou"}},
-     "model.box_loss applies to task: detection only; got task: classification"),
-    ({"task": "classification", "loss": "cross_entropy", "data": {"augment": "ssd"}},
-     "data.augment 'ssd' is for task: detection"),
-])
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"loss": "cross_entropy"}, "detection models compute their own losses"),
+        ({"model": {"freeze": 2}}, "model.freeze for detection is null or 'backbone'; got 2"),
+        ({"model": {"name": "resnet18"}}, "model.name must be one of .*got 'resnet18'"),
+        ({"model": {"box_loss": "giou2"}}, "model.box_loss must be one of"),
+        (
+            {"data": {"augment": "crop"}},
+            "data.augment for detection is one of none, flip, photometric, ssd; got 'crop'",
+        ),
+        ({"memory_format": "channels_last"}, "channels_last does not apply to detection"),
+        (
+            {"gradual_unfreeze": {"head_epochs": 1}},
+            "gradual_unfreeze is not supported for detection",
+        ),
+        (
+            {"task": "classification", "model": {"name": "resnet18", "box_loss": "giou"}},
+            "model.box_loss applies to task: detection only; got task: classification",
+        ),
+        (
+            {"task": "classification", "loss": "cross_entropy", "data": {"augment": "ssd"}},
+            "data.augment 'ssd' is for task: detection",
+        ),
+    ],
+)
 def test_config_keys_are_checked(over, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         _config("x", tmp_path, **over)
@@ -154,15 +219,23 @@ def test_config_keys_are_checked(over, match, tmp_path):
 def test_defaults_and_monitor(det_root, tmp_path):
     c = config_from_dict({"task": "detection", "data": {"root": str(det_root)}})
     assert (c.model.name, c.loss, c.monitor_metric, c.monitor_direction) == (
-        "fasterrcnn_mobilenet_v3_large_320_fpn", "none", "val_map", "max")
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "none",
+        "val_map",
+        "max",
+    )
     assert config_from_dict(c.to_dict()) == c  # what checkpoints store reloads
     with pytest.raises(ValueError, match="monitor 'val_loss' is not a metric this run logs"):
         fit(_config(det_root, tmp_path / "m", monitor="val_loss"))
 
 
-@pytest.mark.parametrize(("name", "over", "size"), [
-    ("ssdlite320_mobilenet_v3_large", {}, 64), ("ssdlite320_mobilenet_v3_large", {"min_size": 96}, 96),
-])
+@pytest.mark.parametrize(
+    ("name", "over", "size"),
+    [
+        ("ssdlite320_mobilenet_v3_large", {}, 64),
+        ("ssdlite320_mobilenet_v3_large", {"min_size": 96}, 96),
+    ],
+)
 def test_ssd_runs_at_the_configured_size(name, over, size, det_root, tmp_path):
     """SSD's builders fix their input size (and refuse min_size / max_size): the config's size is
     set on the built transform, and a training step runs at that size."""
@@ -180,4 +253,7 @@ def test_ssd_runs_at_the_configured_size(name, over, size, det_root, tmp_path):
         # two images: at 64 px SSDLite's last extra layers are 1x1, BatchNorm needs > 1 value
         batch = task.to_device(([torch.rand(3, 64, 64)] * 2, [target] * 2), "cpu")
         loss, _ = task.forward_loss(model.train(), loss_fn, batch, 0.0)
-        assert math.isfinite(float(loss.detach())) and set(loss_fn.parts) == {"bbox_regression", "classification"}
+        assert math.isfinite(float(loss.detach())) and set(loss_fn.parts) == {
+            "bbox_regression",
+            "classification",
+        }

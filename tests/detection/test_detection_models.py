@@ -59,16 +59,23 @@ def _trainable(model):
 
 
 def _norm_types(model):
-    return {n: (type(m).__name__, m.eps) for n, m in model.named_modules()
-            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))}
+    return {
+        n: (type(m).__name__, m.eps)
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))
+    }
 
 
 # every builder at torchvision's default trainable_backbone_layers, and the values that exercise
 # each freezing rule's edges: mobilenet all/none, resnet's bn1 at 5, SSD300's VGG split, SSDLite's
 CASES = [(n, None) for n in DETECTORS] + [
-    ("fasterrcnn_mobilenet_v3_large_320_fpn", 0), ("fasterrcnn_mobilenet_v3_large_320_fpn", 6),
-    ("fasterrcnn_resnet50_fpn", 5), ("retinanet_resnet50_fpn_v2", 0), ("ssd300_vgg16", 0),
-    ("ssdlite320_mobilenet_v3_large", 0), ("ssdlite320_mobilenet_v3_large", 2),
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", 0),
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", 6),
+    ("fasterrcnn_resnet50_fpn", 5),
+    ("retinanet_resnet50_fpn_v2", 0),
+    ("ssd300_vgg16", 0),
+    ("ssdlite320_mobilenet_v3_large", 0),
+    ("ssdlite320_mobilenet_v3_large", 2),
 ]
 
 
@@ -80,15 +87,20 @@ def test_same_model_as_torchvision_from_the_hub_cache(name, trainable, fake_hub,
     extra = {} if trainable is None else {"trainable_backbone_layers": trainable}
     # torchvision loads the cached file itself: the reference
     reference = get_model_builder(name)(weights=weights, **extra, **_kwargs(name))
-    ours = build_detector(name, num_classes=91 - offset, weights="DEFAULT", **extra, **_kwargs(name))
+    ours = build_detector(
+        name, num_classes=91 - offset, weights="DEFAULT", **extra, **_kwargs(name)
+    )
     assert detector_info(ours).report.ok and detector_info(ours).report.loaded > 0
     assert _trainable(ours) == _trainable(reference)
     assert _norm_types(ours) == _norm_types(reference)
     theirs = reference.state_dict()
     assert ours.state_dict().keys() == theirs.keys()
     assert all(torch.equal(v, theirs[k]) for k, v in ours.state_dict().items())
-    if trainable is None and name in ("fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn",
-                                      "ssdlite320_mobilenet_v3_large"):
+    if trainable is None and name in (
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "retinanet_resnet50_fpn",
+        "ssdlite320_mobilenet_v3_large",
+    ):
         torch.manual_seed(0)
         images = [torch.rand(3, 64, 80)]
         ours.eval()
@@ -98,8 +110,15 @@ def test_same_model_as_torchvision_from_the_hub_cache(name, trainable, fake_hub,
         assert all(torch.equal(a[k], b[k]) for k in ("boxes", "scores", "labels"))
 
 
-@pytest.mark.parametrize("name", ["fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn",
-                                  "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "retinanet_resnet50_fpn",
+        "fcos_resnet50_fpn",
+        "ssdlite320_mobilenet_v3_large",
+    ],
+)
 def test_new_class_count_replaces_only_the_class_layers(name, fake_hub, monkeypatch):
     weights, state = fake_hub(name, monkeypatch)
     model = build_detector(name, num_classes=3, weights=weights, **_kwargs(name))
@@ -115,10 +134,16 @@ def test_new_class_count_replaces_only_the_class_layers(name, fake_hub, monkeypa
     assert all(torch.equal(own[k], state[k]) for k in kept)
     assert any("regression" in k or "bbox_pred" not in k for k in kept)
     outputs = own[sorted(reset)[0]].shape[0]
-    anchors = {"fasterrcnn_mobilenet_v3_large_320_fpn": 1, "retinanet_resnet50_fpn": 9, "fcos_resnet50_fpn": 1,
-               "ssdlite320_mobilenet_v3_large": 6}[name]
+    anchors = {
+        "fasterrcnn_mobilenet_v3_large_320_fpn": 1,
+        "retinanet_resnet50_fpn": 9,
+        "fcos_resnet50_fpn": 1,
+        "ssdlite320_mobilenet_v3_large": 6,
+    }[name]
     classes = 4 if info.label_offset else 3  # background counted for Faster R-CNN / SSD
-    assert outputs == anchors * classes or outputs == classes * 4  # cls_score rows or bbox_pred rows
+    assert (
+        outputs == anchors * classes or outputs == classes * 4
+    )  # cls_score rows or bbox_pred rows
 
 
 def test_backbone_from_a_classification_checkpoint(tmp_path):
@@ -132,14 +157,21 @@ def test_backbone_from_a_classification_checkpoint(tmp_path):
     model = build_detector("retinanet_resnet50_fpn", num_classes=2, weights=path, **SMALL)
     body = model.backbone.body
     assert torch.equal(body.layer3[0].conv1.weight, resnet.layer3[0].conv1.weight)
-    assert isinstance(body.bn1, FrozenBatchNorm2d) and torch.equal(body.bn1.running_var, resnet.bn1.running_var)
+    assert isinstance(body.bn1, FrozenBatchNorm2d) and torch.equal(
+        body.bn1.running_var, resnet.bn1.running_var
+    )
     report = detector_info(model).report
     assert report.ok and "classification backbone" in report.source
     # torchvision's default with pretrained weights: layer2..4 train, conv1/layer1 frozen
     assert not body.conv1.weight.requires_grad and not body.layer1[0].conv1.weight.requires_grad
-    assert body.layer2[0].conv1.weight.requires_grad and model.head.regression_head.bbox_reg.weight.requires_grad
+    assert (
+        body.layer2[0].conv1.weight.requires_grad
+        and model.head.regression_head.bbox_reg.weight.requires_grad
+    )
     ckpt = tmp_path / "ckpt.pt"
-    torch.save({"epoch": 3, "model": get_model_builder("resnet50")(num_classes=7).state_dict()}, ckpt)
+    torch.save(
+        {"epoch": 3, "model": get_model_builder("resnet50")(num_classes=7).state_dict()}, ckpt
+    )
     build_detector("fasterrcnn_resnet50_fpn", num_classes=2, weights=ckpt, **SMALL)
 
 
@@ -148,7 +180,9 @@ def test_full_detector_file_round_trip_and_other_architecture_refused(tmp_path):
     trained = build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, **SMALL)
     path = tmp_path / "det.pth"
     torch.save(trained.state_dict(), path)
-    again = build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, weights=path, **SMALL)
+    again = build_detector(
+        "fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, weights=path, **SMALL
+    )
     assert detector_info(again).report.head_reset == ()
     frozen_names = {n for n, m in again.named_modules() if isinstance(m, FrozenBatchNorm2d)}
     for k, v in again.state_dict().items():
@@ -156,29 +190,58 @@ def test_full_detector_file_round_trip_and_other_architecture_refused(tmp_path):
     assert frozen_names  # pretrained => FrozenBatchNorm2d, as torchvision
     other = tmp_path / "ssd.pth"
     torch.save(build_detector("ssdlite320_mobilenet_v3_large", num_classes=3).state_dict(), other)
-    with pytest.raises(ValueError, match=r"build_detector: '.*ssd.pth' (does not fit|shares no tensor)"):
-        build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, weights=other, **SMALL)
+    with pytest.raises(
+        ValueError, match=r"build_detector: '.*ssd.pth' (does not fit|shares no tensor)"
+    ):
+        build_detector(
+            "fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, weights=other, **SMALL
+        )
 
 
 def test_offline_hub_miss_names_the_cache_path(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
-    monkeypatch.setattr("torchvision.models._api.WeightsEnum.get_state_dict",
-                        lambda self, *a, **k: (_ for _ in ()).throw(OSError("no network")))
-    with pytest.raises(ValueError, match=r"are not in the hub cache \('.*empty/hub/checkpoints/.*'\).*no network.*Hint: on an offline machine"):
+    monkeypatch.setattr(
+        "torchvision.models._api.WeightsEnum.get_state_dict",
+        lambda self, *a, **k: (_ for _ in ()).throw(OSError("no network")),
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"are not in the hub cache \('.*empty/hub/checkpoints/.*'\).*no network.*Hint: on an offline machine",
+    ):
         build_detector("ssdlite320_mobilenet_v3_large", num_classes=3, weights="DEFAULT")
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"name": "yolo", "num_classes": 3}, r"build_detector: name must be one of .*'yolo'"),
-    ({"name": "fcos_resnet50_fpn", "num_classes": 0}, r"num_classes must be an int >= 1"),
-    ({"name": "fasterrcnn_mobilenet_v3_large_320_fpn", "num_classes": 3, "box_loss": "giou"},
-     r"box_loss='giou' is not available for fasterrcnn_mobilenet_v3_large_320_fpn; it supports smooth_l1"),
-    ({"name": "fcos_resnet50_fpn", "num_classes": 3, "box_loss": "l2"}, r"box_loss must be one of"),
-    ({"name": "fasterrcnn_mobilenet_v3_large_320_fpn", "num_classes": 3, "trainable_backbone_layers": 2},
-     r"trainable_backbone_layers \(or freeze\) needs pretrained weights"),
-    ({"name": "fasterrcnn_mobilenet_v3_large_320_fpn", "num_classes": 3, "weights": "IMAGENET"},
-     r"weights must be one of 'DEFAULT', 'COCO_V1'"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"name": "yolo", "num_classes": 3}, r"build_detector: name must be one of .*'yolo'"),
+        ({"name": "fcos_resnet50_fpn", "num_classes": 0}, r"num_classes must be an int >= 1"),
+        (
+            {"name": "fasterrcnn_mobilenet_v3_large_320_fpn", "num_classes": 3, "box_loss": "giou"},
+            r"box_loss='giou' is not available for fasterrcnn_mobilenet_v3_large_320_fpn; it supports smooth_l1",
+        ),
+        (
+            {"name": "fcos_resnet50_fpn", "num_classes": 3, "box_loss": "l2"},
+            r"box_loss must be one of",
+        ),
+        (
+            {
+                "name": "fasterrcnn_mobilenet_v3_large_320_fpn",
+                "num_classes": 3,
+                "trainable_backbone_layers": 2,
+            },
+            r"trainable_backbone_layers \(or freeze\) needs pretrained weights",
+        ),
+        (
+            {
+                "name": "fasterrcnn_mobilenet_v3_large_320_fpn",
+                "num_classes": 3,
+                "weights": "IMAGENET",
+            },
+            r"weights must be one of 'DEFAULT', 'COCO_V1'",
+        ),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     name = kwargs.pop("name")
     with pytest.raises(ValueError, match=match):
@@ -188,8 +251,13 @@ def test_bad_arguments(kwargs, match):
 def _retina_loss_inputs(model):
     torch.manual_seed(0)
     images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
-    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 20.0, 60.0, 50.0]]), "labels": torch.tensor([0, 1])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    targets = [
+        {
+            "boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 20.0, 60.0, 50.0]]),
+            "labels": torch.tensor([0, 1]),
+        },
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
     return images, targets
 
 
@@ -243,13 +311,19 @@ def test_param_groups_split_backbone_neck_head():
     assert sum(len(g["params"]) for g in groups) == len(ids)
     fpn = {id(p) for p in model.backbone.fpn.parameters()}
     assert fpn == {id(p) for g in by_name["neck"] for p in g["params"]}
-    bn = [g for g in groups if any(p is model.backbone.body["1"].block[0][1].weight for p in g["params"])]
+    bn = [
+        g
+        for g in groups
+        if any(p is model.backbone.body["1"].block[0][1].weight for p in g["params"])
+    ]
     assert bn and bn[0]["weight_decay"] == 0.0  # BatchNorm weights: no decay
 
 
 def test_min_nms_post_processing():
     torch.manual_seed(0)
-    model = build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, box_score_thresh=0.0, **SMALL).eval()
+    model = build_detector(
+        "fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, box_score_thresh=0.0, **SMALL
+    ).eval()
     images = [torch.rand(3, 64, 64)]
     with torch.no_grad():
         set_nms(model, 0.3, denominator="min")

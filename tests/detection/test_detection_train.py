@@ -27,12 +27,33 @@ def _pycocotools(preds, truths, num_classes):
     for i, (p, t) in enumerate(zip(preds, truths, strict=True)):
         images.append({"id": i, "height": 100, "width": 100})
         for b, c in zip(t["boxes"].tolist(), t["labels"].tolist(), strict=True):
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": c, "iscrowd": 0,
-                         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1])})
-        for b, s, c in zip(p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist(), strict=True):
-            dets.append({"image_id": i, "category_id": c, "score": s, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": c,
+                    "iscrowd": 0,
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "area": (b[2] - b[0]) * (b[3] - b[1]),
+                }
+            )
+        for b, s, c in zip(
+            p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist(), strict=True
+        ):
+            dets.append(
+                {
+                    "image_id": i,
+                    "category_id": c,
+                    "score": s,
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                }
+            )
     gt = COCO()
-    gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": k} for k in range(num_classes)]}
+    gt.dataset = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": k} for k in range(num_classes)],
+    }
     gt.createIndex()
     ev = COCOeval(gt, gt.loadRes(dets), "bbox")
     ev.evaluate()
@@ -50,24 +71,43 @@ def test_metrics_equal_pycocotools_on_a_fixed_case(capsys):
     model = build_detector("retinanet_resnet50_fpn", num_classes=3, min_size=64, max_size=64)
     task = DetectionTask(model, CLASSES)
     truths = [
-        {"boxes": torch.tensor([[10.0, 10, 50, 50], [60, 60, 90, 95]]), "labels": torch.tensor([0, 1])},
+        {
+            "boxes": torch.tensor([[10.0, 10, 50, 50], [60, 60, 90, 95]]),
+            "labels": torch.tensor([0, 1]),
+        },
         {"boxes": torch.tensor([[5.0, 5, 30, 40]]), "labels": torch.tensor([2])},
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},  # a negative
     ]
     preds = [
-        {"boxes": torch.tensor([[12.0, 8, 52, 49], [61, 58, 88, 96], [0, 0, 20, 20]]),
-         "scores": torch.tensor([0.9, 0.6, 0.7]), "labels": torch.tensor([0, 1, 1])},
-        {"boxes": torch.tensor([[4.0, 9, 33, 38], [5, 5, 30, 40]]), "scores": torch.tensor([0.8, 0.3]),
-         "labels": torch.tensor([2, 0])},
-        {"boxes": torch.tensor([[40.0, 40, 60, 60]]), "scores": torch.tensor([0.5]), "labels": torch.tensor([2])},
+        {
+            "boxes": torch.tensor([[12.0, 8, 52, 49], [61, 58, 88, 96], [0, 0, 20, 20]]),
+            "scores": torch.tensor([0.9, 0.6, 0.7]),
+            "labels": torch.tensor([0, 1, 1]),
+        },
+        {
+            "boxes": torch.tensor([[4.0, 9, 33, 38], [5, 5, 30, 40]]),
+            "scores": torch.tensor([0.8, 0.3]),
+            "labels": torch.tensor([2, 0]),
+        },
+        {
+            "boxes": torch.tensor([[40.0, 40, 60, 60]]),
+            "scores": torch.tensor([0.5]),
+            "labels": torch.tensor([2]),
+        },
     ]
     metric = task.metrics()
-    metric.update(preds, [dict(t, iscrowd=torch.zeros(len(t["labels"]), dtype=torch.int64)) for t in truths])
+    metric.update(
+        preds, [dict(t, iscrowd=torch.zeros(len(t["labels"]), dtype=torch.int64)) for t in truths]
+    )
     ours = task.compute(metric)
     stats, per_class = _pycocotools(preds, truths, 3)
     capsys.readouterr()  # pycocotools prints its table
-    assert ours["val_map"] == pytest.approx(stats[0]) and ours["val_map_50"] == pytest.approx(stats[1])
-    assert ours["val_map_75"] == pytest.approx(stats[2]) and ours["val_mar_100"] == pytest.approx(stats[8])
+    assert ours["val_map"] == pytest.approx(stats[0]) and ours["val_map_50"] == pytest.approx(
+        stats[1]
+    )
+    assert ours["val_map_75"] == pytest.approx(stats[2]) and ours["val_mar_100"] == pytest.approx(
+        stats[8]
+    )
     assert 0 < stats[0] < 1 and stats[1] > stats[0]
     for k, c in enumerate(CLASSES):
         assert ours[f"val_ap_{c}"] == pytest.approx(per_class[k])
@@ -75,12 +115,22 @@ def test_metrics_equal_pycocotools_on_a_fixed_case(capsys):
     assert set(ours) == set(task.metric_names)
 
 
-@pytest.mark.parametrize(("name", "offset"), [("fasterrcnn_mobilenet_v3_large_320_fpn", 1), ("fcos_resnet50_fpn", 0)])
+@pytest.mark.parametrize(
+    ("name", "offset"), [("fasterrcnn_mobilenet_v3_large_320_fpn", 1), ("fcos_resnet50_fpn", 0)]
+)
 def test_label_offset_round_trips(name, offset):
     model = build_detector(name, num_classes=3, min_size=64, max_size=64)
     task = DetectionTask(model, CLASSES)
-    batch = ([torch.rand(3, 64, 64)], [{"boxes": torch.tensor([[1.0, 2, 30, 40]]), "labels": torch.tensor([2]),
-                                         "iscrowd": torch.tensor([0])}])
+    batch = (
+        [torch.rand(3, 64, 64)],
+        [
+            {
+                "boxes": torch.tensor([[1.0, 2, 30, 40]]),
+                "labels": torch.tensor([2]),
+                "iscrowd": torch.tensor([0]),
+            }
+        ],
+    )
     images, targets = task.to_device(batch, "cpu")
     assert targets[0]["labels"].tolist() == [2 + offset]
     metric = task.metrics()
@@ -112,7 +162,11 @@ def test_ssdlite_learns_the_shapes(shapes):
     torch.manual_seed(0)
     model = build_detector("ssdlite320_mobilenet_v3_large", num_classes=3, score_thresh=0.0)
     # 64-pixel images stay 64 pixels (SSDLite's builder fixes 320; its anchors are relative)
-    model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (64,), 64, (64, 64)
+    model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (
+        (64,),
+        64,
+        (64, 64),
+    )
     task = DetectionTask(model, CLASSES)
     images, targets = task.to_device(batch, "cpu")
     with torch.no_grad():
@@ -131,21 +185,38 @@ def test_ssdlite_learns_the_shapes(shapes):
 def test_faster_rcnn_loss_falls_and_bf16_autocast_runs(shapes):
     batch, _ = shapes
     torch.manual_seed(0)
-    model = build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, min_size=64, max_size=64,
-                           rpn_batch_size_per_image=32, box_batch_size_per_image=32,
-                           rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=50)
+    model = build_detector(
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        num_classes=3,
+        min_size=64,
+        max_size=64,
+        rpn_batch_size_per_image=32,
+        box_batch_size_per_image=32,
+        rpn_pre_nms_top_n_train=200,
+        rpn_post_nms_top_n_train=50,
+    )
     task = DetectionTask(model, CLASSES)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     first = train_one_epoch(model, [batch], optimizer, task)
-    assert set(first) >= {"train_loss", "train_loss_classifier", "train_loss_box_reg", "train_loss_objectness",
-                          "train_loss_rpn_box_reg"}
-    assert first["train_loss"] == pytest.approx(sum(v for k, v in first.items() if k.startswith("train_loss_")))
+    assert set(first) >= {
+        "train_loss",
+        "train_loss_classifier",
+        "train_loss_box_reg",
+        "train_loss_objectness",
+        "train_loss_rpn_box_reg",
+    }
+    assert first["train_loss"] == pytest.approx(
+        sum(v for k, v in first.items() if k.startswith("train_loss_"))
+    )
     losses = [train_one_epoch(model, [batch], optimizer, task)["train_loss"] for _ in range(10)]
     assert np.mean(losses[-3:]) < 0.6 * first["train_loss"]
     bf16 = MixedPrecision(resolve("bf16", "cpu"))
     reference = copy.deepcopy(model)
     out = train_one_epoch(model, [batch], optimizer, task, amp=bf16, clip_grad_norm=1.0)
     assert math.isfinite(out["train_loss"])
-    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters(), strict=True))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(model.parameters(), reference.parameters(), strict=True)
+    )
     metrics = evaluate_detection(model, [batch], task, amp=bf16)
     assert 0 <= metrics["val_map"] <= 1

@@ -20,8 +20,10 @@ def _random(n: int, seed: int, ties: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize(("n", "thr"), [(0, 0.5), (1, 0.5), (7, 0.3), (300, 0.0), (300, 0.3), (300, 0.7),
-                                         (300, 1.0), (2500, 0.5)])  # 2500 spans three row blocks
+@pytest.mark.parametrize(
+    ("n", "thr"),
+    [(0, 0.5), (1, 0.5), (7, 0.3), (300, 0.0), (300, 0.3), (300, 0.7), (300, 1.0), (2500, 0.5)],
+)  # 2500 spans three row blocks
 def test_union_equals_torchvision_nms(n, thr, ties):
     boxes, scores = _random(n, seed=n + int(thr * 10), ties=ties)
     expected = torchvision.ops.nms(boxes, scores, thr)
@@ -33,11 +35,19 @@ def test_union_equals_torchvision_nms(n, thr, ties):
 def test_batched_union_and_min_follow_categories(ties):
     boxes, scores = _random(600, seed=3, ties=ties)
     idxs = torch.randint(0, 5, (600,), generator=torch.Generator().manual_seed(4))
-    assert torch.equal(batched_nms(boxes, scores, idxs, 0.5), torchvision.ops.batched_nms(boxes, scores, idxs, 0.5))
+    assert torch.equal(
+        batched_nms(boxes, scores, idxs, 0.5), torchvision.ops.batched_nms(boxes, scores, idxs, 0.5)
+    )
     # "min" per class = the union of per-class "min" NMS results, in decreasing score order
     kept = batched_nms(boxes, scores, idxs, 0.5, denominator="min")
-    per_class = torch.cat([torch.nonzero(idxs == c)[:, 0][nms(boxes[idxs == c], scores[idxs == c], 0.5, denominator="min")]
-                           for c in range(5)])
+    per_class = torch.cat(
+        [
+            torch.nonzero(idxs == c)[:, 0][
+                nms(boxes[idxs == c], scores[idxs == c], 0.5, denominator="min")
+            ]
+            for c in range(5)
+        ]
+    )
     assert sorted(kept.tolist()) == sorted(per_class.tolist())
     assert torch.all(scores[kept][:-1] >= scores[kept][1:])
 
@@ -72,12 +82,27 @@ def test_point_boxes_never_suppress():
     assert nms(boxes, torch.tensor([1.0, 0.5]), 0.5, denominator="min").tolist() == [0, 1]
 
 
-@pytest.mark.parametrize(("call", "match"), [
-    (lambda: nms(torch.zeros(3, 5), torch.zeros(3), 0.5), r"nms: boxes must have shape \(N, 4\)"),
-    (lambda: nms(torch.zeros(3, 4), torch.zeros(2), 0.5), r"nms: scores must have shape \(3,\)"),
-    (lambda: nms(torch.zeros(3, 4), torch.zeros(3), 0.5, denominator="max"), r"nms: denominator must be one of 'union', 'min'"),
-    (lambda: batched_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3), 0.5), r"batched_nms: idxs must be an integer"),
-])
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda: nms(torch.zeros(3, 5), torch.zeros(3), 0.5),
+            r"nms: boxes must have shape \(N, 4\)",
+        ),
+        (
+            lambda: nms(torch.zeros(3, 4), torch.zeros(2), 0.5),
+            r"nms: scores must have shape \(3,\)",
+        ),
+        (
+            lambda: nms(torch.zeros(3, 4), torch.zeros(3), 0.5, denominator="max"),
+            r"nms: denominator must be one of 'union', 'min'",
+        ),
+        (
+            lambda: batched_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3), 0.5),
+            r"batched_nms: idxs must be an integer",
+        ),
+    ],
+)
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()

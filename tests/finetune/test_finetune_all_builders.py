@@ -24,7 +24,9 @@ def test_every_builder_head_groups_and_freezing(name):
     model = build_architecture(name, num_classes=7, device="meta")
     spec = model_spec(model)
     layers = [model.get_submodule(p) for p in spec.output_layers]
-    assert layers and all(getattr(m, "out_features", getattr(m, "out_channels", None)) == 7 for m in layers)
+    assert layers and all(
+        getattr(m, "out_features", getattr(m, "out_channels", None)) == 7 for m in layers
+    )
     groups = layer_groups(model)
     ids = [id(p) for g in groups for _, p in g.params]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))  # a partition

@@ -53,7 +53,9 @@ def test_frozen_batchnorm_stays_in_eval_and_keeps_its_statistics():
     fresh.load_state_dict(model.state_dict())
     unfreeze(model, "all")
     model.train()
-    assert all(m.training for m in _bns(model)) and type(model.layer1[0].bn1) is torch.nn.BatchNorm2d
+    assert (
+        all(m.training for m in _bns(model)) and type(model.layer1[0].bn1) is torch.nn.BatchNorm2d
+    )
 
 
 def test_train_bn_keeps_batchnorm_learning():
@@ -68,7 +70,10 @@ def test_param_groups_learning_rates_and_weight_decay():
     by_name = {g["name"]: g for g in groups}
     assert by_name["head"]["lr"] == pytest.approx(1.0) and by_name["backbone"]["lr"] == 0.1
     assert by_name["head (no decay)"]["params"] == [model.fc.bias]
-    assert by_name["head (no decay)"]["weight_decay"] == 0.0 and by_name["head"]["weight_decay"] == 0.05
+    assert (
+        by_name["head (no decay)"]["weight_decay"] == 0.0
+        and by_name["head"]["weight_decay"] == 0.05
+    )
     assert all(p.ndim > 1 for p in by_name["backbone"]["params"])
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     # layer-wise decay: group i of S gets lr * d ** (S - i); resnet18 has S = 6 stages
@@ -136,11 +141,20 @@ def test_gradual_unfreezing_stage_by_stage_and_resume():
         plan.on_epoch_start(epoch, model, opt)
     # epochs 1, 2, 3 unfroze layer4, layer3, layer2 (top first)
     assert [g["name"] for g in opt.param_groups[2:]] == [
-        "unfreeze@1:layer4", "unfreeze@1:layer4 (no decay)", "unfreeze@2:layer3", "unfreeze@2:layer3 (no decay)",
-        "unfreeze@3:layer2", "unfreeze@3:layer2 (no decay)",
+        "unfreeze@1:layer4",
+        "unfreeze@1:layer4 (no decay)",
+        "unfreeze@2:layer3",
+        "unfreeze@2:layer3 (no decay)",
+        "unfreeze@3:layer2",
+        "unfreeze@3:layer2 (no decay)",
     ]
-    assert opt.param_groups[4]["lr"] == pytest.approx(1e-3 * 0.5)  # layer3 is one stage below the top
-    assert not model.layer1[0].conv1.weight.requires_grad and model.layer2[0].conv1.weight.requires_grad
+    assert opt.param_groups[4]["lr"] == pytest.approx(
+        1e-3 * 0.5
+    )  # layer3 is one stage below the top
+    assert (
+        not model.layer1[0].conv1.weight.requires_grad
+        and model.layer2[0].conv1.weight.requires_grad
+    )
     # resume at epoch 3: same group structure, so the saved optimizer state loads
     model2, opt2 = fresh()
     plan.on_epoch_start(3, model2, opt2)
@@ -166,16 +180,24 @@ def test_split_outputs_and_replace_head():
 
 
 def test_bad_input_errors():
-    with pytest.raises(ValueError, match=r"build_model: unknown model 'resnet19'; did you mean 'resnet18'"):
+    with pytest.raises(
+        ValueError, match=r"build_model: unknown model 'resnet19'; did you mean 'resnet18'"
+    ):
         build_model("resnet19", num_classes=3)
     with pytest.raises(ValueError, match="build_model: num_classes must be > 0; got 0"):
         build_model("resnet18", num_classes=0)
-    with pytest.raises(TypeError, match=r"build_model: num_classes must be an integer; got float 2\.5"):
+    with pytest.raises(
+        TypeError, match=r"build_model: num_classes must be an integer; got float 2\.5"
+    ):
         build_model("resnet18", num_classes=2.5)
     model = build_architecture("resnet18", num_classes=3, device="meta")
-    with pytest.raises(ValueError, match=r"freeze: what must be .*got 'layer9'; did you mean 'layer4'"):
+    with pytest.raises(
+        ValueError, match=r"freeze: what must be .*got 'layer9'; did you mean 'layer4'"
+    ):
         freeze(model, "layer9")
-    with pytest.raises(ValueError, match="freeze: what must be a number of stages between 0 and 6; got 7"):
+    with pytest.raises(
+        ValueError, match="freeze: what must be a number of stages between 0 and 6; got 7"
+    ):
         freeze(model, 7)
     with pytest.raises(TypeError, match=r"freeze: what must be 'backbone'.*got float"):
         freeze(model, 1.5)
@@ -188,7 +210,10 @@ def test_model_spec_by_name():
     assert model_spec("vgg16").head == "classifier.6"
     assert model_spec("efficientnet_b3").input_size == 300
     spec = model_spec("deeplabv3_resnet50")
-    assert spec.task == "segmentation" and spec.output_layers == ("classifier.4", "aux_classifier.4")
+    assert spec.task == "segmentation" and spec.output_layers == (
+        "classifier.4",
+        "aux_classifier.4",
+    )
 
 
 def test_a_built_model_remembers_its_architecture_name_without_an_attribute():
@@ -206,9 +231,25 @@ def test_a_built_model_remembers_its_architecture_name_without_an_attribute():
 def test_public_api_is_pinned():
     assert ft.__all__ == sorted(ft.__all__)
     assert ft.__all__ == [
-        "GradualUnfreezing", "LayerGroup", "LoadReport", "ModelSpec", "ModelSummary", "UnsafeWeightsError",
-        "available_models", "build_model", "freeze", "head_module", "is_backbone_frozen", "layer_groups",
-        "load_weights", "model_spec", "param_groups", "read_state_dict", "replace_head", "split_outputs",
-        "summarize", "unfreeze",
+        "GradualUnfreezing",
+        "LayerGroup",
+        "LoadReport",
+        "ModelSpec",
+        "ModelSummary",
+        "UnsafeWeightsError",
+        "available_models",
+        "build_model",
+        "freeze",
+        "head_module",
+        "is_backbone_frozen",
+        "layer_groups",
+        "load_weights",
+        "model_spec",
+        "param_groups",
+        "read_state_dict",
+        "replace_head",
+        "split_outputs",
+        "summarize",
+        "unfreeze",
     ]
     assert all(getattr(ft, name).__doc__ for name in ft.__all__)

@@ -38,7 +38,9 @@ def test_forward_with_new_head(tutorial_models, name):
     assert out.shape == (1, NUM_CLASSES)
     for path in OUTPUT_LAYERS[name]:
         layer = model.get_submodule(path)
-        assert (layer.out_features if hasattr(layer, "out_features") else layer.out_channels) == NUM_CLASSES
+        assert (
+            layer.out_features if hasattr(layer, "out_features") else layer.out_channels
+        ) == NUM_CLASSES
 
 
 @pytest.mark.parametrize("name", TUTORIAL)
@@ -61,8 +63,10 @@ def test_freeze_backbone_with_train_bn_keeps_batchnorm_trainable(name):
     heads = {id(p) for path in OUTPUT_LAYERS[name] for p in model.get_submodule(path).parameters()}
     bn = sum(
         p.numel()
-        for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-        for p in m.parameters() if id(p) not in heads
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        for p in m.parameters()
+        if id(p) not in heads
     )
     freeze(model, "backbone", train_bn=True)
     assert _trainable(model) == _numel(model, OUTPUT_LAYERS[name]) + bn
@@ -78,10 +82,31 @@ FREEZE_CASES = [
     ("vgg16", "features.28", ["features"]),
     ("alexnet", "classifier.4", ["features", "classifier.1", "classifier.4"]),
     ("squeezenet1_0", "features.12", ["features"]),
-    ("densenet161", "features.denseblock2", ["features.conv0", "features.norm0", "features.denseblock1",
-                                             "features.transition1", "features.denseblock2"]),
-    ("inception_v3", "Mixed_5d", ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1",
-                                  "Conv2d_4a_3x3", "Mixed_5b", "Mixed_5c", "Mixed_5d"]),
+    (
+        "densenet161",
+        "features.denseblock2",
+        [
+            "features.conv0",
+            "features.norm0",
+            "features.denseblock1",
+            "features.transition1",
+            "features.denseblock2",
+        ],
+    ),
+    (
+        "inception_v3",
+        "Mixed_5d",
+        [
+            "Conv2d_1a_3x3",
+            "Conv2d_2a_3x3",
+            "Conv2d_2b_3x3",
+            "Conv2d_3b_1x1",
+            "Conv2d_4a_3x3",
+            "Mixed_5b",
+            "Mixed_5c",
+            "Mixed_5d",
+        ],
+    ),
     ("googlenet", "inception3b", ["conv1", "conv2", "conv3", "inception3a", "inception3b"]),
     ("shufflenet_v2_x1_0", "stage3", ["conv1", "stage2", "stage3"]),
     ("mobilenet_v2", 18, [f"features.{i}" for i in range(18)]),
@@ -125,7 +150,9 @@ def test_aux_heads_in_training_and_disabled(tutorial_models, name):
         model.eval()
         unfreeze(model, "all")
     assert main.shape == (1, NUM_CLASSES)
-    assert len(aux) == len(OUTPUT_LAYERS[name]) - 1 and all(a.shape == (1, NUM_CLASSES) for a in aux)
+    assert len(aux) == len(OUTPUT_LAYERS[name]) - 1 and all(
+        a.shape == (1, NUM_CLASSES) for a in aux
+    )
     # without aux heads (shapes only: the meta device runs the forward without computing it)
     bare = build_architecture(name, num_classes=NUM_CLASSES, aux_logits=False, device="meta")
     assert model_spec(bare).aux_heads == ()
@@ -136,10 +163,15 @@ def test_aux_heads_in_training_and_disabled(tutorial_models, name):
 def test_head_module_is_the_output_layer(tutorial_models):
     assert head_module(tutorial_models["resnet18"]) is tutorial_models["resnet18"].fc
     assert head_module(tutorial_models["vgg16"]) is tutorial_models["vgg16"].classifier[6]
-    assert head_module(tutorial_models["squeezenet1_0"]) is tutorial_models["squeezenet1_0"].classifier[1]
+    assert (
+        head_module(tutorial_models["squeezenet1_0"])
+        is tutorial_models["squeezenet1_0"].classifier[1]
+    )
 
 
-@pytest.mark.parametrize(("name", "aux"), [("lraspp_mobilenet_v3_large", False), ("fcn_resnet50", True)])
+@pytest.mark.parametrize(
+    ("name", "aux"), [("lraspp_mobilenet_v3_large", False), ("fcn_resnet50", True)]
+)
 def test_segmentation_models_get_a_new_head(name, aux):
     model = build_model(name, num_classes=3).eval()
     spec = model_spec(model)

@@ -66,17 +66,23 @@ def test_weights_round_trip(tutorial_models, tmp_path, monkeypatch, name, fmt):
     model = build_model(name, num_classes=NUM_CLASSES, weights=weights)
     _assert_loaded(model, state, name)
     report = load_report_of(model)
-    assert report.ok and set(report.head_reset) == {f"{p}.{s}" for p in OUTPUT_LAYERS[name] for s in ("weight", "bias")}
+    assert report.ok and set(report.head_reset) == {
+        f"{p}.{s}" for p in OUTPUT_LAYERS[name] for s in ("weight", "bias")
+    }
     if name == "inception_v3":
         assert model.transform_input  # torchvision's setting for pretrained weights
 
 
-def test_keep_head_loads_a_same_class_count_head_and_checkpoint_dicts_are_unwrapped(tutorial_models, tmp_path):
+def test_keep_head_loads_a_same_class_count_head_and_checkpoint_dicts_are_unwrapped(
+    tutorial_models, tmp_path
+):
     source = tutorial_models["resnet18"]
     state = source.state_dict()
     path = tmp_path / "ckpt.pt"
     # a DDP checkpoint inside a training checkpoint dict
-    torch.save({"epoch": 3, "model": {f"module.{k}": v for k, v in state.items()}, "best": 0.5}, path)
+    torch.save(
+        {"epoch": 3, "model": {f"module.{k}": v for k, v in state.items()}, "best": 0.5}, path
+    )
     model = build_model("resnet18", num_classes=NUM_CLASSES, weights=path, keep_head=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     assert load_report_of(model).head_reset == ()
@@ -85,7 +91,9 @@ def test_keep_head_loads_a_same_class_count_head_and_checkpoint_dicts_are_unwrap
     )
 
 
-def test_fine_tuning_starts_from_a_new_head_even_with_the_same_class_count(tutorial_models, tmp_path):
+def test_fine_tuning_starts_from_a_new_head_even_with_the_same_class_count(
+    tutorial_models, tmp_path
+):
     # the trap: a 5-class source fine-tuned to a 5-class target silently kept the source's head
     state = {k: v.clone() for k, v in tutorial_models["resnet18"].state_dict().items()}
     state["fc.weight"].fill_(0.5)  # a source head no fresh initialisation can produce
@@ -132,8 +140,14 @@ def test_sha256_checked_before_loading(tutorial_models, tmp_path):
     for sha in (digest, digest[:10].upper()):  # a matching digest (or prefix) loads the weights
         model = build_model("resnet18", num_classes=NUM_CLASSES, weights=path, sha256=sha)
         # the backbone is the file's; the head is new (keep_head=False, the default)
-        assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items() if not k.startswith("fc."))
-    with pytest.raises(ValueError, match=r"load_weights: SHA-256 of '.*w\.pth' is [0-9a-f]{64}, expected 0{64}"):
+        assert all(
+            torch.equal(model.state_dict()[k], v)
+            for k, v in expected.items()
+            if not k.startswith("fc.")
+        )
+    with pytest.raises(
+        ValueError, match=r"load_weights: SHA-256 of '.*w\.pth' is [0-9a-f]{64}, expected 0{64}"
+    ):
         build_model("resnet18", num_classes=NUM_CLASSES, weights=path, sha256="0" * 64)
     with pytest.raises(ValueError, match="sha256 must be a hex digest"):
         build_model("resnet18", num_classes=NUM_CLASSES, weights=path, sha256="xyz")
@@ -144,13 +158,18 @@ def test_other_architecture_is_refused_and_nothing_is_loaded(tmp_path):
     torch.save(build_model("resnet34", num_classes=NUM_CLASSES).state_dict(), path)
     model = build_model("resnet18", num_classes=NUM_CLASSES)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"load_weights: .*resnet34\.pth' does not fit resnet18; nothing was loaded.*unexpected in source"):
+    with pytest.raises(
+        ValueError,
+        match=r"load_weights: .*resnet34\.pth' does not fit resnet18; nothing was loaded.*unexpected in source",
+    ):
         load_weights(model, path)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.warns(UserWarning, match="partial load.*unexpected in source"):
         report = load_weights(model, path, strict=False)
     assert not report.ok and report.unexpected and not report.missing
-    assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], torch.load(path)["layer1.0.conv1.weight"])
+    assert torch.equal(
+        model.state_dict()["layer1.0.conv1.weight"], torch.load(path)["layer1.0.conv1.weight"]
+    )
     other = tmp_path / "vgg.pth"
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, other)
     with pytest.raises(ValueError, match="shares no tensor with ResNet"):
@@ -161,7 +180,10 @@ def test_shape_mismatch_outside_the_head_is_reported(tmp_path):
     model = build_model("resnet18", num_classes=NUM_CLASSES)
     state = model.state_dict()
     state["conv1.weight"] = torch.zeros(64, 1, 7, 7)  # a grayscale stem
-    with pytest.raises(ValueError, match=r"shape mismatch \(1\): conv1\.weight model \(64, 3, 7, 7\) vs source \(64, 1, 7, 7\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"shape mismatch \(1\): conv1\.weight model \(64, 3, 7, 7\) vs source \(64, 1, 7, 7\)",
+    ):
         load_weights(model, state)
 
 
@@ -173,9 +195,15 @@ def test_corrupt_file_error_names_the_file(tmp_path, damage, suffix):
     torch.save(state, good) if suffix == ".pth" else save_file(state, good)
     data = good.read_bytes()
     bad = tmp_path / f"bad{suffix}"
-    bad.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"not a checkpoint" * 4}[damage])
+    bad.write_bytes(
+        {"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"not a checkpoint" * 4}[
+            damage
+        ]
+    )
     model = build_model("resnet18", num_classes=NUM_CLASSES)
-    with pytest.raises(ValueError, match=rf"cannot read '.*bad\{suffix}': the file is corrupt or truncated"):
+    with pytest.raises(
+        ValueError, match=rf"cannot read '.*bad\{suffix}': the file is corrupt or truncated"
+    ):
         load_weights(model, bad)
     with pytest.raises(FileNotFoundError, match=r"missing\.pth' does not exist"):
         load_weights(model, tmp_path / "missing.pth")
@@ -199,7 +227,9 @@ def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path, container):
     else:
         path.write_bytes(pickle.dumps(payload, protocol=4))
     model = build_model("resnet18", num_classes=NUM_CLASSES)
-    with pytest.raises(UnsafeWeightsError, match=r"refused to load '.*evil\.pth'.*trust_pickle=True \(unsafe"):
+    with pytest.raises(
+        UnsafeWeightsError, match=r"refused to load '.*evil\.pth'.*trust_pickle=True \(unsafe"
+    ):
         load_weights(model, path)
     with pytest.raises(UnsafeWeightsError):
         build_model("resnet18", num_classes=NUM_CLASSES, weights=path)
@@ -223,12 +253,18 @@ def test_uncached_hub_weights_fail_clearly_without_network(tmp_path, monkeypatch
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(ValueError, match=r"weights ResNet18_Weights\.IMAGENET1K_V1 are not in the hub cache .*resnet18-f37072fd\.pth.*copy the file"):
+    with pytest.raises(
+        ValueError,
+        match=r"weights ResNet18_Weights\.IMAGENET1K_V1 are not in the hub cache .*resnet18-f37072fd\.pth.*copy the file",
+    ):
         build_model("resnet18", num_classes=NUM_CLASSES, weights="IMAGENET1K_V1")
 
 
 def test_unknown_weights_name():
-    with pytest.raises(ValueError, match=r"build_model: weights 'IMAGENET1K_V3' is neither a file nor a weights name of resnet18; did you mean 'IMAGENET1K_V1'"):
+    with pytest.raises(
+        ValueError,
+        match=r"build_model: weights 'IMAGENET1K_V3' is neither a file nor a weights name of resnet18; did you mean 'IMAGENET1K_V1'",
+    ):
         build_model("resnet18", num_classes=NUM_CLASSES, weights="IMAGENET1K_V3")
 
 
@@ -236,4 +272,8 @@ def test_aux_weights_are_ignored_when_aux_heads_are_disabled(tutorial_models):
     state = _imagenet_state(tutorial_models["googlenet"], "googlenet")
     model = build_model("googlenet", num_classes=NUM_CLASSES, aux_logits=False)
     report = load_weights(model, state)
-    assert report.ok and report.ignored and all(k.startswith(("aux1.", "aux2.")) for k in report.ignored)
+    assert (
+        report.ok
+        and report.ignored
+        and all(k.startswith(("aux1.", "aux2.")) for k in report.ignored)
+    )

@@ -19,7 +19,11 @@ NUM_CLASSES = 3
 # smallest variant of each family: (name, output layers, forward image size)
 CASES = [
     ("densenet121", ("classifier",), 32),
-    ("inception_v3", ("fc", "AuxLogits.fc"), 80),  # eval forward: the aux head only runs in training
+    (
+        "inception_v3",
+        ("fc", "AuxLogits.fc"),
+        80,
+    ),  # eval forward: the aux head only runs in training
     ("googlenet", ("fc", "aux1.fc2", "aux2.fc2"), 32),
     ("squeezenet1_1", ("classifier.1",), 64),
     ("mobilenet_v2", ("classifier.1",), 32),
@@ -42,7 +46,9 @@ def _out(layer):
 
 
 def _reference(name):
-    kwargs = {"aux_logits": True, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    kwargs = (
+        {"aux_logits": True, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    )
     torch.manual_seed(0)
     return get_model(name, weights=None, **kwargs)  # torchvision's 1000-class model
 
@@ -90,7 +96,11 @@ def test_build_model_from_1000_class_weights_resets_the_head_and_runs(tmp_path):
     path = tmp_path / "googlenet.pth"
     torch.save(ref.state_dict(), path)
     model = build_model("googlenet", num_classes=NUM_CLASSES, weights=path)
-    assert set(load_report_of(model).head_reset) >= {"fc.weight", "aux1.fc2.weight", "aux2.fc2.weight"}
+    assert set(load_report_of(model).head_reset) >= {
+        "fc.weight",
+        "aux1.fc2.weight",
+        "aux2.fc2.weight",
+    }
     assert torch.equal(model.conv1.conv.weight, ref.conv1.conv.weight)
     assert model.fc.in_features == ref.fc.in_features and model.fc.out_features == NUM_CLASSES
     out = model.train()(torch.randn(2, 3, 32, 32))
@@ -109,5 +119,10 @@ def test_replace_head_keeps_bias_and_kernel_of_a_modified_head():
     squeeze.classifier[1] = nn.Conv2d(512, 1000, kernel_size=3, padding=1)
     replace_head(squeeze, NUM_CLASSES)
     conv = squeeze.classifier[1]
-    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding) == (512, NUM_CLASSES, (3, 3), (1, 1))
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding) == (
+        512,
+        NUM_CLASSES,
+        (3, 3),
+        (1, 1),
+    )
     assert squeeze.eval()(torch.randn(1, 3, 64, 64)).shape == (1, NUM_CLASSES)

@@ -27,7 +27,9 @@ def _grad(fn, x, *args):
 def _logits_and_soft_targets(dtype):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 2, 40, generator=g, dtype=dtype) * 4
-    x[0, 0, :6] = torch.tensor([1e4, -1e4, 30.0, -30.0, 0.0, 1e-3], dtype=dtype)  # saturated and flat
+    x[0, 0, :6] = torch.tensor(
+        [1e4, -1e4, 30.0, -30.0, 0.0, 1e-3], dtype=dtype
+    )  # saturated and flat
     t = torch.rand(3, 2, 40, generator=g, dtype=dtype)
     t[1] = (t[1] > 0.5).to(dtype)  # hard targets too
     t[0, 0, :6] = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 1.0], dtype=dtype)
@@ -45,8 +47,10 @@ def test_fused_binary_focal_equals_plain(alpha, gamma, dtype):
     torch.testing.assert_close(ours, ref, **tol)
     # the closed-form gradient from the forward, and through focal_loss's autograd.Function
     grad = _binary_focal_fused(x, t, alpha, gamma, with_grad=True)[1]
-    _, via_public = _grad(lambda a: L.focal_loss(a, t, mode="multilabel", alpha=alpha, gamma=gamma,
-                                                 reduction="none"), x)
+    _, via_public = _grad(
+        lambda a: L.focal_loss(a, t, mode="multilabel", alpha=alpha, gamma=gamma, reduction="none"),
+        x,
+    )
     # at x = 0 exactly autograd of relu(x) - log σ(|x|) takes the subgradient 0 of both kinks and
     # misses softplus'(0) = 1/2; the closed form is right there (checked by finite differences)
     smooth = x != 0
@@ -56,7 +60,9 @@ def test_fused_binary_focal_equals_plain(alpha, gamma, dtype):
         h = 1e-6
         at0 = torch.zeros_like(x, dtype=torch.bool)
         at0[0, 0, 4] = True
-        fd = (_binary_focal_plain(x + h * at0, t, alpha, gamma) - _binary_focal_plain(x - h * at0, t, alpha, gamma))
+        fd = _binary_focal_plain(x + h * at0, t, alpha, gamma) - _binary_focal_plain(
+            x - h * at0, t, alpha, gamma
+        )
         torch.testing.assert_close(grad[0, 0, 4], fd[0, 0, 4] / (2 * h), rtol=1e-6, atol=1e-8)
     assert torch.isfinite(grad).all()
     assert not torch.equal(grad, torch.zeros_like(grad))
@@ -68,7 +74,9 @@ def test_fused_focal_with_ignore_index_equals_plain(reduction):
     x[x == 0] = 0.3  # away from the kink the plain formula's autograd mishandles (see above)
     t = (t > 0.5).double()
     t[:, :, ::7] = 255
-    ours = _grad(lambda a: L.focal_loss(a, t, mode="multilabel", ignore_index=255, reduction=reduction), x)
+    ours = _grad(
+        lambda a: L.focal_loss(a, t, mode="multilabel", ignore_index=255, reduction=reduction), x
+    )
 
     def plain(a):
         keep = t != 255
@@ -139,7 +147,9 @@ def test_fused_box_loss_double_backward_and_target_grad():
     (ga,) = torch.autograd.grad(L.box_iou_loss(a, t, kind="giou"), a, create_graph=True)
     (gb,) = torch.autograd.grad(_box_loss_plain(b, t, "giou").mean(), b, create_graph=True)
     torch.testing.assert_close(ga, gb)
-    torch.testing.assert_close(torch.autograd.grad(ga.sum(), a)[0], torch.autograd.grad(gb.sum(), b)[0])
+    torch.testing.assert_close(
+        torch.autograd.grad(ga.sum(), a)[0], torch.autograd.grad(gb.sum(), b)[0]
+    )
     tt = t.clone().requires_grad_()
     L.box_iou_loss(p, tt, kind="diou").backward()
     assert tt.grad is not None and tt.grad.abs().sum() > 0
@@ -196,7 +206,8 @@ def test_fused_dice_double_backward_and_no_grad(mode):
 
     (gb,) = torch.autograd.grad(plain(b), b, create_graph=True)
     torch.testing.assert_close(ga, gb)
-    torch.testing.assert_close(torch.autograd.grad(ga.square().sum(), a)[0],
-                               torch.autograd.grad(gb.square().sum(), b)[0])
+    torch.testing.assert_close(
+        torch.autograd.grad(ga.square().sum(), a)[0], torch.autograd.grad(gb.square().sum(), b)[0]
+    )
     with torch.no_grad():
         torch.testing.assert_close(L.dice_loss(a, t, mode=mode, per_image=True), plain(b).detach())

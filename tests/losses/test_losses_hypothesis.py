@@ -23,8 +23,12 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 SEG_FNS = {
     "dice_loss": lambda x, t, m, ii: L.dice_loss(x, t, mode=m, ignore_index=ii),
-    "jaccard_loss": lambda x, t, m, ii: L.jaccard_loss(x, t, mode=m, ignore_index=ii, per_image=True),
-    "tversky_loss": lambda x, t, m, ii: L.tversky_loss(x, t, mode=m, ignore_index=ii, gamma=0.75, alpha=0.7),
+    "jaccard_loss": lambda x, t, m, ii: L.jaccard_loss(
+        x, t, mode=m, ignore_index=ii, per_image=True
+    ),
+    "tversky_loss": lambda x, t, m, ii: L.tversky_loss(
+        x, t, mode=m, ignore_index=ii, gamma=0.75, alpha=0.7
+    ),
     "dice_bce_loss": lambda x, t, m, ii: L.dice_bce_loss(x, t, mode=m, ignore_index=ii),
     "focal_loss": lambda x, t, m, ii: L.focal_loss(x, t, mode=m, ignore_index=ii, gamma=0.5),
     "lovasz_loss": lambda x, t, m, ii: L.lovasz_loss(x, t, mode=m, ignore_index=ii, per_image=True),
@@ -84,7 +88,8 @@ def test_segmentation_losses_never_crash_or_lie(name, case):
         # a case built to be valid must not be refused, except where the docs say so
         if wrong is None:
             allowed = ("C >= 2" in str(err) and mode == "multiclass") or (
-                "0/1" in str(err) and name == "lovasz_loss")
+                "0/1" in str(err) and name == "lovasz_loss"
+            )
             assert allowed, str(err)
         return
     assert wrong is None, f"accepted a bad target ({wrong})"
@@ -183,8 +188,12 @@ def test_mse_never_crashes(shape_a, shape_b, as_list, dtype):
 
 @SETTINGS
 @given(
-    n=st.integers(0, 3), c=st.integers(1, 4), special=st.sampled_from([None, "nan"]),
-    ignore=st.sampled_from([None, 255]), dtype=st.sampled_from(DTYPES), soft=st.booleans(),
+    n=st.integers(0, 3),
+    c=st.integers(1, 4),
+    special=st.sampled_from([None, "nan"]),
+    ignore=st.sampled_from([None, 255]),
+    dtype=st.sampled_from(DTYPES),
+    soft=st.booleans(),
 )
 def test_cross_entropy_and_bce_never_crash(n, c, special, ignore, dtype, soft):
     g = torch.Generator().manual_seed(n * 10 + c)
@@ -194,8 +203,13 @@ def test_cross_entropy_and_bce_never_crash(n, c, special, ignore, dtype, soft):
     y = torch.randint(0, c, (n, 3), generator=g)
     if ignore is not None and y.numel():
         y[0, 0] = ignore
-    for name, call in (("cross_entropy_loss", lambda: L.cross_entropy_loss(x, y, ignore_index=ignore)),
-                       ("bce_loss", lambda: L.bce_loss(x, torch.rand(n, c, 3, generator=g) if soft else (x > 0).float()))):
+    for name, call in (
+        ("cross_entropy_loss", lambda: L.cross_entropy_loss(x, y, ignore_index=ignore)),
+        (
+            "bce_loss",
+            lambda: L.bce_loss(x, torch.rand(n, c, 3, generator=g) if soft else (x > 0).float()),
+        ),
+    ):
         try:
             out = call()
         except (ValueError, TypeError) as err:

@@ -55,7 +55,9 @@ def test_dice_binary_equals_monai(empty, per_image):
 @pytest.mark.parametrize("empty", [False, True])
 def test_dice_multiclass_equals_monai(empty):
     x, y = _multiclass(empty)
-    ref = monai_losses.DiceLoss(softmax=True, to_onehot_y=True, smooth_nr=1.0, smooth_dr=1.0, batch=True)
+    ref = monai_losses.DiceLoss(
+        softmax=True, to_onehot_y=True, smooth_nr=1.0, smooth_dr=1.0, batch=True
+    )
     _same(lambda a, b: L.dice_loss(a, b, mode="multiclass"), lambda a, b: ref(a, b[:, None]), x, y)
 
 
@@ -88,14 +90,18 @@ def test_dice_differs_from_smp_only_on_classes_absent_from_target():
 @pytest.mark.parametrize("empty", [False, True])
 def test_jaccard_equals_monai(empty):
     x, t = _binary(empty)
-    ref = monai_losses.DiceLoss(sigmoid=True, jaccard=True, smooth_nr=2.0, smooth_dr=2.0, batch=True)
+    ref = monai_losses.DiceLoss(
+        sigmoid=True, jaccard=True, smooth_nr=2.0, smooth_dr=2.0, batch=True
+    )
     _same(L.jaccard_loss, ref, x, t)
 
 
 @pytest.mark.parametrize("mode", ["binary", "multiclass"])
 def test_jaccard_equals_smp(mode):
     x, t = _binary(False, 1) if mode == "binary" else _multiclass(False, 1)
-    _same(lambda a, b: L.jaccard_loss(a, b, mode=mode), smp_losses.JaccardLoss(mode, smooth=1.0), x, t)
+    _same(
+        lambda a, b: L.jaccard_loss(a, b, mode=mode), smp_losses.JaccardLoss(mode, smooth=1.0), x, t
+    )
 
 
 @pytest.mark.parametrize("empty", [False, True])
@@ -103,10 +109,22 @@ def test_jaccard_equals_smp(mode):
 def test_tversky_equals_monai(mode, empty):
     x, t = _binary(empty, 2) if mode == "binary" else _multiclass(empty, 2)
     onehot = mode == "multiclass"
-    ref = monai_losses.TverskyLoss(sigmoid=not onehot, softmax=onehot, to_onehot_y=onehot, alpha=0.3, beta=0.7,
-                                   smooth_nr=1.0, smooth_dr=1.0, batch=True)
-    _same(lambda a, b: L.tversky_loss(a, b, mode=mode, alpha=0.3, beta=0.7),
-          lambda a, b: ref(a, b[:, None] if onehot else b), x, t)
+    ref = monai_losses.TverskyLoss(
+        sigmoid=not onehot,
+        softmax=onehot,
+        to_onehot_y=onehot,
+        alpha=0.3,
+        beta=0.7,
+        smooth_nr=1.0,
+        smooth_dr=1.0,
+        batch=True,
+    )
+    _same(
+        lambda a, b: L.tversky_loss(a, b, mode=mode, alpha=0.3, beta=0.7),
+        lambda a, b: ref(a, b[:, None] if onehot else b),
+        x,
+        t,
+    )
 
 
 @pytest.mark.parametrize("gamma", [1.0, 0.75, 2.0])
@@ -120,9 +138,14 @@ def test_tversky_binary_equals_smp_including_focal(gamma):
 @pytest.mark.parametrize("gamma", [2.0, 0.0, 1.5])
 def test_focal_binary_equals_torchvision(alpha, gamma):
     x, t = _binary(False, 5)
-    _same(lambda a, b: L.focal_loss(a, b, alpha=alpha, gamma=gamma),
-          lambda a, b: tvo.sigmoid_focal_loss(a, b, alpha=-1 if alpha is None else alpha, gamma=gamma,
-                                              reduction="mean"), x, t)
+    _same(
+        lambda a, b: L.focal_loss(a, b, alpha=alpha, gamma=gamma),
+        lambda a, b: tvo.sigmoid_focal_loss(
+            a, b, alpha=-1 if alpha is None else alpha, gamma=gamma, reduction="mean"
+        ),
+        x,
+        t,
+    )
 
 
 def test_focal_binary_with_ignore_equals_smp():
@@ -136,33 +159,58 @@ def test_focal_multilabel_equals_monai():
     g = torch.Generator().manual_seed(7)
     x = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64)
     t = (torch.rand(2, 3, 6, 6, generator=g) > 0.5).double()
-    _same(lambda a, b: L.focal_loss(a, b, mode="multilabel", alpha=0.4, gamma=1.5),
-          monai_losses.FocalLoss(alpha=0.4, gamma=1.5), x, t, atol=1e-6)  # MONAI computes in float32
+    _same(
+        lambda a, b: L.focal_loss(a, b, mode="multilabel", alpha=0.4, gamma=1.5),
+        monai_losses.FocalLoss(alpha=0.4, gamma=1.5),
+        x,
+        t,
+        atol=1e-6,
+    )  # MONAI computes in float32
 
 
 @pytest.mark.parametrize("alpha", [0.25, None, (0.1, 0.2, 0.3, 0.4)])
 def test_focal_multiclass_equals_monai_softmax(alpha):
     x, y = _multiclass(False, 8)
-    ref = monai_losses.FocalLoss(use_softmax=True, to_onehot_y=True, alpha=alpha if not isinstance(alpha, tuple)
-                                 else torch.tensor(alpha, dtype=torch.float64), gamma=2.0, reduction="none")
-    _same(lambda a, b: L.focal_loss(a, b, mode="multiclass", alpha=alpha),
-          lambda a, b: ref(a, b[:, None]).sum(1).mean(), x, y, atol=1e-6)  # MONAI computes in float32
+    ref = monai_losses.FocalLoss(
+        use_softmax=True,
+        to_onehot_y=True,
+        alpha=alpha if not isinstance(alpha, tuple) else torch.tensor(alpha, dtype=torch.float64),
+        gamma=2.0,
+        reduction="none",
+    )
+    _same(
+        lambda a, b: L.focal_loss(a, b, mode="multiclass", alpha=alpha),
+        lambda a, b: ref(a, b[:, None]).sum(1).mean(),
+        x,
+        y,
+        atol=1e-6,
+    )  # MONAI computes in float32
 
 
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("empty", [False, True])
 def test_lovasz_binary_equals_smp(per_image, empty):
     x, t = _binary(empty, 9)  # smp's Lovász runs in float32 only; this also tests strop's fast path
-    _same(lambda a, b: L.lovasz_loss(a, b, per_image=per_image), smp_losses.LovaszLoss("binary", per_image=per_image),
-          x.float(), t.float(), atol=1e-6)
+    _same(
+        lambda a, b: L.lovasz_loss(a, b, per_image=per_image),
+        smp_losses.LovaszLoss("binary", per_image=per_image),
+        x.float(),
+        t.float(),
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("empty", [False, True])
 def test_lovasz_multiclass_equals_smp(per_image, empty):
     x, y = _multiclass(empty, 10)
-    _same(lambda a, b: L.lovasz_loss(a, b, mode="multiclass", per_image=per_image),
-          smp_losses.LovaszLoss("multiclass", per_image=per_image), x.float(), y, atol=1e-6)
+    _same(
+        lambda a, b: L.lovasz_loss(a, b, mode="multiclass", per_image=per_image),
+        smp_losses.LovaszLoss("multiclass", per_image=per_image),
+        x.float(),
+        y,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("mode", ["binary", "multiclass"])
@@ -170,8 +218,13 @@ def test_lovasz_ignore_index_equals_smp(mode):
     x, t = _binary(False, 11) if mode == "binary" else _multiclass(False, 11)
     t = t.clone()
     t[0, ..., :4] = 255
-    _same(lambda a, b: L.lovasz_loss(a, b, mode=mode, ignore_index=255),
-          smp_losses.LovaszLoss(mode, ignore_index=255), x.float(), t, atol=1e-6)
+    _same(
+        lambda a, b: L.lovasz_loss(a, b, mode=mode, ignore_index=255),
+        smp_losses.LovaszLoss(mode, ignore_index=255),
+        x.float(),
+        t,
+        atol=1e-6,
+    )
 
 
 def test_lovasz_float32_fast_path_equals_float64():
@@ -179,8 +232,12 @@ def test_lovasz_float32_fast_path_equals_float64():
     x = torch.randn(4, 1, 64, 64, dtype=torch.float64, generator=g)
     t = (torch.rand(4, 1, 64, 64, generator=g) > 0.5).double()
     for per_image in (False, True):
-        torch.testing.assert_close(L.lovasz_loss(x.float(), t.float(), per_image=per_image),
-                                   L.lovasz_loss(x, t, per_image=per_image).float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            L.lovasz_loss(x.float(), t.float(), per_image=per_image),
+            L.lovasz_loss(x, t, per_image=per_image).float(),
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 def _boxes(n: int, seed: int, dtype=torch.float64):
@@ -189,8 +246,14 @@ def _boxes(n: int, seed: int, dtype=torch.float64):
     return torch.cat([lo, lo + 0.1 + torch.rand(n, 2, generator=g, dtype=dtype) * 10], 1)
 
 
-@pytest.mark.parametrize(("kind", "ref"), [("giou", "generalized_box_iou_loss"), ("diou", "distance_box_iou_loss"),
-                                           ("ciou", "complete_box_iou_loss")])
+@pytest.mark.parametrize(
+    ("kind", "ref"),
+    [
+        ("giou", "generalized_box_iou_loss"),
+        ("diou", "distance_box_iou_loss"),
+        ("ciou", "complete_box_iou_loss"),
+    ],
+)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_box_losses_equal_torchvision(kind, ref, reduction):
     p, t = _boxes(50, 1), _boxes(50, 2)
@@ -208,27 +271,47 @@ def test_box_losses_equal_torchvision(kind, ref, reduction):
 def test_box_iou_equals_torchvision():
     b1, b2 = _boxes(30, 3), _boxes(20, 4)
     torch.testing.assert_close(L.box_iou(b1, b2), tvo.box_iou(b1, b2))
-    torch.testing.assert_close(L.box_iou(b1.float(), b2.float()), tvo.box_iou(b1.float(), b2.float()))
+    torch.testing.assert_close(
+        L.box_iou(b1.float(), b2.float()), tvo.box_iou(b1.float(), b2.float())
+    )
 
 
 def test_box_iou_loss_iou_is_one_minus_diagonal_of_box_iou():
     b1, b2 = _boxes(30, 5), _boxes(30, 6)
-    torch.testing.assert_close(L.box_iou_loss(b1, b2, reduction="none"), 1 - torch.diagonal(tvo.box_iou(b1, b2)))
+    torch.testing.assert_close(
+        L.box_iou_loss(b1, b2, reduction="none"), 1 - torch.diagonal(tvo.box_iou(b1, b2))
+    )
 
 
 def test_bce_and_cross_entropy_equal_torch():
     x, t = _binary(False, 13)
     _same(L.bce, torch.nn.functional.binary_cross_entropy_with_logits, x, t)
     pw = torch.tensor([2.0], dtype=torch.float64)
-    _same(lambda a, b: L.bce(a, b, pos_weight=pw),
-          lambda a, b: torch.nn.functional.binary_cross_entropy_with_logits(a, b, pos_weight=pw), x, t)
+    _same(
+        lambda a, b: L.bce(a, b, pos_weight=pw),
+        lambda a, b: torch.nn.functional.binary_cross_entropy_with_logits(a, b, pos_weight=pw),
+        x,
+        t,
+    )
     x, y = _multiclass(False, 14)
     y[0, 0] = 255
     w = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64)
-    for kwargs in ({}, {"weight": w}, {"label_smoothing": 0.1}, {"weight": w, "label_smoothing": 0.2}):
-        _same(lambda a, b, k=kwargs: L.cross_entropy(a, b, ignore_index=255, **k),
-              lambda a, b, k=kwargs: torch.nn.functional.cross_entropy(a, b, ignore_index=255, **k), x, y)
-    probs = torch.softmax(torch.randn(2, 4, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(12)), 1)
+    for kwargs in (
+        {},
+        {"weight": w},
+        {"label_smoothing": 0.1},
+        {"weight": w, "label_smoothing": 0.2},
+    ):
+        _same(
+            lambda a, b, k=kwargs: L.cross_entropy(a, b, ignore_index=255, **k),
+            lambda a, b, k=kwargs: torch.nn.functional.cross_entropy(a, b, ignore_index=255, **k),
+            x,
+            y,
+        )
+    probs = torch.softmax(
+        torch.randn(2, 4, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(12)),
+        1,
+    )
     _same(L.cross_entropy, torch.nn.functional.cross_entropy, x, probs)
 
 
@@ -237,5 +320,9 @@ def test_dice_bce_equals_monai_dicece():
     ref = monai_losses.DiceCELoss(sigmoid=True, smooth_nr=1.0, smooth_dr=1.0, batch=True)
     _same(L.dice_bce_loss, ref, x, t)
     x, y = _multiclass(True, 16)
-    ref = monai_losses.DiceCELoss(softmax=True, to_onehot_y=True, smooth_nr=1.0, smooth_dr=1.0, batch=True)
-    _same(lambda a, b: L.dice_bce_loss(a, b, mode="multiclass"), lambda a, b: ref(a, b[:, None]), x, y)
+    ref = monai_losses.DiceCELoss(
+        softmax=True, to_onehot_y=True, smooth_nr=1.0, smooth_dr=1.0, batch=True
+    )
+    _same(
+        lambda a, b: L.dice_bce_loss(a, b, mode="multiclass"), lambda a, b: ref(a, b[:, None]), x, y
+    )

@@ -18,51 +18,82 @@ def _probs(values):
 
 # --- value tables (from_logits=False so the numbers are readable) ---------------------------------
 
-@pytest.mark.parametrize(("fn", "p", "t", "smooth", "expected"), [
-    (L.dice_loss, [1, 1, 1, 1], [1, 1, 0, 0], 0.0, 1 - 4 / 6),
-    (L.dice_loss, [1, 1, 1, 1], [1, 1, 0, 0], 1.0, 1 - 5 / 7),
-    (L.dice_loss, [0.5, 0.5, 0, 0], [1, 1, 0, 0], 0.0, 1 - 2 / 3),
-    (L.dice_loss, [0, 0, 0, 0], [0, 0, 0, 0], 0.0, 0.0),    # empty target and prediction: perfect
-    (L.dice_loss, [0, 0, 0, 0], [0, 0, 0, 0], 1.0, 0.0),
-    (L.dice_loss, [1, 1, 0, 0], [0, 0, 0, 0], 1.0, 1 - 1 / 3),  # empty target, predicted: 1 - s/(Σp+s)
-    (L.dice_loss, [0, 0, 0, 0], [1, 1, 0, 0], 0.0, 1.0),    # nothing predicted
-    (L.jaccard_loss, [1, 1, 1, 1], [1, 1, 0, 0], 0.0, 1 - 2 / 4),
-    (L.jaccard_loss, [0.5, 0.5, 0, 0], [1, 1, 0, 0], 0.0, 1 - 1 / 2),
-    (L.jaccard_loss, [0, 0, 0, 0], [0, 0, 0, 0], 0.0, 0.0),
-    (L.jaccard_loss, [1, 1, 1, 0], [1, 1, 0, 0], 1.0, 1 - 3 / 4),
-])
+
+@pytest.mark.parametrize(
+    ("fn", "p", "t", "smooth", "expected"),
+    [
+        (L.dice_loss, [1, 1, 1, 1], [1, 1, 0, 0], 0.0, 1 - 4 / 6),
+        (L.dice_loss, [1, 1, 1, 1], [1, 1, 0, 0], 1.0, 1 - 5 / 7),
+        (L.dice_loss, [0.5, 0.5, 0, 0], [1, 1, 0, 0], 0.0, 1 - 2 / 3),
+        (L.dice_loss, [0, 0, 0, 0], [0, 0, 0, 0], 0.0, 0.0),  # empty target and prediction: perfect
+        (L.dice_loss, [0, 0, 0, 0], [0, 0, 0, 0], 1.0, 0.0),
+        (
+            L.dice_loss,
+            [1, 1, 0, 0],
+            [0, 0, 0, 0],
+            1.0,
+            1 - 1 / 3,
+        ),  # empty target, predicted: 1 - s/(Σp+s)
+        (L.dice_loss, [0, 0, 0, 0], [1, 1, 0, 0], 0.0, 1.0),  # nothing predicted
+        (L.jaccard_loss, [1, 1, 1, 1], [1, 1, 0, 0], 0.0, 1 - 2 / 4),
+        (L.jaccard_loss, [0.5, 0.5, 0, 0], [1, 1, 0, 0], 0.0, 1 - 1 / 2),
+        (L.jaccard_loss, [0, 0, 0, 0], [0, 0, 0, 0], 0.0, 0.0),
+        (L.jaccard_loss, [1, 1, 1, 0], [1, 1, 0, 0], 1.0, 1 - 3 / 4),
+    ],
+)
 def test_overlap_value_table(fn, p, t, smooth, expected):
     got = fn(_probs(p), _probs(t), from_logits=False, smooth=smooth)
     assert math.isclose(got.item(), expected, abs_tol=1e-12)
 
 
-@pytest.mark.parametrize(("alpha", "beta", "gamma", "expected"), [
-    (0.5, 0.5, 1.0, 1 - 2 / 3),            # TP=2, FP=2, FN=0 -> Dice
-    (1.0, 1.0, 1.0, 1 - 2 / 4),            # Jaccard
-    (0.3, 0.7, 1.0, 1 - 2 / (2 + 0.6)),
-    (0.7, 0.3, 1.0, 1 - 2 / (2 + 1.4)),
-    (0.7, 0.3, 2.0, (1 - 2 / (2 + 1.4)) ** 2),  # focal-Tversky
-])
+@pytest.mark.parametrize(
+    ("alpha", "beta", "gamma", "expected"),
+    [
+        (0.5, 0.5, 1.0, 1 - 2 / 3),  # TP=2, FP=2, FN=0 -> Dice
+        (1.0, 1.0, 1.0, 1 - 2 / 4),  # Jaccard
+        (0.3, 0.7, 1.0, 1 - 2 / (2 + 0.6)),
+        (0.7, 0.3, 1.0, 1 - 2 / (2 + 1.4)),
+        (0.7, 0.3, 2.0, (1 - 2 / (2 + 1.4)) ** 2),  # focal-Tversky
+    ],
+)
 def test_tversky_value_table(alpha, beta, gamma, expected):
-    got = L.tversky_loss(_probs([1, 1, 1, 1]), _probs([1, 1, 0, 0]), from_logits=False, smooth=0.0,
-                         alpha=alpha, beta=beta, gamma=gamma)
+    got = L.tversky_loss(
+        _probs([1, 1, 1, 1]),
+        _probs([1, 1, 0, 0]),
+        from_logits=False,
+        smooth=0.0,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+    )
     assert math.isclose(got.item(), expected, rel_tol=1e-12)
 
 
 def test_focal_value_table():
     # logit 0 -> p = 0.5; target 1: -log 0.5 * 0.5**2 * alpha
     x = torch.zeros(1, 1, dtype=torch.float64)
-    assert math.isclose(L.focal_loss(x, torch.ones(1, 1)).item(), 0.25 * 0.25 * math.log(2), rel_tol=1e-12)
-    assert math.isclose(L.focal_loss(x, torch.zeros(1, 1)).item(), 0.75 * 0.25 * math.log(2), rel_tol=1e-12)
+    assert math.isclose(
+        L.focal_loss(x, torch.ones(1, 1)).item(), 0.25 * 0.25 * math.log(2), rel_tol=1e-12
+    )
+    assert math.isclose(
+        L.focal_loss(x, torch.zeros(1, 1)).item(), 0.75 * 0.25 * math.log(2), rel_tol=1e-12
+    )
     # gamma=0, alpha=None is BCE with logits
     g = torch.Generator().manual_seed(0)
-    x, t = torch.randn(4, 7, generator=g, dtype=torch.float64), torch.rand(4, 7, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(L.focal_loss(x, t, gamma=0, alpha=None),
-                               torch.nn.functional.binary_cross_entropy_with_logits(x, t))
+    x, t = (
+        torch.randn(4, 7, generator=g, dtype=torch.float64),
+        torch.rand(4, 7, generator=g, dtype=torch.float64),
+    )
+    torch.testing.assert_close(
+        L.focal_loss(x, t, gamma=0, alpha=None),
+        torch.nn.functional.binary_cross_entropy_with_logits(x, t),
+    )
     # multiclass: two-class softmax focal on logits [0, x] equals binary focal on x
     xm = torch.stack([torch.zeros_like(x[:, 0]), x[:, 0]], 1)
     y = (t[:, 0] > 0.5).long()
-    torch.testing.assert_close(L.focal_loss(xm, y, mode="multiclass"), L.focal_loss(x[:, 0], y.double()))
+    torch.testing.assert_close(
+        L.focal_loss(xm, y, mode="multiclass"), L.focal_loss(x[:, 0], y.double())
+    )
 
 
 def test_lovasz_value_table():
@@ -111,8 +142,18 @@ def test_ignore_index_pixels_do_not_count():
         torch.testing.assert_close(ignored, full, msg=fn.__name__)
 
 
-@pytest.mark.parametrize("fn", [L.dice_loss, L.jaccard_loss, L.tversky_loss, L.focal_loss, L.bce,
-                                L.dice_bce_loss, L.lovasz_loss])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        L.dice_loss,
+        L.jaccard_loss,
+        L.tversky_loss,
+        L.focal_loss,
+        L.bce,
+        L.dice_bce_loss,
+        L.lovasz_loss,
+    ],
+)
 def test_empty_batch_gives_zero(fn):
     x = torch.zeros(0, 1, 4, 4, requires_grad=True)
     out = fn(x, torch.zeros(0, 1, 4, 4))
@@ -134,9 +175,12 @@ def test_empty_boxes_and_mse_give_zero():
 
 # --- gradcheck (float64) -------------------------------------------------------------------------
 
+
 def _seg(mode, g):
     if mode == "multiclass":
-        return torch.randn(2, 3, 4, 3, generator=g, dtype=torch.float64), torch.randint(0, 3, (2, 4, 3), generator=g)
+        return torch.randn(2, 3, 4, 3, generator=g, dtype=torch.float64), torch.randint(
+            0, 3, (2, 4, 3), generator=g
+        )
     c = 1 if mode == "binary" else 2
     x = torch.randn(2, c, 4, 3, generator=g, dtype=torch.float64)
     return x, (torch.rand(2, c, 4, 3, generator=g) > 0.5).double()
@@ -170,7 +214,9 @@ def test_gradcheck_other_losses():
     assert torch.autograd.gradcheck(lambda a: L.cross_entropy(a, y, label_smoothing=0.1), (x,))
     soft = torch.rand(3, 4, generator=g, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda a: L.bce(a, soft), (x,))
-    assert torch.autograd.gradcheck(lambda a: L.mse_loss(a, torch.zeros(3, 4, dtype=torch.float64)), (x,))
+    assert torch.autograd.gradcheck(
+        lambda a: L.mse_loss(a, torch.zeros(3, 4, dtype=torch.float64)), (x,)
+    )
     lo = torch.rand(6, 2, generator=g, dtype=torch.float64) * 5
     p = torch.cat([lo, lo + 1 + torch.rand(6, 2, generator=g, dtype=torch.float64)], 1)
     lo = torch.rand(6, 2, generator=g, dtype=torch.float64) * 5
@@ -178,11 +224,14 @@ def test_gradcheck_other_losses():
     # CIoU holds its α constant in the gradient by definition, so gradcheck cannot apply; its
     # gradient is compared with torchvision's in test_losses_reference.py
     for kind in ("iou", "giou", "diou"):
-        assert torch.autograd.gradcheck(lambda a, k=kind: L.box_iou_loss(a, t, kind=k), (p.requires_grad_(),))
+        assert torch.autograd.gradcheck(
+            lambda a, k=kind: L.box_iou_loss(a, t, kind=k), (p.requires_grad_(),)
+        )
     assert torch.autograd.gradcheck(lambda a: L.box_iou(a, t), (p,))
 
 
 # --- numerical stability -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", ["binary", "multiclass", "multilabel"])
 @pytest.mark.parametrize(("name", "fn"), SEG, ids=[s[0] for s in SEG])

@@ -14,8 +14,9 @@ import torch
 
 from strop.losses import dice_loss, jaccard_loss, tversky_loss
 
-PROBS = torch.tensor([[[[0.8, 0.4]], [[0.2, 0.6]]],
-                      [[[0.5, 1.0]], [[0.5, 0.0]]]], dtype=torch.float64)  # (N=2, C=2, 1, 2)
+PROBS = torch.tensor(
+    [[[[0.8, 0.4]], [[0.2, 0.6]]], [[[0.5, 1.0]], [[0.5, 0.0]]]], dtype=torch.float64
+)  # (N=2, C=2, 1, 2)
 TARGET = torch.tensor([[[0, 1]], [[1, 0]]])  # (2, 1, 2)
 
 # per-class losses over the batch, smooth = 0
@@ -27,12 +28,18 @@ DICE_PER_IMAGE = [[1 - 1.6 / 2.2, 1 - 1.2 / 1.8], [1 - 2.0 / 2.5, 1 - 1.0 / 1.5]
 
 
 def _call(fn, reduction, **kw):
-    return fn(PROBS, TARGET, mode="multiclass", from_logits=False, smooth=0.0, reduction=reduction, **kw)
+    return fn(
+        PROBS, TARGET, mode="multiclass", from_logits=False, smooth=0.0, reduction=reduction, **kw
+    )
 
 
 @pytest.mark.parametrize(
     ("fn", "kw", "per_class"),
-    [(dice_loss, {}, DICE), (jaccard_loss, {}, JACCARD), (tversky_loss, {"alpha": 0.3, "beta": 0.7}, TVERSKY_37)],
+    [
+        (dice_loss, {}, DICE),
+        (jaccard_loss, {}, JACCARD),
+        (tversky_loss, {"alpha": 0.3, "beta": 0.7}, TVERSKY_37),
+    ],
     ids=["dice", "jaccard", "tversky"],
 )
 def test_none_sum_mean_per_class(fn, kw, per_class):
@@ -48,24 +55,44 @@ def test_per_image_none_and_sum():
     none = _call(dice_loss, "none", per_image=True)
     assert none.shape == (2, 2)
     torch.testing.assert_close(none, torch.tensor(DICE_PER_IMAGE, dtype=torch.float64))
-    assert _call(dice_loss, "sum", per_image=True).item() == pytest.approx(sum(map(sum, DICE_PER_IMAGE)))
+    assert _call(dice_loss, "sum", per_image=True).item() == pytest.approx(
+        sum(map(sum, DICE_PER_IMAGE))
+    )
 
 
 def test_smooth_enters_numerator_and_denominator():
-    got = dice_loss(PROBS, TARGET, mode="multiclass", from_logits=False, smooth=1.0, reduction="none")
-    torch.testing.assert_close(got, torch.tensor([1 - 4.6 / 5.7, 1 - 3.2 / 4.3], dtype=torch.float64))
+    got = dice_loss(
+        PROBS, TARGET, mode="multiclass", from_logits=False, smooth=1.0, reduction="none"
+    )
+    torch.testing.assert_close(
+        got, torch.tensor([1 - 4.6 / 5.7, 1 - 3.2 / 4.3], dtype=torch.float64)
+    )
 
 
 def test_ignored_pixels_leave_none_and_sum():
     # ignore image 2's first pixel: class 0 TP 1.8, Σp 2.2, Σt 2; class 1 TP 0.6, Σp 0.8, Σt 1
     target = TARGET.clone()
     target[1, 0, 0] = 255
-    got = dice_loss(PROBS, target, mode="multiclass", from_logits=False, smooth=0.0, reduction="none",
-                    ignore_index=255)
+    got = dice_loss(
+        PROBS,
+        target,
+        mode="multiclass",
+        from_logits=False,
+        smooth=0.0,
+        reduction="none",
+        ignore_index=255,
+    )
     expected = torch.tensor([1 - 3.6 / 4.2, 1 - 1.2 / 1.8], dtype=torch.float64)
     torch.testing.assert_close(got, expected)
-    summed = dice_loss(PROBS, target, mode="multiclass", from_logits=False, smooth=0.0, reduction="sum",
-                       ignore_index=255)
+    summed = dice_loss(
+        PROBS,
+        target,
+        mode="multiclass",
+        from_logits=False,
+        smooth=0.0,
+        reduction="sum",
+        ignore_index=255,
+    )
     assert summed.item() == pytest.approx(float(expected.sum()))
 
 
@@ -87,12 +114,16 @@ def test_elementwise_losses_with_none_are_zero_where_ignored():
     t[0, 0, 0, :2] = 255
     got = focal_loss(x, t, ignore_index=255, reduction="none")
     keep = t != 255
-    ref = torchvision.ops.sigmoid_focal_loss(x, t.masked_fill(~keep, 0), alpha=0.25, gamma=2.0, reduction="none")
+    ref = torchvision.ops.sigmoid_focal_loss(
+        x, t.masked_fill(~keep, 0), alpha=0.25, gamma=2.0, reduction="none"
+    )
     torch.testing.assert_close(got, ref * keep)
     assert (got[~keep] == 0).all() and (got[keep] > 0).all()
 
     logits = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (2, 4, 4), generator=g)
     y[1, :2] = 255
-    torch.testing.assert_close(cross_entropy(logits, y, ignore_index=255, reduction="none"),
-                               F.cross_entropy(logits, y, ignore_index=255, reduction="none"))
+    torch.testing.assert_close(
+        cross_entropy(logits, y, ignore_index=255, reduction="none"),
+        F.cross_entropy(logits, y, ignore_index=255, reduction="none"),
+    )

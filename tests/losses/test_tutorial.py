@@ -85,7 +85,9 @@ def test_iou_example_with_and_without_is_min():
     iou = L.box_iou(a[None], bs)
     assert iou.shape == (1, 2)
     torch.testing.assert_close(iou, torch.tensor([[81 / 100, 0.0]]))  # no smooth=1 added
-    torch.testing.assert_close(L.box_iou(a[None], bs, denominator="min"), torch.tensor([[1.0, 0.0]]))
+    torch.testing.assert_close(
+        L.box_iou(a[None], bs, denominator="min"), torch.tensor([[1.0, 0.0]])
+    )
     # the tutorial's "loss" returned the IoU; strop's loss is 1 - IoU, element-wise
     loss = L.BoxIoULoss(reduction="none")(a[None].expand(2, 4), bs)
     torch.testing.assert_close(loss, torch.tensor([1 - 0.81, 1.0]))

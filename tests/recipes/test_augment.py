@@ -39,15 +39,32 @@ def test_presets_build_the_named_ops(preset, expected):
 
 
 def test_every_preset_is_listed():
-    assert set(AUGMENTATIONS) == {"none", "flip", "standard", "crop", "trivialaugment",
-                                  "randaugment", "autoaugment", "augmix"}
+    assert set(AUGMENTATIONS) == {
+        "none",
+        "flip",
+        "standard",
+        "crop",
+        "trivialaugment",
+        "randaugment",
+        "autoaugment",
+        "augmix",
+    }
 
 
 def test_options_add_jitter_and_erasing_last_and_hflip_false_drops_the_flip():
-    t = augmentation("f", "trivialaugment", SIZE, hflip=False, color_jitter=0.4, random_erasing=0.25)
-    assert _ops(t) == [v2.RandomResizedCrop, v2.TrivialAugmentWide, v2.ColorJitter, v2.RandomErasing]
+    t = augmentation(
+        "f", "trivialaugment", SIZE, hflip=False, color_jitter=0.4, random_erasing=0.25
+    )
+    assert _ops(t) == [
+        v2.RandomResizedCrop,
+        v2.TrivialAugmentWide,
+        v2.ColorJitter,
+        v2.RandomErasing,
+    ]
     jitter, erasing = t.transforms[2], t.transforms[3]
-    assert jitter.brightness == (0.6, 1.4) and jitter.saturation == (0.6, 1.4) and jitter.hue is None
+    assert (
+        jitter.brightness == (0.6, 1.4) and jitter.saturation == (0.6, 1.4) and jitter.hue is None
+    )
     assert erasing.p == 0.25
     assert _ops(augmentation("f", "none", SIZE, random_erasing=0.5)) == [v2.RandomErasing]
 
@@ -57,13 +74,17 @@ def test_flip_preset_flips_or_keeps_exactly():
     t = augmentation("f", "flip", (4, 5))
     outs = [t(img) for _ in range(20)]
     assert all(torch.equal(o, img) or torch.equal(o, img.flip(-1)) for o in outs)
-    assert any(torch.equal(o, img.flip(-1)) for o in outs) and any(torch.equal(o, img) for o in outs)
+    assert any(torch.equal(o, img.flip(-1)) for o in outs) and any(
+        torch.equal(o, img) for o in outs
+    )
 
 
 @pytest.mark.parametrize("preset", [p for p in AUGMENTATIONS if p != "none"])
 def test_same_seed_same_output_other_seed_differs(preset):
     t = augmentation("f", preset, SIZE, color_jitter=0.3, random_erasing=0.5)
-    img = torch.randint(0, 256, (3, *SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    img = torch.randint(
+        0, 256, (3, *SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
 
     def run(seed):
         torch.manual_seed(seed)
@@ -116,10 +137,26 @@ def test_segmentation_refuses_policies_that_cannot_move_masks():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({"augment": "trivial"}, ValueError, r"augment must be one of .*did you mean 'trivialaugment'"),
-        ({"augment": "none", "random_erasing": 1.5}, ValueError, r"random_erasing must be a probability"),
-        ({"augment": "none", "color_jitter": "strong"}, TypeError, r"color_jitter must be a number"),
-        ({"augment": "none", "color_jitter": -0.1}, ValueError, r"color_jitter values must be >= 0"),
+        (
+            {"augment": "trivial"},
+            ValueError,
+            r"augment must be one of .*did you mean 'trivialaugment'",
+        ),
+        (
+            {"augment": "none", "random_erasing": 1.5},
+            ValueError,
+            r"random_erasing must be a probability",
+        ),
+        (
+            {"augment": "none", "color_jitter": "strong"},
+            TypeError,
+            r"color_jitter must be a number",
+        ),
+        (
+            {"augment": "none", "color_jitter": -0.1},
+            ValueError,
+            r"color_jitter values must be >= 0",
+        ),
         ({"augment": "flip", "hflip": 1}, TypeError, r"hflip must be a bool"),
         ({"augment": "flip", "task": "detection"}, ValueError, r"task must be one of"),
     ],

@@ -57,7 +57,9 @@ def test_cross_entropy_takes_soft_targets_as_the_formula_says():
 def test_refused_losses_really_cannot_take_soft_targets_in_multiclass_mode(name):
     with pytest.raises(ValueError, match=f"{name}_loss: target must have shape"):
         losses.build(name, mode="multiclass")(X, SOFT)
-    with pytest.raises(ValueError, match=rf"config: mixup produces soft targets .* loss '{name}' cannot take"):
+    with pytest.raises(
+        ValueError, match=rf"config: mixup produces soft targets .* loss '{name}' cannot take"
+    ):
         check_soft_target_loss(name)
 
 
@@ -66,7 +68,10 @@ def test_every_registered_loss_is_either_accepted_or_has_a_reason():
 
 
 def test_mixup_with_focal_is_refused_at_config_time():
-    with pytest.raises(ValidationError, match=r"mixup produces soft targets.*'focal'.*Hint: use loss: cross_entropy"):
+    with pytest.raises(
+        ValidationError,
+        match=r"mixup produces soft targets.*'focal'.*Hint: use loss: cross_entropy",
+    ):
         _Config(loss="focal", mixup={"mixup_alpha": 0.8})
     assert _Config(mixup={"cutmix_alpha": 1.0, "mixup_alpha": 0}).mixup.cutmix_alpha == 1.0
     with pytest.raises(ValidationError, match="both 0"):
@@ -80,7 +85,9 @@ def test_label_smoothing_maps_to_cross_entropys_option():
     torch.testing.assert_close(losses.build(spec)(X, y), F.cross_entropy(X, y, label_smoothing=0.1))
     # with soft targets: smoothing mixes the target with the uniform distribution
     smoothed = 0.9 * SOFT + 0.1 / 4
-    torch.testing.assert_close(losses.build(spec)(X, SOFT), -(smoothed * X.log_softmax(1)).sum(1).mean())
+    torch.testing.assert_close(
+        losses.build(spec)(X, SOFT), -(smoothed * X.log_softmax(1)).sum(1).mean()
+    )
     assert apply_label_smoothing("cross_entropy", 0.0) == "cross_entropy"
 
 
@@ -90,14 +97,23 @@ def test_label_smoothing_in_a_weighted_mix_goes_to_the_cross_entropy_part():
     y = torch.tensor([0, 1, 2, 3, 0, 1])
     loss = losses.build(spec)
     loss(X, F.one_hot(y, 4).float())
-    torch.testing.assert_close(loss.parts["cross_entropy"], F.cross_entropy(X, F.one_hot(y, 4).float(), label_smoothing=0.2))
+    torch.testing.assert_close(
+        loss.parts["cross_entropy"],
+        F.cross_entropy(X, F.one_hot(y, 4).float(), label_smoothing=0.2),
+    )
 
 
-@pytest.mark.parametrize(("loss", "match"), [
-    ("focal", r"label_smoothing=0.1 needs a cross_entropy loss; got loss 'focal'"),
-    ({"name": "cross_entropy", "label_smoothing": 0.3}, r"sets label_smoothing=0.1 but the loss already sets label_smoothing=0.3"),
-    ({"dice": 1.0, "bce": 1.0}, r"needs a cross_entropy loss; got losses \['dice', 'bce'\]"),
-])
+@pytest.mark.parametrize(
+    ("loss", "match"),
+    [
+        ("focal", r"label_smoothing=0.1 needs a cross_entropy loss; got loss 'focal'"),
+        (
+            {"name": "cross_entropy", "label_smoothing": 0.3},
+            r"sets label_smoothing=0.1 but the loss already sets label_smoothing=0.3",
+        ),
+        ({"dice": 1.0, "bce": 1.0}, r"needs a cross_entropy loss; got losses \['dice', 'bce'\]"),
+    ],
+)
 def test_label_smoothing_refusals(loss, match):
     with pytest.raises(ValidationError, match=match):
         _Config(loss=loss, label_smoothing=0.1)
@@ -118,7 +134,9 @@ def test_optimizer_section_takes_each_optimizers_own_options():
     assert c.options() == {"alpha": 0.9, "centered": True}
     assert OptimizerConfig(name="adamw", betas=[0.9, 0.95]).options() == {"betas": (0.9, 0.95)}
     assert OptimizerConfig(name="adamw").model_dump()["implementation"] == "auto"
-    with pytest.raises(ValidationError, match=r"unknown key 'optimizer.momentun'; did you mean 'momentum'"):
+    with pytest.raises(
+        ValidationError, match=r"unknown key 'optimizer.momentun'; did you mean 'momentum'"
+    ):
         OptimizerConfig(name="sgd", momentun=0.9)
     with pytest.raises(ValidationError, match=r"unknown key 'optimizer.alpha'.*options of 'adam'"):
         OptimizerConfig(name="adam", alpha=0.9)
@@ -132,12 +150,19 @@ def test_optimizer_section_takes_each_optimizers_own_options():
 def test_cross_section_checks():
     with pytest.raises(ValidationError, match=r"swa.start_epoch=10 must be < epochs=10"):
         _Config(swa={"start_epoch": 10, "lr": 0.01})
-    with pytest.raises(ValidationError, match=r"data.sampler: balanced .* for classification; got task='segmentation'"):
+    with pytest.raises(
+        ValidationError,
+        match=r"data.sampler: balanced .* for classification; got task='segmentation'",
+    ):
         _Config(task="segmentation", loss="dice", data={"sampler": "balanced"})
     with pytest.raises(ValidationError, match=r"mixup is for classification"):
         _Config(task="segmentation", mixup={})
-    ok = _Config(data={"augment": "trivialaugment", "random_erasing": 0.25, "color_jitter": 0.4},
-                 ema={"decay": 0.99}, swa={"start_epoch": 5, "lr": 0.01}, label_smoothing=0.1)
+    ok = _Config(
+        data={"augment": "trivialaugment", "random_erasing": 0.25, "color_jitter": 0.4},
+        ema={"decay": 0.99},
+        swa={"start_epoch": 5, "lr": 0.01},
+        label_smoothing=0.1,
+    )
     assert ok.ema.warmup and ok.data.hflip
 
 
@@ -146,5 +171,3 @@ def test_data_fields_validate():
         _Data(augment="trivial")
     with pytest.raises(ValidationError):
         _Data(random_erasing=1.5)
-
-

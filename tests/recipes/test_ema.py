@@ -15,8 +15,9 @@ from strop.train.ema import ModelEMA, ema_decay
 
 def _model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 6 * 6, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    )
 
 
 def _train_steps(model, n, hook):
@@ -31,8 +32,9 @@ def _train_steps(model, n, hook):
         hook(model)
 
 
-@pytest.mark.parametrize(("k", "expected"), [(1, 0.0), (2, 1 - 2 ** (-2 / 3)), (10, 1 - 10 ** (-2 / 3)),
-                                             (10**6, 0.999)])
+@pytest.mark.parametrize(
+    ("k", "expected"), [(1, 0.0), (2, 1 - 2 ** (-2 / 3)), (10, 1 - 10 ** (-2 / 3)), (10**6, 0.999)]
+)
 def test_decay_table(k, expected):
     assert ema_decay(k, 0.999) == pytest.approx(expected)
     assert ema_decay(k, 0.9, warmup=False) == (0.0 if k == 1 else 0.9)
@@ -107,9 +109,14 @@ def test_the_average_does_not_train():
     assert not any(p.requires_grad for p in ema.module.parameters())
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"decay": 1.0}, r"decay must be in \[0, 1\)"),
-                                               ({"decay": -0.1}, "decay must be >= 0"),
-                                               ({"warmup_power": 0}, "warmup_power must be > 0")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"decay": 1.0}, r"decay must be in \[0, 1\)"),
+        ({"decay": -0.1}, "decay must be >= 0"),
+        ({"warmup_power": 0}, "warmup_power must be > 0"),
+    ],
+)
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match="ModelEMA: " + match):
         ModelEMA(_model(), **kwargs)

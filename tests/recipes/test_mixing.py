@@ -102,7 +102,12 @@ def test_soft_target_accuracy_uses_the_argmax_of_the_soft_target():
         ({"prob": 1.5}, None, ValueError, "prob must be a probability"),
         ({"mixup_alpha": -1.0}, None, ValueError, "mixup_alpha must be >= 0"),
         ({}, (torch.rand(4, 3, 8, 8), torch.rand(4)), TypeError, r"y must be an integer tensor"),
-        ({}, (torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 7])), ValueError, r"y must hold class ids in \[0, 5\)"),
+        (
+            {},
+            (torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 7])),
+            ValueError,
+            r"y must hold class ids in \[0, 5\)",
+        ),
         ({}, (torch.rand(3, 8, 8), torch.tensor([0])), TypeError, r"x must be a float tensor"),
     ],
 )

@@ -18,7 +18,9 @@ from strop.optim import OPTIMIZERS, build_optimizer
 def _model():
     torch.manual_seed(0)
     # no conv bias before BatchNorm: its gradient is rounding noise that Adam would amplify
-    return nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)
+    )
 
 
 def _step(opt, model, seed=0):
@@ -30,17 +32,30 @@ def _step(opt, model, seed=0):
 
 
 CLASSES = {
-    "sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-    "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam, "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad, "adamax": torch.optim.Adamax, "adadelta": torch.optim.Adadelta,
-    "asgd": torch.optim.ASGD, "adafactor": torch.optim.Adafactor, "rprop": torch.optim.Rprop,
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "nadam": torch.optim.NAdam,
+    "radam": torch.optim.RAdam,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+    "adamax": torch.optim.Adamax,
+    "adadelta": torch.optim.Adadelta,
+    "asgd": torch.optim.ASGD,
+    "adafactor": torch.optim.Adafactor,
+    "rprop": torch.optim.Rprop,
 }
 
 
 def test_the_table_is_every_usable_torch_optimizer():
     assert set(OPTIMIZERS) == set(CLASSES)
-    in_torch = {n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
-                and issubclass(getattr(torch.optim, n), torch.optim.Optimizer) and n != "Optimizer"}
+    in_torch = {
+        n
+        for n in dir(torch.optim)
+        if isinstance(getattr(torch.optim, n), type)
+        and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+        and n != "Optimizer"
+    }
     covered = {c.__name__ for c in CLASSES.values()} | {"LBFGS", "SparseAdam", "Muon"}
     assert in_torch <= covered, f"new torch optimizers to add or refuse: {in_torch - covered}"
 
@@ -52,8 +67,7 @@ def test_each_name_steps_like_the_torch_class_built_directly(name):
     opt = build_optimizer(name, model.parameters(), lr=0.01, implementation="for_loop")
     assert type(opt) is CLASSES[name]
     extra = {"momentum": 0.9} if name == "sgd" else {}
-    foreach = {"foreach": False} if "foreach" in inspect.signature(
-        CLASSES[name]).parameters else {}
+    foreach = {"foreach": False} if "foreach" in inspect.signature(CLASSES[name]).parameters else {}
     wd = {"weight_decay": 0.0} if name != "rprop" else {}
     ref = CLASSES[name](ref_model.parameters(), lr=0.01, **extra, **wd, **foreach)
     for seed in range(3):
@@ -63,23 +77,33 @@ def test_each_name_steps_like_the_torch_class_built_directly(name):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize(("name", "options", "key", "value"), [
-    ("rmsprop", {"alpha": 0.9, "centered": True}, "centered", True),
-    ("sgd", {"nesterov": True}, "nesterov", True),
-    ("sgd", {}, "momentum", 0.9),  # strop's default
-    ("adamw", {"betas": (0.9, 0.95)}, "betas", (0.9, 0.95)),
-    ("nadam", {"momentum_decay": 0.002}, "momentum_decay", 0.002),
-    ("adafactor", {"beta2_decay": -0.7}, "beta2_decay", -0.7),
-])
+@pytest.mark.parametrize(
+    ("name", "options", "key", "value"),
+    [
+        ("rmsprop", {"alpha": 0.9, "centered": True}, "centered", True),
+        ("sgd", {"nesterov": True}, "nesterov", True),
+        ("sgd", {}, "momentum", 0.9),  # strop's default
+        ("adamw", {"betas": (0.9, 0.95)}, "betas", (0.9, 0.95)),
+        ("nadam", {"momentum_decay": 0.002}, "momentum_decay", 0.002),
+        ("adafactor", {"beta2_decay": -0.7}, "beta2_decay", -0.7),
+    ],
+)
 def test_own_options_reach_the_optimizer(name, options, key, value):
     opt = build_optimizer(name, _model().parameters(), lr=0.1, **options)
     assert opt.param_groups[0][key] == value
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("adamw", {"fused": True}), ("adam", {"fused": True}), ("sgd", {"fused": True}),
-    ("adagrad", {"fused": True}), ("nadam", {"foreach": True}), ("adafactor", {"foreach": True}),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("adamw", {"fused": True}),
+        ("adam", {"fused": True}),
+        ("sgd", {"fused": True}),
+        ("adagrad", {"fused": True}),
+        ("nadam", {"foreach": True}),
+        ("adafactor", {"foreach": True}),
+    ],
+)
 def test_auto_picks_fused_where_torch_has_it_on_the_device(name, expected):
     opt = build_optimizer(name, _model().parameters(), lr=0.1)
     for key, value in expected.items():
@@ -89,8 +113,10 @@ def test_auto_picks_fused_where_torch_has_it_on_the_device(name, expected):
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 def test_fused_and_foreach_steps_match_the_for_loop(name):
     models = [_model() for _ in range(3)]
-    opts = [build_optimizer(name, m.parameters(), lr=0.01, weight_decay=0.01, implementation=i)
-            for m, i in zip(models, ["for_loop", "foreach", "fused"], strict=True)]
+    opts = [
+        build_optimizer(name, m.parameters(), lr=0.01, weight_decay=0.01, implementation=i)
+        for m, i in zip(models, ["for_loop", "foreach", "fused"], strict=True)
+    ]
     for seed in range(3):
         for o, m in zip(opts, models, strict=True):
             _step(o, m, seed)
@@ -116,25 +142,39 @@ def test_weight_decay_stays_off_biases_and_norms():
     assert 0 < len(exempt) < len(before)
 
 
-@pytest.mark.parametrize(("name", "match"), [
-    ("lbfgs", r"optimizer 'lbfgs' is not supported: LBFGS.step needs a closure"),
-    ("SparseAdam", r"optimizer 'SparseAdam' is not supported: SparseAdam only takes sparse"),
-    ("muon", r"optimizer 'muon' is not supported: Muon only takes 2-D"),
-    ("adamm", r"unknown optimizer 'adamm'; did you mean 'adam'\?"),
-])
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("lbfgs", r"optimizer 'lbfgs' is not supported: LBFGS.step needs a closure"),
+        ("SparseAdam", r"optimizer 'SparseAdam' is not supported: SparseAdam only takes sparse"),
+        ("muon", r"optimizer 'muon' is not supported: Muon only takes 2-D"),
+        ("adamm", r"unknown optimizer 'adamm'; did you mean 'adam'\?"),
+    ],
+)
 def test_refused_and_unknown_names(name, match):
     with pytest.raises(ValueError, match="build_optimizer: " + match):
         build_optimizer(name, _model().parameters(), lr=0.1)
 
 
-@pytest.mark.parametrize(("name", "kwargs", "match"), [
-    ("sgd", {"momentun": 0.9}, r"unknown option 'momentun' for optimizer 'sgd'; did you mean 'momentum'"),
-    ("adam", {"foreach": True}, r"option 'foreach' is chosen by implementation"),
-    ("rprop", {"weight_decay": 0.1}, r"optimizer 'rprop' has no weight decay"),
-    ("nadam", {"implementation": "fused"}, r"implementation='fused' is not available for NAdam"),
-    ("adam", {"implementation": "fast"}, r"implementation must be one of"),
-    ("adam", {"betas": (0.9, 2.0)}, r"torch.optim.Adam refused the options"),
-])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "match"),
+    [
+        (
+            "sgd",
+            {"momentun": 0.9},
+            r"unknown option 'momentun' for optimizer 'sgd'; did you mean 'momentum'",
+        ),
+        ("adam", {"foreach": True}, r"option 'foreach' is chosen by implementation"),
+        ("rprop", {"weight_decay": 0.1}, r"optimizer 'rprop' has no weight decay"),
+        (
+            "nadam",
+            {"implementation": "fused"},
+            r"implementation='fused' is not available for NAdam",
+        ),
+        ("adam", {"implementation": "fast"}, r"implementation must be one of"),
+        ("adam", {"betas": (0.9, 2.0)}, r"torch.optim.Adam refused the options"),
+    ],
+)
 def test_bad_options(name, kwargs, match):
     with pytest.raises(ValueError, match="build_optimizer: " + match):
         build_optimizer(name, _model().parameters(), lr=0.1, **kwargs)

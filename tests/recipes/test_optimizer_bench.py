@@ -17,6 +17,7 @@ def test_step_time_runs_every_implementation():
     spec.loader.exec_module(bench)
     params = [torch.randn(8, 8, requires_grad=True), torch.randn(8, requires_grad=True)]
     for impl in ({"foreach": False}, {"foreach": True}, {"fused": True}):
-        t = bench.step_time(lambda ps, impl=impl: torch.optim.AdamW(ps, lr=1e-3, **impl),
-                            params, steps=2, repeats=1)
+        t = bench.step_time(
+            lambda ps, impl=impl: torch.optim.AdamW(ps, lr=1e-3, **impl), params, steps=2, repeats=1
+        )
         assert math.isfinite(t) and t > 0

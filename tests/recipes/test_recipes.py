@@ -27,22 +27,31 @@ def test_the_preset_fills_every_unset_key():
 
 
 def test_user_keys_win_recursively():
-    out = apply_recipe({"recipe": "fine_tune", "optimizer": {"lr": 0.05},
-                        "gradual_unfreeze": {"head_epochs": 2}, "label_smoothing": 0.0})
+    out = apply_recipe(
+        {
+            "recipe": "fine_tune",
+            "optimizer": {"lr": 0.05},
+            "gradual_unfreeze": {"head_epochs": 2},
+            "label_smoothing": 0.0,
+        }
+    )
     assert out["optimizer"] == {**FINE_TUNE["optimizer"], "lr": 0.05}
     assert out["gradual_unfreeze"] == {**FINE_TUNE["gradual_unfreeze"], "head_epochs": 2}
     assert out["label_smoothing"] == 0.0
 
 
 def test_a_different_name_or_a_shorthand_replaces_the_section():
-    out = apply_recipe({"recipe": "fine_tune", "optimizer": {"name": "sgd", "lr": 0.1},
-                        "schedule": "cosine"})
+    out = apply_recipe(
+        {"recipe": "fine_tune", "optimizer": {"name": "sgd", "lr": 0.1}, "schedule": "cosine"}
+    )
     assert out["optimizer"] == {"name": "sgd", "lr": 0.1}  # no AdamW betas leak into SGD
     assert out["schedule"] == "cosine"
 
 
 def test_user_null_wins_over_the_preset():
-    assert apply_recipe({"recipe": "fine_tune", "gradual_unfreeze": None})["gradual_unfreeze"] is None
+    assert (
+        apply_recipe({"recipe": "fine_tune", "gradual_unfreeze": None})["gradual_unfreeze"] is None
+    )
 
 
 def test_segmentation_does_not_get_classification_keys():
@@ -63,5 +72,8 @@ def test_the_preset_is_not_mutated_by_a_merge():
 
 
 def test_unknown_recipe():
-    with pytest.raises(ValueError, match=r"apply_recipe: recipe must be one of 'fine_tune'; got 'finetune'; did you mean 'fine_tune'"):
+    with pytest.raises(
+        ValueError,
+        match=r"apply_recipe: recipe must be one of 'fine_tune'; got 'finetune'; did you mean 'fine_tune'",
+    ):
         apply_recipe({"recipe": "finetune"})

@@ -18,16 +18,25 @@ from strop.train.ema import ModelEMA
 from strop.train.swa import SWA
 
 LABELS = torch.tensor([0] * 12 + [1] * 3 + [2] * 3)
-IMAGES = torch.randint(0, 256, (18, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+IMAGES = torch.randint(
+    0, 256, (18, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+)
 
 
 def _parts():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
     opt = build_optimizer("adamw", model.parameters(), lr=0.01, weight_decay=0.01)
     return {
-        "model": model, "optimizer": opt,
+        "model": model,
+        "optimizer": opt,
         "sampler": BalancedSampler(LABELS, seed=1),
         "mix": BatchMix(3, mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.8, seed=2),
         "ema": ModelEMA(model, decay=0.9),

@@ -45,7 +45,9 @@ def test_order_is_a_function_of_seed_and_epoch():
 
 
 def test_ranks_split_one_global_draw_like_distributed_sampler():
-    ranks = [BalancedSampler(LABELS, num_samples=101, seed=1, num_replicas=4, rank=r) for r in range(4)]
+    ranks = [
+        BalancedSampler(LABELS, num_samples=101, seed=1, num_replicas=4, rank=r) for r in range(4)
+    ]
     for s in ranks:
         s.set_epoch(5)
     assert [len(s) for s in ranks] == [26] * 4  # 101 rounded up to 104
@@ -65,7 +67,9 @@ def test_state_dict_round_trip():
 def test_class_weights_match_scikit_learn_balanced():
     y = torch.tensor(LABELS)
     expected = compute_class_weight("balanced", classes=np.array([0, 1, 2]), y=y.numpy())
-    torch.testing.assert_close(class_weights(class_counts(y)), torch.tensor(expected, dtype=torch.float32))
+    torch.testing.assert_close(
+        class_weights(class_counts(y)), torch.tensor(expected, dtype=torch.float32)
+    )
     # the mean weight over samples is 1
     assert class_weights(class_counts(y))[y].mean().item() == pytest.approx(1.0)
     assert torch.equal(class_weights([5, 5, 5]), torch.ones(3))
@@ -78,14 +82,37 @@ def test_pixel_counts_leave_out_ignore_index():
     torch.testing.assert_close(w, torch.tensor([7 / 6, 7 / 9, 7 / 6]))
 
 
-@pytest.mark.parametrize(("call", "exc", "match"), [
-    (lambda: class_weights([3, 0, 2]), ValueError, r"class_weights: class\(es\) \[1\] have no samples"),
-    (lambda: class_counts([0.5, 1.0]), TypeError, "class_counts: labels must be a 1-D sequence of integer"),
-    (lambda: class_counts([0, 3], num_classes=3), ValueError, "class_counts: labels must be < num_classes=3"),
-    (lambda: pixel_counts([torch.tensor([4])], 3), ValueError, r"pixel_counts: mask values must be in \[0, 3\)"),
-    (lambda: BalancedSampler(LABELS, num_replicas=2, rank=2), ValueError, r"rank must be in \[0, num_replicas=2\)"),
-    (lambda: BalancedSampler([]), ValueError, "BalancedSampler: labels is empty"),
-])
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (
+            lambda: class_weights([3, 0, 2]),
+            ValueError,
+            r"class_weights: class\(es\) \[1\] have no samples",
+        ),
+        (
+            lambda: class_counts([0.5, 1.0]),
+            TypeError,
+            "class_counts: labels must be a 1-D sequence of integer",
+        ),
+        (
+            lambda: class_counts([0, 3], num_classes=3),
+            ValueError,
+            "class_counts: labels must be < num_classes=3",
+        ),
+        (
+            lambda: pixel_counts([torch.tensor([4])], 3),
+            ValueError,
+            r"pixel_counts: mask values must be in \[0, 3\)",
+        ),
+        (
+            lambda: BalancedSampler(LABELS, num_replicas=2, rank=2),
+            ValueError,
+            r"rank must be in \[0, num_replicas=2\)",
+        ),
+        (lambda: BalancedSampler([]), ValueError, "BalancedSampler: labels is empty"),
+    ],
+)
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()

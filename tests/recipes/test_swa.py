@@ -19,7 +19,9 @@ def _model():
 
 def _data():
     g = torch.Generator().manual_seed(0)
-    return [(torch.randn(16, 4, generator=g), torch.randint(0, 2, (16,), generator=g)) for _ in range(3)]
+    return [
+        (torch.randn(16, 4, generator=g), torch.randint(0, 2, (16,), generator=g)) for _ in range(3)
+    ]
 
 
 def _run(model, opt, swa, epochs, start=0, snapshots=None, lrs=None):
@@ -72,7 +74,9 @@ def test_state_dict_resume_is_exact():
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     swa = SWA(model, opt, start_epoch=1, lr=0.05, anneal_epochs=2)
     _run(model, opt, swa, 2)
-    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "swa": swa.state_dict()})
+    saved = copy.deepcopy(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "swa": swa.state_dict()}
+    )
     _run(model, opt, swa, 4, start=2)
 
     model2 = _model()
@@ -83,7 +87,9 @@ def test_state_dict_resume_is_exact():
     swa2.load_state_dict(saved["swa"])
     _run(model2, opt2, swa2, 4, start=2)
     assert swa2.n_averaged == swa.n_averaged == 3
-    for a, b in zip(swa.module.state_dict().values(), swa2.module.state_dict().values(), strict=True):
+    for a, b in zip(
+        swa.module.state_dict().values(), swa2.module.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b)
 
 
@@ -94,12 +100,18 @@ def test_finalize_without_any_average_says_why():
         swa.finalize(_data())
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"start_epoch": -1, "lr": 0.1}, "start_epoch must be >= 0"),
-    ({"start_epoch": 0, "lr": 0.0}, "lr must be > 0"),
-    ({"start_epoch": 0, "lr": [0.1, 0.2]}, "lr must be one number or one per param group"),
-    ({"start_epoch": 0, "lr": 0.1, "anneal_strategy": "step"}, "anneal_strategy must be one of"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"start_epoch": -1, "lr": 0.1}, "start_epoch must be >= 0"),
+        ({"start_epoch": 0, "lr": 0.0}, "lr must be > 0"),
+        ({"start_epoch": 0, "lr": [0.1, 0.2]}, "lr must be one number or one per param group"),
+        (
+            {"start_epoch": 0, "lr": 0.1, "anneal_strategy": "step"},
+            "anneal_strategy must be one of",
+        ),
+    ],
+)
 def test_bad_options(kwargs, match):
     model = _model()
     with pytest.raises(ValueError, match="SWA: " + match):

@@ -40,8 +40,9 @@ def test_classification_flip_tta_is_the_mean_of_both_softmaxes():
 def test_two_flips_and_sigmoid():
     m = _classifier()
     expected = (m(X).sigmoid() + m(X.flip(-1)).sigmoid() + m(X.flip(-2)).sigmoid()) / 3
-    torch.testing.assert_close(tta_predict(m, X, flips=("horizontal", "vertical"), activation="sigmoid"),
-                               expected)
+    torch.testing.assert_close(
+        tta_predict(m, X, flips=("horizontal", "vertical"), activation="sigmoid"), expected
+    )
 
 
 def test_segmentation_predictions_are_flipped_back_before_averaging():
@@ -57,7 +58,11 @@ def test_multi_scale_resizes_back():
     with torch.no_grad():
         views = []
         for s in (1.0, 1.5):
-            xs = X if s == 1 else F.interpolate(X, scale_factor=s, mode="bilinear", align_corners=False)
+            xs = (
+                X
+                if s == 1
+                else F.interpolate(X, scale_factor=s, mode="bilinear", align_corners=False)
+            )
             for flip in (False, True):
                 p = m(xs.flip(-1) if flip else xs)["out"].softmax(1)
                 p = p.flip(-1) if flip else p
@@ -72,12 +77,15 @@ def test_no_flip_no_scale_is_plain_softmax():
     torch.testing.assert_close(tta_predict(m, X, flips=()), m(X).softmax(1).detach())
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"flips": ("diagonal",)}, "flips must be one of"),
-    ({"scales": (0.0,)}, "scales must be positive numbers"),
-    ({"activation": "relu"}, "activation must be one of"),
-    ({"scales": (1.0, 0.5)}, r"scales=\[1.0, 0.5\] need a dense \(N, C, H, W\) output"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"flips": ("diagonal",)}, "flips must be one of"),
+        ({"scales": (0.0,)}, "scales must be positive numbers"),
+        ({"activation": "relu"}, "activation must be one of"),
+        ({"scales": (1.0, 0.5)}, r"scales=\[1.0, 0.5\] need a dense \(N, C, H, W\) output"),
+    ],
+)
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match="tta_predict: " + match):
         tta_predict(_classifier(), X, **kwargs)

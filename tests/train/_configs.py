@@ -18,7 +18,13 @@ def tiny_config(root, out, **over):
     from strop.train import config_from_dict
 
     base = {
-        "data": {"root": str(root), "image_size": 32, "batch_size": 16, "val_fraction": 0.25, "num_workers": 0},
+        "data": {
+            "root": str(root),
+            "image_size": 32,
+            "batch_size": 16,
+            "val_fraction": 0.25,
+            "num_workers": 0,
+        },
         "model": {"name": "resnet18"},
         "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
         "precision": "fp32",

@@ -21,10 +21,24 @@ EVALUATE_TARGET = "strop.train.trainer.evaluate"
 BUILD_MODEL = ("strop.finetune", "build_model")
 
 
-def run_evaluate(model: torch.nn.Module, loss_fn: Any, loader: Any, *, task: str, num_classes: int,
-                 precision: str = "fp32") -> dict[str, float]:
+def run_evaluate(
+    model: torch.nn.Module,
+    loss_fn: Any,
+    loader: Any,
+    *,
+    task: str,
+    num_classes: int,
+    precision: str = "fp32",
+) -> dict[str, float]:
     """``evaluate`` on CPU for ``model``/``loss_fn``/``loader``."""
     from strop.train.loop import evaluate
 
-    return evaluate(model, loss_fn, loader, task=task, num_classes=num_classes, precision=precision,
-                    device=torch.device("cpu"))
+    return evaluate(
+        model,
+        loss_fn,
+        loader,
+        task=task,
+        num_classes=num_classes,
+        precision=precision,
+        device=torch.device("cpu"),
+    )

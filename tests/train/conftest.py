@@ -14,7 +14,9 @@ from _configs import tiny_config as _tiny_config
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory):
     """Three real digit classes, 20 images each: small enough for end-to-end tests."""
-    return write_digits(tmp_path_factory.mktemp("digits"), digits=[0, 1, 2], per_class=20, seed=0, size=16)
+    return write_digits(
+        tmp_path_factory.mktemp("digits"), digits=[0, 1, 2], per_class=20, seed=0, size=16
+    )
 
 
 @pytest.fixture(scope="session")

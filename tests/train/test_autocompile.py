@@ -30,7 +30,9 @@ def test_cache_dir_honours_strop_cache_then_xdg_then_home():
         (0.5, 10, 3.0, 2.0, False, 2.5),
     ],
 )
-def test_auto_compiles_exactly_when_the_saving_beats_the_compile(eager, steps, cost, speedup, expected, saving):
+def test_auto_compiles_exactly_when_the_saving_beats_the_compile(
+    eager, steps, cost, speedup, expected, saving
+):
     d = ac.decide(eager, steps, cost, speedup=speedup)
     assert d.compile is expected
     assert d.numbers["estimated_saving_s"] == pytest.approx(saving)
@@ -40,7 +42,9 @@ def test_auto_compiles_exactly_when_the_saving_beats_the_compile(eager, steps, c
 
 def test_compile_cost_estimate_counts_leaf_modules_and_a_warm_cache():
     two_layer = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))  # 3 leaf modules
-    assert ac.estimate_compile_seconds(two_layer, warm=False) == pytest.approx(3 * ac.COLD_SECONDS_PER_MODULE)
+    assert ac.estimate_compile_seconds(two_layer, warm=False) == pytest.approx(
+        3 * ac.COLD_SECONDS_PER_MODULE
+    )
     assert ac.estimate_compile_seconds(two_layer, warm=True) == pytest.approx(
         3 * ac.COLD_SECONDS_PER_MODULE * ac.WARM_FRACTION
     )
@@ -89,14 +93,18 @@ def test_auto_on_a_long_run_compiles_and_a_failing_compile_falls_back_unchanged(
     assert choices["compile_numbers"]["eager_step_s"] == 1000.0
     assert choices["compile_numbers"]["cache_dir"] == str(tmp_path / "cache" / "inductor")
     assert choices["compile_reason"].startswith("auto: compiled")
-    assert any(m.startswith("compile: failed (RuntimeError") and "training eagerly" in m for m in lines)
+    assert any(
+        m.startswith("compile: failed (RuntimeError") and "training eagerly" in m for m in lines
+    )
     a, b = _model(ref), _model(out)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_auto_on_a_short_run_stays_eager_without_trying(tiny_config, digits_root, tmp_path, monkeypatch):
+def test_auto_on_a_short_run_stays_eager_without_trying(
+    tiny_config, digits_root, tmp_path, monkeypatch
+):
     monkeypatch.setenv("STROP_CACHE", str(tmp_path / "cache"))
     calls = []
     monkeypatch.setattr(torch, "compile", lambda m: calls.append(m) or m)
@@ -110,7 +118,9 @@ def test_auto_on_a_short_run_stays_eager_without_trying(tiny_config, digits_root
     assert choices["compile_reason"].startswith("auto: eager")
 
 
-def test_compile_true_compiles_at_once_and_times_it(tiny_config, digits_root, tmp_path, monkeypatch):
+def test_compile_true_compiles_at_once_and_times_it(
+    tiny_config, digits_root, tmp_path, monkeypatch
+):
     monkeypatch.setenv("STROP_CACHE", str(tmp_path / "cache"))
     calls = []
 

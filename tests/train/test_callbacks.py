@@ -34,7 +34,9 @@ def test_csv_logger_rows_and_resume_truncation(tmp_path):
     log.on_epoch_end(s, {"val_accuracy": 0.5, "loss": 0.4})
     s.epoch = 1
     s.step = 3
-    log.on_batch_end(s, {"loss": 0.2, "lr": 0.05, "images_per_s": 5.0})  # crashed before this epoch's checkpoint
+    log.on_batch_end(
+        s, {"loss": 0.2, "lr": 0.05, "images_per_s": 5.0}
+    )  # crashed before this epoch's checkpoint
     log.on_fit_end(s)
     epochs, steps = read_metrics(path)
     assert [e["epoch"] for e in epochs] == [1.0] and len(steps) == 3
@@ -46,7 +48,11 @@ def test_csv_logger_rows_and_resume_truncation(tmp_path):
     epochs, steps = read_metrics(path)
     assert [s["step"] for s in steps] == [1.0, 2.0] and len(epochs) == 1
     assert plot_run(tmp_path)[0].name == "loss.png"
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["loss.png", "lr.png", "metrics.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "loss.png",
+        "lr.png",
+        "metrics.png",
+    ]
 
 
 def test_progress_bar_writes_to_injected_stream():

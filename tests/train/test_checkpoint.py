@@ -15,7 +15,9 @@ from strop.train.checkpoint import (
 
 
 def test_round_trip_and_version(tmp_path):
-    path = save_checkpoint({"model": {"w": torch.arange(3.0)}, "epoch": 2}, tmp_path / "c" / "last.pt")
+    path = save_checkpoint(
+        {"model": {"w": torch.arange(3.0)}, "epoch": 2}, tmp_path / "c" / "last.pt"
+    )
     data = load_checkpoint(path)
     assert data["format_version"] == ckpt.FORMAT_VERSION and data["epoch"] == 2
     assert torch.equal(data["model"]["w"], torch.arange(3.0))
@@ -30,7 +32,10 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt.torch, "save", torn_save)
-    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last.pt: the disk is full; the previous"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"could not write checkpoint .*last.pt: the disk is full; the previous",
+    ):
         save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
@@ -98,7 +103,9 @@ def test_shared_frozen_tensors_are_written_once_by_hash_and_verified(tmp_path):
     big = torch.randn(256, 256)  # the "frozen backbone": 256 KiB
     model = {"backbone.w": big, "head.w": torch.ones(2), "head.b": torch.zeros(2)}
     folder = tmp_path / "ck"
-    save_checkpoint({"model": dict(model), "epoch": 1}, folder / "last.pt", shared_model_keys={"backbone.w"})
+    save_checkpoint(
+        {"model": dict(model), "epoch": 1}, folder / "last.pt", shared_model_keys={"backbone.w"}
+    )
     frozen = sorted(folder.glob("frozen-*.pt"))
     assert len(frozen) == 1
     # named by the sha256 of its bytes
@@ -106,7 +113,9 @@ def test_shared_frozen_tensors_are_written_once_by_hash_and_verified(tmp_path):
     assert (folder / "last.pt").stat().st_size < big.numel() * 4 // 10  # the head only
     stamp = frozen[0].stat().st_mtime_ns
     model["head.w"] = torch.full((2,), 3.0)
-    save_checkpoint({"model": dict(model), "epoch": 2}, folder / "last.pt", shared_model_keys={"backbone.w"})
+    save_checkpoint(
+        {"model": dict(model), "epoch": 2}, folder / "last.pt", shared_model_keys={"backbone.w"}
+    )
     assert sorted(folder.glob("frozen-*.pt")) == frozen and frozen[0].stat().st_mtime_ns == stamp
     data = load_checkpoint(folder / "last.pt")
     assert list(data["model"]) == ["backbone.w", "head.w", "head.b"] and "model_shared" not in data
@@ -125,8 +134,12 @@ def test_shared_frozen_tensors_are_written_once_by_hash_and_verified(tmp_path):
 
 def test_changed_frozen_tensors_get_a_new_file(tmp_path):
     w = torch.zeros(4)
-    save_checkpoint({"model": {"w": w, "h": torch.ones(1)}}, tmp_path / "last.pt", shared_model_keys={"w"})
+    save_checkpoint(
+        {"model": {"w": w, "h": torch.ones(1)}}, tmp_path / "last.pt", shared_model_keys={"w"}
+    )
     w.add_(1.0)  # in place: the version counter moves, so the memo must not reuse the old file
-    save_checkpoint({"model": {"w": w, "h": torch.ones(1)}}, tmp_path / "last.pt", shared_model_keys={"w"})
+    save_checkpoint(
+        {"model": {"w": w, "h": torch.ones(1)}}, tmp_path / "last.pt", shared_model_keys={"w"}
+    )
     assert len(list(tmp_path.glob("frozen-*.pt"))) == 2
     assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.ones(4))

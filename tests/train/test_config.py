@@ -5,7 +5,13 @@ from strop.train.config import Config, apply_overrides, config_from_dict, load_c
 
 def test_defaults_are_the_documented_ones():
     c = Config()
-    assert (c.task, c.precision, c.epochs, c.seed, c.loss) == ("classification", "auto", 10, 0, "cross_entropy")
+    assert (c.task, c.precision, c.epochs, c.seed, c.loss) == (
+        "classification",
+        "auto",
+        10,
+        0,
+        "cross_entropy",
+    )
     assert (c.monitor_metric, c.monitor_direction) == ("val_accuracy", "max")
 
 
@@ -42,11 +48,17 @@ output: runs/example
     [
         ({"optimzer": {}}, r"unknown key 'optimzer'; did you mean 'optimizer'\?"),
         ({"optimizer": {"lrr": 0.1}}, r"unknown key 'optimizer.lrr'; did you mean 'lr'\?"),
-        ({"early_stopping": {"patince": 3}}, r"unknown key 'early_stopping.patince'; did you mean 'patience'\?"),
+        (
+            {"early_stopping": {"patince": 3}},
+            r"unknown key 'early_stopping.patince'; did you mean 'patience'\?",
+        ),
         ({"epochs": -1}, r"epochs: Input should be greater than 0; got -1"),
         ({"epochs": "ten"}, r"epochs: .*integer.*; got 'ten'"),
         ({"data": {"batch_size": 0}}, r"data.batch_size: Input should be greater than 0; got 0"),
-        ({"precision": "bf17"}, r"precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'; got 'bf17'"),
+        (
+            {"precision": "bf17"},
+            r"precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'; got 'bf17'",
+        ),
         ({"data": {"val_fraction": 1.5}}, r"data.val_fraction: .*less than 1"),
     ],
 )
@@ -74,8 +86,14 @@ def test_yaml_is_read_safely(tmp_path):
 
 
 def test_overrides_parse_yaml_values_and_reject_garbage():
-    out = apply_overrides({"schedule": "cosine"}, ["schedule.warmup_epochs=2", "compile=true", "model.weights=null"])
-    assert out == {"schedule": {"name": "cosine", "warmup_epochs": 2}, "compile": True, "model": {"weights": None}}
+    out = apply_overrides(
+        {"schedule": "cosine"}, ["schedule.warmup_epochs=2", "compile=true", "model.weights=null"]
+    )
+    assert out == {
+        "schedule": {"name": "cosine", "warmup_epochs": 2},
+        "compile": True,
+        "model": {"weights": None},
+    }
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         apply_overrides({}, ["optimizer.lr"])
     with pytest.raises(ValueError, match="'epochs' holds 3, not a section"):

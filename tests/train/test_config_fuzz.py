@@ -26,8 +26,17 @@ def _schema(model: type[BaseModel]) -> dict[str, object]:
     out: dict[str, object] = {}
     for name, field in model.model_fields.items():
         ann = field.annotation
-        sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else next(
-            (a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        sub = (
+            ann
+            if isinstance(ann, type) and issubclass(ann, BaseModel)
+            else next(
+                (
+                    a
+                    for a in getattr(ann, "__args__", ())
+                    if isinstance(a, type) and issubclass(a, BaseModel)
+                ),
+                None,
+            )
         )
         out[name] = _schema(sub) if sub is not None else None
     return out
@@ -41,9 +50,28 @@ scalars = st.one_of(
     st.integers(min_value=-(10**12), max_value=10**12),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
-    st.sampled_from(["auto", "none", "cosine", "resnet18", "sgd", "max", "min", "bf16", "1e-3", "bundled:digits"]),
+    st.sampled_from(
+        [
+            "auto",
+            "none",
+            "cosine",
+            "resnet18",
+            "sgd",
+            "max",
+            "min",
+            "bf16",
+            "1e-3",
+            "bundled:digits",
+        ]
+    ),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 def _mistype(key: str) -> st.SearchStrategy[str]:
@@ -87,7 +115,9 @@ def test_fuzzed_config_dicts_validate_or_name_the_key(data):
 
 
 set_values = st.one_of(
-    st.sampled_from(["0.1", "true", "null", "[1, 2]", "{a: 1}", "'x'", "nan", "-1", "1e9", ":", "{", "]"]),
+    st.sampled_from(
+        ["0.1", "true", "null", "[1, 2]", "{a: 1}", "'x'", "nan", "-1", "1e9", ":", "{", "]"]
+    ),
     st.text(max_size=8),
 )
 

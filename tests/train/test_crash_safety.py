@@ -30,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_harness():
-    spec = importlib.util.spec_from_file_location("crash_harness", ROOT / "tools" / "crash_harness.py")
+    spec = importlib.util.spec_from_file_location(
+        "crash_harness", ROOT / "tools" / "crash_harness.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
     spec.loader.exec_module(mod)
@@ -103,7 +105,9 @@ def _wait_for(predicate, proc, timeout=300.0):
     t0 = time.monotonic()
     while not predicate():
         if proc.poll() is not None:
-            raise AssertionError(f"strop train exited ({proc.returncode}) before the signal was sent")
+            raise AssertionError(
+                f"strop train exited ({proc.returncode}) before the signal was sent"
+            )
         if time.monotonic() - t0 > timeout:
             proc.kill()
             raise AssertionError("timed out waiting for strop train")
@@ -121,7 +125,9 @@ def test_sigint_then_sigterm_save_state_exit_130_and_resume_exactly(ws, referenc
     for sig, resume in ((signal.SIGINT, False), (signal.SIGTERM, True)):
         if saved and saved[-1]["epoch"] == 2:
             break  # the first signal came during the last validation: nothing left to interrupt
-        proc, log = harness.start_train(cfg, resume=resume, log_dir=ws.root, tag=f"signal-{sig.name}")
+        proc, log = harness.start_train(
+            cfg, resume=resume, log_dir=ws.root, tag=f"signal-{sig.name}"
+        )
         _wait_for(lambda log=log: "epoch 2/2" in log.read_text(errors="replace"), proc)
         proc.send_signal(sig)
         assert proc.wait(timeout=300) == 128 + sig  # the shell's status: 130 SIGINT, 143 SIGTERM
@@ -170,7 +176,9 @@ class _DiskWithQuota:
         self._fh.close()
 
 
-def test_full_disk_is_reported_and_the_previous_checkpoint_kept(ws, inproc_reference, monkeypatch, tmp_path):
+def test_full_disk_is_reported_and_the_previous_checkpoint_kept(
+    ws, inproc_reference, monkeypatch, tmp_path
+):
     """ENOSPC in the middle of torch.save (which reports it as a RuntimeError, not an OSError)."""
     import builtins
 
@@ -185,8 +193,11 @@ def test_full_disk_is_reported_and_the_previous_checkpoint_kept(ws, inproc_refer
 
     monkeypatch.setattr(ckpt_mod, "open", open_with_full_disk_after_3, raising=False)
     out = tmp_path / "run"
-    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last\.pt: the disk is full; "
-                                              r"the previous checkpoint there \(if any\) is kept"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"could not write checkpoint .*last\.pt: the disk is full; "
+        r"the previous checkpoint there \(if any\) is kept",
+    ):
         fit(_config(ws, out), log=lambda m: None)
     monkeypatch.undo()
     assert writes["n"] == 4
@@ -201,17 +212,25 @@ def small_tmpfs(tmp_path):
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
     # 40 MB: a few 18.6 MB last.pt writes (old + tmp) fit, last.pt + best.pt + a new tmp do not
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)], capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)], capture_output=True
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); "
-                    "test_full_disk_is_reported_and_the_previous_checkpoint_kept covers ENOSPC")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); "
+            "test_full_disk_is_reported_and_the_previous_checkpoint_kept covers ENOSPC"
+        )
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_a_really_full_disk_leaves_no_partial_file_and_resumes_exactly(ws, inproc_reference, small_tmpfs, tmp_path):
+def test_a_really_full_disk_leaves_no_partial_file_and_resumes_exactly(
+    ws, inproc_reference, small_tmpfs, tmp_path
+):
     out = small_tmpfs / "run"
-    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*: the disk is full") as err:
+    with pytest.raises(
+        CheckpointError, match=r"could not write checkpoint .*: the disk is full"
+    ) as err:
         fit(_config(ws, out), log=lambda m: None)
     assert isinstance(err.value.__cause__, (OSError, RuntimeError))
     ckpts = out / "checkpoints"
@@ -225,7 +244,9 @@ def test_a_really_full_disk_leaves_no_partial_file_and_resumes_exactly(ws, inpro
     _assert_same(_model(moved), _model(inproc_reference))
 
 
-def test_unwritable_checkpoint_path_mid_run_is_a_one_line_cli_error(ws, inproc_reference, tmp_path, capsys):
+def test_unwritable_checkpoint_path_mid_run_is_a_one_line_cli_error(
+    ws, inproc_reference, tmp_path, capsys
+):
     """As root nothing is read-only: a folder where last.pt.tmp must go makes the write fail."""
     out = tmp_path / "run"
     cfg = ws.config(out)
@@ -247,7 +268,10 @@ def test_unwritable_checkpoint_path_mid_run_is_a_one_line_cli_error(ws, inproc_r
         rc = main(["train", str(cfg)])
     err = capsys.readouterr().err
     assert rc not in (0, 130)
-    assert f"strop train: error: could not write checkpoint {out / 'checkpoints' / 'last.pt'}: Is a directory" in err
+    assert (
+        f"strop train: error: could not write checkpoint {out / 'checkpoints' / 'last.pt'}: Is a directory"
+        in err
+    )
     assert "Traceback" not in err
     assert load_checkpoint(out / "checkpoints" / "last.pt")["state"]["step"] == 3
     (out / "checkpoints" / "last.pt.tmp").rmdir()
@@ -338,7 +362,9 @@ def test_a_torn_metrics_row_does_not_block_resume(ws, inproc_reference, tmp_path
 def test_elastic_harness_short(tmp_path):
     """``tools/elastic_harness.py`` with STROP_ELASTIC_KILLS SIGKILLs (default 2): every trial's
     launch finishes by itself and its weights are bit for bit the uninterrupted run's."""
-    spec = importlib.util.spec_from_file_location("elastic_harness", ROOT / "tools" / "elastic_harness.py")
+    spec = importlib.util.spec_from_file_location(
+        "elastic_harness", ROOT / "tools" / "elastic_harness.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)

@@ -69,26 +69,47 @@ def _write_yaml(cfg: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _launch(cmd: list[str], *, timeout: float = LAUNCH_TIMEOUT_S, env: dict[str, str] | None = None,
-            cwd: Path | None = None) -> tuple[int, str, float]:
+def _launch(
+    cmd: list[str],
+    *,
+    timeout: float = LAUNCH_TIMEOUT_S,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> tuple[int, str, float]:
     """``(returncode, stdout+stderr, seconds)``; the whole process tree is killed on timeout."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         full_env.pop(key, None)  # never inherit a distributed context from the test runner
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=full_env, cwd=cwd, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        pytest.fail(f"{' '.join(cmd[:6])} ... did not finish within {timeout}s (hang). Output:\n{out[-4000:]}")
+        pytest.fail(
+            f"{' '.join(cmd[:6])} ... did not finish within {timeout}s (hang). Output:\n{out[-4000:]}"
+        )
     return proc.returncode, out, time.monotonic() - t0
 
 
 def _torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *args,
+    ]
 
 
 def _run_driver(jobs: list[dict[str, Any]], tmp: Path, **kw: Any) -> tuple[int, str, float]:
@@ -112,7 +133,9 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+    return max(
+        float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point()
+    )
 
 
 def _csv_rows(run: Path) -> list[dict[str, str]]:
@@ -136,7 +159,9 @@ def _assert_one_log(run: Path) -> None:
 def data_root(tmp_path_factory):
     from strop.data import write_digits
 
-    return write_digits(tmp_path_factory.mktemp("ddp_digits"), digits=[0, 1, 2, 3], per_class=10, seed=0, size=16)
+    return write_digits(
+        tmp_path_factory.mktemp("ddp_digits"), digits=[0, 1, 2, 3], per_class=10, seed=0, size=16
+    )
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +188,9 @@ def two_process(data_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("two")
     run = base / "runs" / "ddp"
     cfg = _write_yaml(_config(data_root, run), base / "cfg.yaml")
-    rc, out, secs = _launch([sys.executable, "-m", "strop", "train", str(cfg), "--nproc", "2"], cwd=base)
+    rc, out, secs = _launch(
+        [sys.executable, "-m", "strop", "train", str(cfg), "--nproc", "2"], cwd=base
+    )
     assert rc == 0, out[-4000:]
     return run, out, secs
 
@@ -175,18 +202,38 @@ def interrupted_then_resumed(data_root, tmp_path_factory):
     acc = _config(data_root, base / "acc", data={"batch_size": 8}, accumulation_steps=2)
     res = _config(data_root, base / "res")
     rc1, out1, secs1 = _run_driver(
-        [{"config": acc, "report": str(base / "acc.json"), "count_allreduce": True},
-         {"config": res, "report": str(base / "res.json"), "action": "sigterm_launcher", "rank": 1, "step": 3}],
+        [
+            {"config": acc, "report": str(base / "acc.json"), "count_allreduce": True},
+            {
+                "config": res,
+                "report": str(base / "res.json"),
+                "action": "sigterm_launcher",
+                "rank": 1,
+                "step": 3,
+            },
+        ],
         base,
     )
     after_interrupt = {k: v.clone() for k, v in _weights(base / "res").items()}
     state_at_interrupt = _load(base / "res")["state"]
     cfg = _write_yaml(res, base / "res.yaml")
-    rc2, out2, secs2 = _launch([sys.executable, "-m", "strop", "train", str(cfg), "--nproc", "2", "--resume"])
+    rc2, out2, secs2 = _launch(
+        [sys.executable, "-m", "strop", "train", str(cfg), "--nproc", "2", "--resume"]
+    )
     return {
-        "acc": base / "acc", "res": base / "res", "rc1": rc1, "out1": out1, "rc2": rc2, "out2": out2,
-        "seconds": (secs1, secs2), "state_at_interrupt": state_at_interrupt, "after_interrupt": after_interrupt,
-        "reports": {n: [json.loads(p.read_text()) for p in sorted(base.glob(f"{n}.json.rank*"))] for n in ("acc", "res")},
+        "acc": base / "acc",
+        "res": base / "res",
+        "rc1": rc1,
+        "out1": out1,
+        "rc2": rc2,
+        "out2": out2,
+        "seconds": (secs1, secs2),
+        "state_at_interrupt": state_at_interrupt,
+        "after_interrupt": after_interrupt,
+        "reports": {
+            n: [json.loads(p.read_text()) for p in sorted(base.glob(f"{n}.json.rank*"))]
+            for n in ("acc", "res")
+        },
     }
 
 
@@ -209,7 +256,11 @@ def test_two_processes_write_one_run_equal_to_one_process(two_process, one_proce
     _assert_one_log(run)
     assert out.count("best val_accuracy") == 1  # one summary line, from rank 0
     choices = json.loads((run / "run.json").read_text())
-    assert (choices["world_size"], choices["backend"], choices["per_process_batch"]) == (2, "gloo", 8)
+    assert (choices["world_size"], choices["backend"], choices["per_process_batch"]) == (
+        2,
+        "gloo",
+        8,
+    )
 
     ref_run, ref = one_process["b16"]
     w2, w1 = _weights(run), _weights(ref_run)
@@ -231,7 +282,9 @@ def test_two_processes_write_one_run_equal_to_one_process(two_process, one_proce
 
 
 @pytest.mark.slow
-def test_resume_after_sigterm_to_torchrun_equals_uninterrupted(interrupted_then_resumed, two_process):
+def test_resume_after_sigterm_to_torchrun_equals_uninterrupted(
+    interrupted_then_resumed, two_process
+):
     r = interrupted_then_resumed
     # torchrun forwarded SIGTERM to both workers; both stopped after step 3 and rank 0 saved
     assert r["state_at_interrupt"]["step"] == 3, r["out1"][-3000:]
@@ -252,7 +305,9 @@ def test_resume_after_sigterm_to_torchrun_equals_uninterrupted(interrupted_then_
 
 
 @pytest.mark.slow
-def test_global_batch_and_accumulation_do_not_depend_on_process_count(interrupted_then_resumed, one_process):
+def test_global_batch_and_accumulation_do_not_depend_on_process_count(
+    interrupted_then_resumed, one_process
+):
     r = interrupted_then_resumed
     reports = r["reports"]["acc"]
     assert len(reports) == 2 and {rep["interrupted"] for rep in reports} == {None}
@@ -275,8 +330,9 @@ def test_global_batch_and_accumulation_do_not_depend_on_process_count(interrupte
 
 
 @pytest.mark.slow
-def test_nan_loss_on_one_rank_makes_every_rank_skip_that_step_together(data_root, one_process, tmp_path,
-                                                                      monkeypatch):
+def test_nan_loss_on_one_rank_makes_every_rank_skip_that_step_together(
+    data_root, one_process, tmp_path, monkeypatch
+):
     from strop.train import trainer
 
     run = tmp_path / "run"
@@ -284,13 +340,16 @@ def test_nan_loss_on_one_rank_makes_every_rank_skip_that_step_together(data_root
     # rank 1's second training batch (step 2) has a NaN loss; rank 0's is fine
     rc, out, secs = _run_driver(
         [{"config": cfg, "report": str(tmp_path / "r.json"), "nan_at": {"rank": 1, "call": 2}}],
-        tmp_path, env={"STROP_DIST_TIMEOUT": "60"},
+        tmp_path,
+        env={"STROP_DIST_TIMEOUT": "60"},
     )
     assert rc == 0, out[-4000:]
     assert secs < 60, out[-3000:]  # nobody waited for the collective timeout
     ckpt = _load(run)
     assert ckpt["state"]["step"] == STEPS and ckpt["state"]["epoch"] == 2
-    assert ckpt["state"]["nonfinite_batches"] == 1  # rank 0 skipped the step it had a finite loss for
+    assert (
+        ckpt["state"]["nonfinite_batches"] == 1
+    )  # rank 0 skipped the step it had a finite loss for
     assert "skipped 1 batch(es) with a non-finite loss or gradient" in out
     # the reference: one process, global batch 16, whose step 2 is skipped (the skip of one process)
     monkeypatch.setattr(trainer, "build_run", trainer.build_run)
@@ -299,7 +358,9 @@ def test_nan_loss_on_one_rank_makes_every_rank_skip_that_step_together(data_root
     assert _fit_here(ref).history[-1]["nonfinite_batches"] == 1
     w2, w1 = _weights(run), _weights(tmp_path / "ref")
     assert _max_diff(w2, w1) < ACROSS_WORLD_ATOL
-    assert _max_diff(w2, _weights(one_process["b16"][0])) > 100 * ACROSS_WORLD_ATOL  # the skip mattered
+    assert (
+        _max_diff(w2, _weights(one_process["b16"][0])) > 100 * ACROSS_WORLD_ATOL
+    )  # the skip mattered
 
 
 @pytest.mark.slow
@@ -310,17 +371,41 @@ def test_sigkill_of_one_rank_under_max_restarts_completes_unattended_with_equal_
     cfg = _config(data_root, run, checkpoint_every_steps=1)
     spec = tmp_path / "spec.json"
     # rank 1 dies at step 4 (mid-epoch 2); last.pt holds step 3; torchrun restarts both workers once
-    spec.write_text(json.dumps([{"config": cfg, "report": str(tmp_path / "r.json"), "action": "sigkill_self",
-                                 "rank": 1, "step": 4}]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "--max-restarts=1", __file__, str(spec)]
+    spec.write_text(
+        json.dumps(
+            [
+                {
+                    "config": cfg,
+                    "report": str(tmp_path / "r.json"),
+                    "action": "sigkill_self",
+                    "rank": 1,
+                    "step": 4,
+                }
+            ]
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max-restarts=1",
+        __file__,
+        str(spec),
+    ]
     rc, out, _ = _launch(cmd, timeout=2 * LAUNCH_TIMEOUT_S, env={"STROP_DIST_TIMEOUT": "60"})
     assert rc == 0, out[-4000:]
     assert "failed (exitcode: -9) local_rank: 1" in out, out[-3000:]  # torchrun saw the SIGKILL
-    assert "restarted by torchrun (TORCHELASTIC_RESTART_COUNT=1): resuming from checkpoints/last.pt" in out
+    assert (
+        "restarted by torchrun (TORCHELASTIC_RESTART_COUNT=1): resuming from checkpoints/last.pt"
+        in out
+    )
     assert "at epoch 2, batch 1, step 3" in out  # resumed mid-epoch from the step-3 checkpoint
     reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("r.json.rank*"))]
-    assert [(r["restarts"], r["run_dir"], r["interrupted"]) for r in reports] == [(1, str(run), None)] * 2
+    assert [(r["restarts"], r["run_dir"], r["interrupted"]) for r in reports] == [
+        (1, str(run), None)
+    ] * 2
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("run")] == ["run"]  # no run-2
     resumed, uninterrupted = _weights(run), _weights(two_process[0])
     for k in uninterrupted:  # same world size, same operations: bitwise equal
@@ -351,8 +436,19 @@ def test_port_in_use_fails_fast_with_a_clear_message(data_root, tmp_path):
         busy.listen(1)
         port = busy.getsockname()[1]
         rc, out, secs = _launch(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-             "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "strop", "train", str(cfg)],
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=1",
+                "--nproc_per_node=2",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                "-m",
+                "strop",
+                "train",
+                str(cfg),
+            ],
             timeout=90,
         )
     assert rc != 0
@@ -362,12 +458,23 @@ def test_port_in_use_fails_fast_with_a_clear_message(data_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_dead_rank_stops_the_others_and_last_checkpoint_stays_valid(data_root, two_process, tmp_path):
+def test_dead_rank_stops_the_others_and_last_checkpoint_stays_valid(
+    data_root, two_process, tmp_path
+):
     run = tmp_path / "run"
     cfg = _config(data_root, run, checkpoint_every_steps=1)
     rc, out, secs = _run_driver(
-        [{"config": cfg, "report": str(tmp_path / "r.json"), "action": "sigkill_self", "rank": 1, "step": 3}],
-        tmp_path, env={"STROP_DIST_TIMEOUT": "60"},
+        [
+            {
+                "config": cfg,
+                "report": str(tmp_path / "r.json"),
+                "action": "sigkill_self",
+                "rank": 1,
+                "step": 3,
+            }
+        ],
+        tmp_path,
+        env={"STROP_DIST_TIMEOUT": "60"},
     )
     assert rc != 0
     assert "Signal 9 (SIGKILL)" in out or "exitcode  : -9" in out, out[-3000:]
@@ -389,8 +496,17 @@ def test_hung_rank_times_out_instead_of_hanging(data_root, tmp_path):
     run = tmp_path / "run"
     cfg = _config(data_root, run, checkpoint_every_steps=1, epochs=1)
     rc, out, secs = _run_driver(
-        [{"config": cfg, "report": str(tmp_path / "r.json"), "action": "hang", "rank": 1, "step": 2}],
-        tmp_path, env={"STROP_DIST_TIMEOUT": "4"},
+        [
+            {
+                "config": cfg,
+                "report": str(tmp_path / "r.json"),
+                "action": "hang",
+                "rank": 1,
+                "step": 2,
+            }
+        ],
+        tmp_path,
+        env={"STROP_DIST_TIMEOUT": "4"},
     )
     assert rc != 0
     # rank 0's collective gave up after STROP_DIST_TIMEOUT and said so
@@ -419,7 +535,9 @@ def test_timeout_from_argument_env_or_default(monkeypatch):
         monkeypatch.setenv("STROP_DIST_TIMEOUT", bad)
         with pytest.raises(ValueError, match=r"init_from_env: \$STROP_DIST_TIMEOUT must be .*got"):
             resolve_timeout()
-    with pytest.raises(TypeError, match="init_from_env: timeout_s must be a number of seconds; got str"):
+    with pytest.raises(
+        TypeError, match="init_from_env: timeout_s must be a number of seconds; got str"
+    ):
         resolve_timeout("5")  # type: ignore[arg-type]
 
 
@@ -428,7 +546,9 @@ def test_partial_torchrun_env_is_a_clear_error(monkeypatch):
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("RANK", raising=False)
-    with pytest.raises(ValueError, match=r"init_from_env: \$RANK must be an integer when WORLD_SIZE='2'; got None"):
+    with pytest.raises(
+        ValueError, match=r"init_from_env: \$RANK must be an integer when WORLD_SIZE='2'; got None"
+    ):
         init_from_env(torch.device("cpu"))
 
 
@@ -510,11 +630,19 @@ def _driver(spec_path: str) -> int:
         cbs = [_Action(job["action"], job["rank"], job["step"])] if job.get("action") else []
         counts = {"buckets": 0, "rounds": 0}
         _instrument(job, counts)
-        result = fit(config_from_dict(job["config"]), resume=job.get("resume", False), callbacks=cbs)
-        Path(f"{job['report']}.rank{rank}").write_text(json.dumps({
-            "interrupted": result.interrupted, "run_dir": str(result.run_dir), **counts,
-            "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
-        }))
+        result = fit(
+            config_from_dict(job["config"]), resume=job.get("resume", False), callbacks=cbs
+        )
+        Path(f"{job['report']}.rank{rank}").write_text(
+            json.dumps(
+                {
+                    "interrupted": result.interrupted,
+                    "run_dir": str(result.run_dir),
+                    **counts,
+                    "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+                }
+            )
+        )
         if result.interrupted:
             return 130
     return 0

@@ -22,7 +22,13 @@ STEPS_PER_EPOCH = 6  # 45 training images, batch 8
 
 def _config(root, out, **over):
     base = {
-        "data": {"root": str(root), "image_size": 16, "batch_size": 8, "val_fraction": 0.25, "num_workers": 0},
+        "data": {
+            "root": str(root),
+            "image_size": 16,
+            "batch_size": 8,
+            "val_fraction": 0.25,
+            "num_workers": 0,
+        },
         "model": {"name": "mobilenet_v3_small"},
         "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 1e-4},
         "precision": "fp32",
@@ -43,7 +49,9 @@ def _quiet(msg):
 
 def _nonfinite(state_dict):
     """Names of the floating-point tensors holding a NaN or inf."""
-    return [k for k, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    return [
+        k for k, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()
+    ]
 
 
 @pytest.fixture
@@ -81,8 +89,11 @@ def inject(monkeypatch):
 def test_nan_gradient_stop_names_batch_and_parameter(digits_root, tmp_path, inject):
     inject("grad", at=3)
     out = tmp_path / "run"
-    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient in parameter 'classifier\.3\.bias' "
-                                                  r"at epoch 0, batch 2 \(step 2\); nothing was saved"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite gradient in parameter 'classifier\.3\.bias' "
+        r"at epoch 0, batch 2 \(step 2\); nothing was saved",
+    ):
         fit(_config(digits_root, out, nonfinite="stop", checkpoint_every_steps=1), log=_quiet)
     saved = load_checkpoint(out / "checkpoints" / "last.pt")
     assert saved["state"]["step"] == 2 and _nonfinite(saved["model"]) == []  # the last good step
@@ -94,21 +105,30 @@ def test_nan_gradient_stop_is_a_one_line_cli_error(digits_root, tmp_path, inject
     cfg = tmp_path / "cfg.yaml"
     import yaml
 
-    cfg.write_text(yaml.safe_dump(_config(digits_root, tmp_path / "run", nonfinite="stop").to_dict()))
+    cfg.write_text(
+        yaml.safe_dump(_config(digits_root, tmp_path / "run", nonfinite="stop").to_dict())
+    )
     rc = main(["train", str(cfg)])
     err = capsys.readouterr().err
     assert rc not in (0, 130)
-    assert "strop train: error: non-finite gradient in parameter 'classifier.3.bias' at epoch 0, batch 2" in err
+    assert (
+        "strop train: error: non-finite gradient in parameter 'classifier.3.bias' at epoch 0, batch 2"
+        in err
+    )
     assert "Traceback" not in err
 
 
-def test_nan_gradient_skip_counts_it_leaves_the_weights_and_continues(digits_root, tmp_path, inject):
+def test_nan_gradient_skip_counts_it_leaves_the_weights_and_continues(
+    digits_root, tmp_path, inject
+):
     inject("grad", at=3)
     params = {}
 
     class Snapshot:
         def on_batch_end(self, state, logs):
-            params[state.step] = {k: v.detach().clone() for k, v in model_ref["m"].named_parameters()}
+            params[state.step] = {
+                k: v.detach().clone() for k, v in model_ref["m"].named_parameters()
+            }
 
     model_ref = {}
     real_build = strop.finetune.build_model  # the injecting builder
@@ -126,7 +146,10 @@ def test_nan_gradient_skip_counts_it_leaves_the_weights_and_continues(digits_roo
     for k in params[3]:  # step 3 was skipped: no parameter moved (not even by weight decay)
         assert torch.equal(params[3][k], params[2][k]), k
     assert any(not torch.equal(params[4][k], params[3][k]) for k in params[4])  # step 4 trained
-    assert len(res.history) == 2 and _nonfinite(load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["model"]) == []
+    assert (
+        len(res.history) == 2
+        and _nonfinite(load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["model"]) == []
+    )
 
 
 def test_nan_input_skip_does_not_poison_batchnorm(digits_root, tmp_path, inject):
@@ -176,16 +199,22 @@ def test_a_nan_model_is_never_saved_as_best(digits_root, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("policy", ["skip", "stop"])
-def test_fp16_overflow_steps_are_skipped_counted_and_training_continues(digits_root, tmp_path, policy):
+def test_fp16_overflow_steps_are_skipped_counted_and_training_continues(
+    digits_root, tmp_path, policy
+):
     """fp16 on the CPU: the scaler starts at 2**16, the first steps overflow and are skipped; each
     skip halves the scale (torch's backoff 0.5). An overflow is the scaler's business, not a fault
     for ``nonfinite`` (``stop`` must not stop)."""
     logs = []
-    res = fit(_config(digits_root, tmp_path / "run", precision="fp16", nonfinite=policy), log=logs.append)
+    res = fit(
+        _config(digits_root, tmp_path / "run", precision="fp16", nonfinite=policy), log=logs.append
+    )
     skipped = int(res.final["skipped_steps"])
     assert 0 < skipped < 2 * STEPS_PER_EPOCH  # overflowed at first, trained afterwards
     epochs, steps = read_metrics(res.run_dir / "metrics.csv")
-    assert [int(e["skipped_steps"]) for e in epochs] == [int(h["skipped_steps"]) for h in res.history]
+    assert [int(e["skipped_steps"]) for e in epochs] == [
+        int(h["skipped_steps"]) for h in res.history
+    ]
     assert len(steps) == 2 * STEPS_PER_EPOCH and len(res.history) == 2
     ck = load_checkpoint(res.run_dir / "checkpoints" / "last.pt")
     assert ck["state"]["skipped_steps"] == ck["amp"]["skipped_steps"] == skipped

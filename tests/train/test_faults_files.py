@@ -15,7 +15,11 @@ import pytest
 
 from strop.train import fit, load_checkpoint
 
-FAST = {"model": {"name": "squeezenet1_1", "dropout": 0.0}, "feature_cache": "off", "checkpoint_every_steps": 1}
+FAST = {
+    "model": {"name": "squeezenet1_1", "dropout": 0.0},
+    "feature_cache": "off",
+    "checkpoint_every_steps": 1,
+}
 
 
 class _FullDisk:
@@ -87,7 +91,9 @@ class _DeleteLastAt:
             self.path.unlink()  # someone cleans up the folder while the run trains
 
 
-def test_last_pt_deleted_mid_run_is_written_again_and_the_run_is_unchanged(digits_root, tiny_config, tmp_path):
+def test_last_pt_deleted_mid_run_is_written_again_and_the_run_is_unchanged(
+    digits_root, tiny_config, tmp_path
+):
     ref = fit(tiny_config(digits_root, tmp_path / "ref", **FAST), log=lambda m: None)
     out = tmp_path / "run"
     deleter = _DeleteLastAt(out / "checkpoints" / "last.pt", 2)
@@ -105,7 +111,9 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_truncated_best_pt_is_one_line_for_eval_predict_and_export(digits_root, tiny_config, tmp_path):
+def test_a_truncated_best_pt_is_one_line_for_eval_predict_and_export(
+    digits_root, tiny_config, tmp_path
+):
     out = tmp_path / "run"
     fit(tiny_config(digits_root, out, **{**FAST, "epochs": 1}), log=lambda m: None)
     best = out / "checkpoints" / "best.pt"
@@ -119,11 +127,16 @@ def test_a_truncated_best_pt_is_one_line_for_eval_predict_and_export(digits_root
         "export": ["export", str(out), "--out", str(tmp_path / "model.safetensors")],
     }
     for name, args in commands.items():
-        proc = subprocess.run([sys.executable, "-m", "strop", *args], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "strop", *args], capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode != 0, (name, proc.stdout, proc.stderr)
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln]
         assert len(lines) == 1, (name, proc.stderr)
-        assert lines[0].startswith(f"strop {name}: error:") and str(best) in lines[0], (name, lines[0])
+        assert lines[0].startswith(f"strop {name}: error:") and str(best) in lines[0], (
+            name,
+            lines[0],
+        )
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "model.safetensors").exists()
     assert _sha(out / "checkpoints" / "last.pt") == last_before  # nothing else touched

@@ -14,7 +14,11 @@ import pytest
 from strop.train import fit, load_checkpoint
 from strop.train.checkpoint import CheckpointError
 
-FAST = {"model": {"name": "squeezenet1_1", "dropout": 0.0}, "feature_cache": "off", "checkpoint_every_steps": 1}
+FAST = {
+    "model": {"name": "squeezenet1_1", "dropout": 0.0},
+    "feature_cache": "off",
+    "checkpoint_every_steps": 1,
+}
 
 
 def _denied(*args, **kwargs):
@@ -41,8 +45,10 @@ def test_read_only_folder_during_a_checkpoint_write_keeps_the_previous_one(
         fit(tiny_config(digits_root, out, **FAST), callbacks=[ro], log=lambda m: None)
     monkeypatch.undo()
     msg = str(info.value)
-    assert msg == (f"could not write checkpoint {out / 'checkpoints' / 'last.pt'}: Permission denied; "
-                   "the previous checkpoint there (if any) is kept")
+    assert msg == (
+        f"could not write checkpoint {out / 'checkpoints' / 'last.pt'}: Permission denied; "
+        "the previous checkpoint there (if any) is kept"
+    )
     assert load_checkpoint(out / "checkpoints" / "last.pt")["state"]["step"] == 2
     assert not list((out / "checkpoints").glob("*.tmp"))  # the half-written file was removed
     rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()[1:]]
@@ -88,7 +94,9 @@ def test_read_only_folder_during_a_metrics_write_is_one_line_and_keeps_the_check
         fit(tiny_config(digits_root, out, **FAST), callbacks=[At()], log=lambda m: None)
     msg = str(info.value)
     assert info.value.errno == errno.EACCES
-    assert f"could not write {out / 'metrics.csv'}: Permission denied" in msg and "\n" not in msg, msg
+    assert f"could not write {out / 'metrics.csv'}: Permission denied" in msg and "\n" not in msg, (
+        msg
+    )
     # the failed flush carried step 2's row, so step 2's checkpoint was not written; step 1's is
     step = load_checkpoint(out / "checkpoints" / "last.pt")["state"]["step"]
     assert step == 1

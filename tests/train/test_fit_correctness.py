@@ -99,22 +99,26 @@ class _SnapshotEachEpoch:
 
 # --------------------------------------------------------------- best.pt / early stopping direction
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("over", "metric", "values", "best_epoch"),
     [
-        ({}, "val_accuracy", [0.5, 0.8, 0.6], 2),                                  # max
-        ({"monitor": "val_loss"}, "val_loss", [0.9, 0.3, 0.6], 2),                 # min
-        ({"monitor_mode": "min"}, "val_accuracy", [0.5, 0.8, 0.4], 3),             # min on accuracy
+        ({}, "val_accuracy", [0.5, 0.8, 0.6], 2),  # max
+        ({"monitor": "val_loss"}, "val_loss", [0.9, 0.3, 0.6], 2),  # min
+        ({"monitor_mode": "min"}, "val_accuracy", [0.5, 0.8, 0.4], 3),  # min on accuracy
     ],
 )
-def test_best_pt_follows_the_monitor_direction(digits_root, tmp_path, scripted_metrics, captured_models,
-                                                over, metric, values, best_epoch):
+def test_best_pt_follows_the_monitor_direction(
+    digits_root, tmp_path, scripted_metrics, captured_models, over, metric, values, best_epoch
+):
     # caught by: `value > best` flipped in the best rule, monitor_mode ignored
     other = "val_loss" if metric == "val_accuracy" else "val_accuracy"
     scripted_metrics([{metric: v, other: 0.5} for v in values])
     snaps = _SnapshotEachEpoch(captured_models)
-    res = fit(_config(digits_root, tmp_path / "run", epochs=3, **over), callbacks=[snaps], log=_quiet)
+    res = fit(
+        _config(digits_root, tmp_path / "run", epochs=3, **over), callbacks=[snaps], log=_quiet
+    )
     assert (res.best_epoch, res.best_metric) == (best_epoch, values[best_epoch - 1])
     best = load_checkpoint(res.run_dir / "checkpoints" / "best.pt")
     assert best["epoch"] == best_epoch and best["metrics"][metric] == values[best_epoch - 1]
@@ -128,22 +132,34 @@ def test_best_pt_follows_the_monitor_direction(digits_root, tmp_path, scripted_m
 @pytest.mark.parametrize(
     ("over", "values", "epochs_run"),
     [
-        ({}, [("val_accuracy", v) for v in (0.5, 0.6, 0.7, 0.8)], 4),      # rising accuracy: never stops
-        ({}, [("val_accuracy", v) for v in (0.8, 0.7, 0.6, 0.5)], 2),      # falling accuracy: patience 1
+        (
+            {},
+            [("val_accuracy", v) for v in (0.5, 0.6, 0.7, 0.8)],
+            4,
+        ),  # rising accuracy: never stops
+        (
+            {},
+            [("val_accuracy", v) for v in (0.8, 0.7, 0.6, 0.5)],
+            2,
+        ),  # falling accuracy: patience 1
         ({"monitor": "val_loss"}, [("val_loss", v) for v in (0.8, 0.7, 0.6, 0.5)], 4),
         ({"monitor": "val_loss"}, [("val_loss", v) for v in (0.5, 0.6, 0.7, 0.8)], 2),
     ],
 )
-def test_early_stopping_follows_the_monitor_direction(digits_root, tmp_path, scripted_metrics, over,
-                                                       values, epochs_run):
+def test_early_stopping_follows_the_monitor_direction(
+    digits_root, tmp_path, scripted_metrics, over, values, epochs_run
+):
     # caught by: EarlyStopping built with the wrong mode, or its comparison flipped
     scripted_metrics([{"val_loss": 0.5, "val_accuracy": 0.5, k: v} for k, v in values])
-    res = fit(_config(digits_root, tmp_path / "run", epochs=4, early_stopping={"patience": 1}, **over),
-              log=_quiet)
+    res = fit(
+        _config(digits_root, tmp_path / "run", epochs=4, early_stopping={"patience": 1}, **over),
+        log=_quiet,
+    )
     assert len(res.history) == epochs_run
 
 
 # ----------------------------------------------------------------------------- plateau inside fit
+
 
 def _reference_plateau_lrs(values, mode, lr, **kw):
     """torch's ReduceLROnPlateau fed by hand in ``mode``: the LR each epoch trains with."""
@@ -161,22 +177,39 @@ def _reference_plateau_lrs(values, mode, lr, **kw):
 @pytest.mark.parametrize(
     ("over", "metric", "values", "mode", "expected"),
     [
-        ({}, "val_accuracy", [0.5, 0.6, 0.7, 0.8], "max", [0.01] * 4),          # rising: no cut
+        ({}, "val_accuracy", [0.5, 0.6, 0.7, 0.8], "max", [0.01] * 4),  # rising: no cut
         ({}, "val_accuracy", [0.5, 0.5, 0.5, 0.5], "max", [0.01, 0.01, 0.01, 0.005]),  # flat: cut
-        ({"monitor": "val_loss"}, "val_loss", [0.8, 0.7, 0.6, 0.5], "min", [0.01] * 4),  # falling loss
+        (
+            {"monitor": "val_loss"},
+            "val_loss",
+            [0.8, 0.7, 0.6, 0.5],
+            "min",
+            [0.01] * 4,
+        ),  # falling loss
     ],
 )
-def test_plateau_schedule_in_fit_follows_the_monitor(digits_root, tmp_path, scripted_metrics, over, metric,
-                                                     values, mode, expected):
+def test_plateau_schedule_in_fit_follows_the_monitor(
+    digits_root, tmp_path, scripted_metrics, over, metric, values, mode, expected
+):
     # caught by: ReduceLROnPlateau left in torch's default mode "min" for val_accuracy (issue 11)
     other = "val_loss" if metric == "val_accuracy" else "val_accuracy"
     scripted_metrics([{metric: v, other: 0.5} for v in values])
-    res = fit(_config(digits_root, tmp_path / "run", epochs=4, schedule={"name": "plateau", "patience": 1,
-                                                                       "factor": 0.5}, **over), log=_quiet)
+    res = fit(
+        _config(
+            digits_root,
+            tmp_path / "run",
+            epochs=4,
+            schedule={"name": "plateau", "patience": 1, "factor": 0.5},
+            **over,
+        ),
+        log=_quiet,
+    )
     ref, ref_after = _reference_plateau_lrs(values, mode, 0.01, patience=1, factor=0.5)
     assert ref == pytest.approx(expected)  # the hand values agree with torch's own rule
     steps = _rows(res.run_dir, "step")
-    per_epoch = [sorted({float(r["lr"]) for r in steps if int(r["epoch"]) == e}) for e in (1, 2, 3, 4)]
+    per_epoch = [
+        sorted({float(r["lr"]) for r in steps if int(r["epoch"]) == e}) for e in (1, 2, 3, 4)
+    ]
     assert per_epoch == [[pytest.approx(v)] for v in expected]
     last = load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     assert [g["lr"] for g in last] == [pytest.approx(ref_after)] * len(last)
@@ -184,11 +217,14 @@ def test_plateau_schedule_in_fit_follows_the_monitor(digits_root, tmp_path, scri
 
 # ------------------------------------------------------------------ accumulation = the full batch
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("full", "micro", "accum"),
-    [(16, 8, 2),   # 48 training images: three whole groups per epoch
-     (32, 8, 4)],  # 48 = 32 + 16: the last group has 2 of its 4 batches and is averaged over 2
+    [
+        (16, 8, 2),  # 48 training images: three whole groups per epoch
+        (32, 8, 4),
+    ],  # 48 = 32 + 16: the last group has 2 of its 4 batches and is averaged over 2
 )
 def test_accumulation_equals_the_full_batch(digits_root, tmp_path, full, micro, accum):
     # caught by: loss not divided by the group size, a short last group divided by accum,
@@ -198,8 +234,13 @@ def test_accumulation_equals_the_full_batch(digits_root, tmp_path, full, micro, 
     model = {"name": "resnet18", "freeze": "backbone", "train_bn": False}
 
     def run(name, batch, steps):
-        cfg = _config(digits_root, tmp_path / name, data={"batch_size": batch}, accumulation_steps=steps,
-                      model=model)
+        cfg = _config(
+            digits_root,
+            tmp_path / name,
+            data={"batch_size": batch},
+            accumulation_steps=steps,
+            model=model,
+        )
         return _weights(fit(cfg, log=_quiet).run_dir)
 
     ref = run("full", full, 1)
@@ -214,6 +255,7 @@ def test_accumulation_equals_the_full_batch(digits_root, tmp_path, full, micro, 
 
 # ------------------------------------------------------------------------------ per-epoch shuffling
 
+
 @pytest.mark.slow
 def test_each_epoch_order_is_randperm_of_seed_plus_epoch(digits_root, tmp_path, captured_models):
     # caught by: set_epoch not called (same order every epoch), a seed that ignores config.seed
@@ -223,9 +265,14 @@ def test_each_epoch_order_is_randperm_of_seed_plus_epoch(digits_root, tmp_path, 
     class RecordTrainInputs:
         def on_fit_start(self, state):
             captured_models[0].register_forward_pre_hook(
-                lambda mod, args: seen.append(args[0].detach().clone()) if mod.training else None)
+                lambda mod, args: seen.append(args[0].detach().clone()) if mod.training else None
+            )
 
-    fit(_config(digits_root, tmp_path / "run", seed=seed), callbacks=[RecordTrainInputs()], log=_quiet)
+    fit(
+        _config(digits_root, tmp_path / "run", seed=seed),
+        callbacks=[RecordTrainInputs()],
+        log=_quiet,
+    )
     train_ds, _, _ = image_folder(digits_root, image_size=32, val_fraction=0.2, seed=seed)
     index = {train_ds[i][0].numpy().tobytes(): i for i in range(len(train_ds))}
     assert len(index) == len(train_ds) == 48  # every image distinct: an order can be read back
@@ -235,11 +282,12 @@ def test_each_epoch_order_is_randperm_of_seed_plus_epoch(digits_root, tmp_path, 
         # torch's DistributedSampler rule: randperm with a generator seeded seed + epoch
         g = torch.Generator()
         g.manual_seed(seed + epoch)
-        assert order[48 * epoch:48 * (epoch + 1)] == torch.randperm(48, generator=g).tolist()
+        assert order[48 * epoch : 48 * (epoch + 1)] == torch.randperm(48, generator=g).tolist()
     assert order[:48] != order[48:]
 
 
 # ------------------------------------------------------------------ RNG restored on resume (dropout)
+
 
 @pytest.mark.slow
 def test_resume_restores_the_rng_that_dropout_draws_from(digits_root, tmp_path):
@@ -261,6 +309,7 @@ def test_resume_restores_the_rng_that_dropout_draws_from(digits_root, tmp_path):
 
 # -------------------------------------------------------------------------------- clipping via fit
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_the_optimizer_sees_clipped_gradients(digits_root, tmp_path, precision):
@@ -271,15 +320,29 @@ def test_the_optimizer_sees_clipped_gradients(digits_root, tmp_path, precision):
 
     def pre_step(optimizer, args, kwargs):
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float())
-                                                                for g in grads]))))
+        norms.append(
+            float(
+                torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+                )
+            )
+        )
 
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     handle = register_optimizer_step_pre_hook(pre_step)
     try:
-        res = fit(_config(digits_root, tmp_path / precision, precision=precision, clip_grad_norm=clip, epochs=1),
-                  callbacks=[_StopAfterSteps(3)], log=_quiet)
+        res = fit(
+            _config(
+                digits_root,
+                tmp_path / precision,
+                precision=precision,
+                clip_grad_norm=clip,
+                epochs=1,
+            ),
+            callbacks=[_StopAfterSteps(3)],
+            log=_quiet,
+        )
     finally:
         handle.remove()
     assert res.choices["precision"] == precision
@@ -289,13 +352,20 @@ def test_the_optimizer_sees_clipped_gradients(digits_root, tmp_path, precision):
 
 # ------------------------------------------------------------------------------------- aux heads
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "size", "aux_weight"),
-    [("googlenet", 32, None), ("googlenet", 32, 1.5), ("googlenet", 32, 0.0), ("inception_v3", 299, None)],
+    [
+        ("googlenet", 32, None),
+        ("googlenet", 32, 1.5),
+        ("googlenet", 32, 0.0),
+        ("inception_v3", 299, None),
+    ],
 )
-def test_aux_heads_add_weighted_losses(digits_root, tmp_path, captured_models, monkeypatch, name, size,
-                                       aux_weight):
+def test_aux_heads_add_weighted_losses(
+    digits_root, tmp_path, captured_models, monkeypatch, name, size, aux_weight
+):
     # caught by: aux losses dropped, the 0.4 weight hard-coded over aux_weight, aux scored instead of main
     import strop.losses
 
@@ -305,6 +375,7 @@ def test_aux_heads_add_weighted_losses(digits_root, tmp_path, captured_models, m
         def loss(input, target):
             targets.append(target)
             return F.cross_entropy(input, target)
+
         return loss
 
     monkeypatch.setattr(strop.losses, "build", recording_build)
@@ -314,8 +385,17 @@ def test_aux_heads_add_weighted_losses(digits_root, tmp_path, captured_models, m
             captured_models[0].register_forward_hook(lambda mod, args, out: outputs.append(out))
 
     model = {"name": name} if aux_weight is None else {"name": name, "aux_weight": aux_weight}
-    res = fit(_config(digits_root, tmp_path / "run", model=model, data={"image_size": size, "batch_size": 2},
-                      epochs=1), callbacks=[RecordOutputs(), _StopAfterSteps(1)], log=_quiet)
+    res = fit(
+        _config(
+            digits_root,
+            tmp_path / "run",
+            model=model,
+            data={"image_size": size, "batch_size": 2},
+            epochs=1,
+        ),
+        callbacks=[RecordOutputs(), _StopAfterSteps(1)],
+        log=_quiet,
+    )
     assert res.history == []  # stopped after one step, before validation
     out, y = [t.detach() if t is not None else None for t in outputs[0]], targets[0]
     main, aux = out[0], [t for t in out[1:] if t is not None]
@@ -329,8 +409,11 @@ def test_aux_heads_add_weighted_losses(digits_root, tmp_path, captured_models, m
 
 # ------------------------------------------------ a run that learns (last: its fixture costs ~10 s)
 
-LEARNS = {"model": {"name": "resnet18", "bn_momentum": 0.5}, "optimizer": {"name": "adam", "lr": 1e-3},
-          "data": {"batch_size": 8, "val_fraction": 0.25}}
+LEARNS = {
+    "model": {"name": "resnet18", "bn_momentum": 0.5},
+    "optimizer": {"name": "adam", "lr": 1e-3},
+    "data": {"batch_size": 8, "val_fraction": 0.25},
+}
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +426,9 @@ def learned_run(digits_root, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        res = fit(_config(digits_root, tmp_path_factory.mktemp("learn") / "run", **LEARNS), log=_quiet)
+        res = fit(
+            _config(digits_root, tmp_path_factory.mktemp("learn") / "run", **LEARNS), log=_quiet
+        )
     finally:
         torch.set_num_threads(threads)
     return res

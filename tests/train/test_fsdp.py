@@ -26,7 +26,9 @@ import torch
 from strop.train import config_from_dict, fit, load_checkpoint
 from strop.train.checkpoint import CheckpointError
 
-_spec = importlib.util.spec_from_file_location("_td_helpers", Path(__file__).with_name("test_distributed.py"))
+_spec = importlib.util.spec_from_file_location(
+    "_td_helpers", Path(__file__).with_name("test_distributed.py")
+)
 td = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(td)  # type: ignore[union-attr]
 
@@ -42,14 +44,17 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 # ----------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("over, key", [
-    ({"ema": {}}, "ema"),
-    ({"swa": {"start_epoch": 0, "lr": 0.01}}, "swa"),
-    ({"compile": True}, "compile"),
-    ({"gradual_unfreeze": {}}, "gradual_unfreeze"),
-    ({"sync_batchnorm": True}, "sync_batchnorm"),
-    ({"precision": "fp16"}, "precision"),
-])
+@pytest.mark.parametrize(
+    "over, key",
+    [
+        ({"ema": {}}, "ema"),
+        ({"swa": {"start_epoch": 0, "lr": 0.01}}, "swa"),
+        ({"compile": True}, "compile"),
+        ({"gradual_unfreeze": {}}, "gradual_unfreeze"),
+        ({"sync_batchnorm": True}, "sync_batchnorm"),
+        ({"precision": "fp16"}, "precision"),
+    ],
+)
 def test_fsdp_refuses_the_keys_it_does_not_support_naming_them(over, key, tmp_path):
     cfg = td._config(tmp_path, tmp_path / "run", **FSDP, **over)
     with pytest.raises(ValueError, match=rf"config: {key}=.* does not go with strategy: fsdp"):
@@ -107,7 +112,9 @@ def _payload(step: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("where", ["shards", "rename", "last.pt"])
-def test_a_failed_sharded_save_keeps_the_previous_checkpoint(where, one_rank_group, tmp_path, monkeypatch):
+def test_a_failed_sharded_save_keeps_the_previous_checkpoint(
+    where, one_rank_group, tmp_path, monkeypatch
+):
     import torch.distributed.checkpoint as dcp
 
     from strop.train import fsdp
@@ -149,7 +156,10 @@ def test_a_mid_run_fsdp_last_pt_is_refused_by_export_with_one_line(one_rank_grou
 
     model, opt = _sharded_parts()
     last = save_sharded(model, opt, _payload(3), tmp_path / "last.pt", rank=0)
-    with pytest.raises(CheckpointError, match=r"is a mid-run fsdp checkpoint: its model is sharded in last-shards-00000003-"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"is a mid-run fsdp checkpoint: its model is sharded in last-shards-00000003-",
+    ):
         require_full_model(load_checkpoint(last), last)
     full = save_sharded(model, opt, _payload(4), tmp_path / "last.pt", rank=0, full_model=True)
     state = require_full_model(load_checkpoint(full), full)
@@ -166,13 +176,22 @@ def launched(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("fsdp")
     root = write_digits(base / "digits", digits=[0, 1, 2, 3], per_class=10, seed=0, size=16)
-    cfgs = {name: td._config(root, base / name, **over)
-            for name, over in (("ddp", {}), ("fsdp", FSDP), ("cut", FSDP))}
+    cfgs = {
+        name: td._config(root, base / name, **over)
+        for name, over in (("ddp", {}), ("fsdp", FSDP), ("cut", FSDP))
+    }
     rc, out, _ = td._run_driver(
-        [{"config": cfgs["ddp"], "report": str(base / "ddp.json")},
-         {"config": cfgs["fsdp"], "report": str(base / "fsdp.json")},
-         {"config": cfgs["cut"], "report": str(base / "cut.json"), "action": "sigterm_launcher", "rank": 1,
-          "step": 3}],
+        [
+            {"config": cfgs["ddp"], "report": str(base / "ddp.json")},
+            {"config": cfgs["fsdp"], "report": str(base / "fsdp.json")},
+            {
+                "config": cfgs["cut"],
+                "report": str(base / "cut.json"),
+                "action": "sigterm_launcher",
+                "rank": 1,
+                "step": 3,
+            },
+        ],
         base,
     )
     return {"base": base, "root": root, "cfgs": cfgs, "rc": rc, "out": out}
@@ -181,7 +200,9 @@ def launched(tmp_path_factory):
 @pytest.mark.slow
 def test_fsdp_on_two_processes_reaches_the_ddp_weights_and_reads_like_any_run(launched):
     base = launched["base"]
-    assert (base / "fsdp.json.rank0").is_file() and (base / "fsdp.json.rank1").is_file(), launched["out"][-3000:]
+    assert (base / "fsdp.json.rank0").is_file() and (base / "fsdp.json.rank1").is_file(), launched[
+        "out"
+    ][-3000:]
     assert json.loads((base / "fsdp" / "run.json").read_text())["strategy"] == "fsdp"
     assert json.loads((base / "ddp" / "run.json").read_text())["strategy"] == "ddp"
     ddp = td._weights(base / "ddp")
@@ -189,16 +210,22 @@ def test_fsdp_on_two_processes_reaches_the_ddp_weights_and_reads_like_any_run(la
     assert last["state"]["step"] == td.STEPS and "sharded" in last
     _equal(last["model"], ddp)  # see the module doc for why equal
     # best.pt is the gathered model, as under ddp (best is epoch 2 in both)
-    _equal(load_checkpoint(base / "fsdp" / "checkpoints" / "best.pt")["model"],
-           load_checkpoint(base / "ddp" / "checkpoints" / "best.pt")["model"])
+    _equal(
+        load_checkpoint(base / "fsdp" / "checkpoints" / "best.pt")["model"],
+        load_checkpoint(base / "ddp" / "checkpoints" / "best.pt")["model"],
+    )
     shards = base / "fsdp" / "checkpoints" / last["sharded"]["folder"]
     assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
-    assert sorted(p.name for p in shards.parent.iterdir()) == sorted(["best.pt", "last.pt", shards.name])
+    assert sorted(p.name for p in shards.parent.iterdir()) == sorted(
+        ["best.pt", "last.pt", shards.name]
+    )
     from safetensors.torch import load_file
 
     from strop.train.inference import export_weights
 
-    _equal(load_file(export_weights(base / "fsdp", checkpoint="last", out=base / "w.safetensors")), ddp)
+    _equal(
+        load_file(export_weights(base / "fsdp", checkpoint="last", out=base / "w.safetensors")), ddp
+    )
 
 
 @pytest.mark.slow
@@ -221,18 +248,45 @@ def test_an_interrupted_fsdp_run_keeps_shards_and_resumes_on_one_process(launche
 
 
 @pytest.mark.slow
-def test_sigkill_under_max_restarts_resumes_fsdp_from_its_shards_with_equal_weights(launched, tmp_path):
+def test_sigkill_under_max_restarts_resumes_fsdp_from_its_shards_with_equal_weights(
+    launched, tmp_path
+):
     run = tmp_path / "run"
     cfg = td._config(launched["root"], run, **FSDP, checkpoint_every_steps=1)
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps([{"config": cfg, "report": str(tmp_path / "r.json"), "action": "sigkill_self",
-                                 "rank": 1, "step": 4}]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "--max-restarts=1", str(Path(td.__file__)), str(spec)]
+    spec.write_text(
+        json.dumps(
+            [
+                {
+                    "config": cfg,
+                    "report": str(tmp_path / "r.json"),
+                    "action": "sigkill_self",
+                    "rank": 1,
+                    "step": 4,
+                }
+            ]
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max-restarts=1",
+        str(Path(td.__file__)),
+        str(spec),
+    ]
     rc, out, _ = td._launch(cmd, timeout=2 * td.LAUNCH_TIMEOUT_S, env={"STROP_DIST_TIMEOUT": "60"})
     assert rc == 0, out[-4000:]
-    assert "restarted by torchrun (TORCHELASTIC_RESTART_COUNT=1): resuming from checkpoints/last.pt" in out
+    assert (
+        "restarted by torchrun (TORCHELASTIC_RESTART_COUNT=1): resuming from checkpoints/last.pt"
+        in out
+    )
     assert "at epoch 2, batch 1, step 3" in out  # from the step-3 shards
     # same world size, same operations: equal to the uninterrupted fsdp run
-    _equal(td._weights(run), load_checkpoint(launched["base"] / "fsdp" / "checkpoints" / "last.pt")["model"])
+    _equal(
+        td._weights(run),
+        load_checkpoint(launched["base"] / "fsdp" / "checkpoints" / "last.pt")["model"],
+    )
     assert len(list((run / "checkpoints").glob("last-shards-*"))) == 1  # older shards pruned

@@ -23,6 +23,8 @@ import yaml
 from test_distributed import BASE  # the same model, data and optimizer
 
 TIMEOUT_S = 200
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,8 +39,14 @@ def _env() -> dict[str, str]:
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", *args],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
@@ -68,7 +76,9 @@ def _config(tmp: Path, root: Path, name: str) -> Path:
 def four_digits(tmp_path_factory):
     from strop.data import write_digits
 
-    return write_digits(tmp_path_factory.mktemp("digits4"), digits=[0, 1, 2, 3], per_class=10, seed=0, size=16)
+    return write_digits(
+        tmp_path_factory.mktemp("digits4"), digits=[0, 1, 2, 3], per_class=10, seed=0, size=16
+    )
 
 
 @pytest.mark.slow
@@ -78,8 +88,18 @@ def test_two_one_process_nodes_equal_one_two_process_launch(tmp_path, four_digit
     single = _config(tmp_path, four_digits, "single")
     multi = _config(tmp_path, four_digits, "multi")
     port = _free_port()
-    node = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"strop-test-{port}"]
+    node = [
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        f"strop-test-{port}",
+    ]
     nodes = [_start([*node, "-m", "strop", "train", str(multi)]) for _ in range(2)]
     one = _start(["--standalone", "--nproc_per_node", "2", "-m", "strop", "train", str(single)])
     results = _finish([*nodes, one])

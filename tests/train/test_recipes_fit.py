@@ -51,13 +51,29 @@ def _imbalanced_digits(src, dst, keep):
 
 
 def test_optimizer_by_name_and_label_smoothing(tiny_config, digits_root, tmp_path):
-    cfg = tiny_config(digits_root, tmp_path / "r", epochs=1, label_smoothing=0.2,
-                      optimizer={"name": "rmsprop", "lr": 1e-3, "alpha": 0.8, "centered": True,
-                                 "momentum": 0.5, "eps": 1e-7})
+    cfg = tiny_config(
+        digits_root,
+        tmp_path / "r",
+        epochs=1,
+        label_smoothing=0.2,
+        optimizer={
+            "name": "rmsprop",
+            "lr": 1e-3,
+            "alpha": 0.8,
+            "centered": True,
+            "momentum": 0.5,
+            "eps": 1e-7,
+        },
+    )
     res = fit(cfg)
     opt = load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["optimizer"]
     group = opt["param_groups"][0]
-    assert (group["alpha"], group["centered"], group["momentum"], group["eps"]) == (0.8, True, 0.5, 1e-7)
+    assert (group["alpha"], group["centered"], group["momentum"], group["eps"]) == (
+        0.8,
+        True,
+        0.5,
+        1e-7,
+    )
     assert {"square_avg", "grad_avg", "momentum_buffer"} <= set(next(iter(opt["state"].values())))
     # val_loss is the smoothed cross-entropy: (1 - e)·CE + e·mean_c(-log p_c)
     logits, y = _val_outputs(res.run_dir)
@@ -132,8 +148,14 @@ def test_mixup_soft_targets_reach_the_loss(tiny_config, digits_root, tmp_path, m
         return wrapped
 
     monkeypatch.setattr(strop.losses, "build", recording_build)
-    res = fit(tiny_config(digits_root, tmp_path / "r", epochs=1,
-                          mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "prob": 1.0}))
+    res = fit(
+        tiny_config(
+            digits_root,
+            tmp_path / "r",
+            epochs=1,
+            mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "prob": 1.0},
+        )
+    )
     train = [t for t in seen if t.is_floating_point()]
     assert len(train) == 3  # every training batch; validation gets the class ids
     for t in train:
@@ -149,8 +171,13 @@ def test_balanced_sampler_and_auto_class_weights(tiny_config, digits_root, tmp_p
     from strop.train.setup import build_run
 
     root = _imbalanced_digits(digits_root, tmp_path / "data", {"0": 20, "1": 6, "2": 6})
-    cfg = tiny_config(root, tmp_path / "r", epochs=1, data={"sampler": "balanced", "val_fraction": 0.34},
-                      loss={"name": "cross_entropy", "weight": "auto"})
+    cfg = tiny_config(
+        root,
+        tmp_path / "r",
+        epochs=1,
+        data={"sampler": "balanced", "val_fraction": 0.34},
+        loss={"name": "cross_entropy", "weight": "auto"},
+    )
     run = build_run(cfg, init_from_env(torch.device("cpu")), torch.device("cpu"), lambda m: None)
     train_labels = torch.tensor(run.loader.dataset.targets)
     counts = torch.bincount(train_labels, minlength=3).double()
@@ -168,13 +195,22 @@ def test_balanced_sampler_and_auto_class_weights(tiny_config, digits_root, tmp_p
     assert res.choices["class_weights"] == pytest.approx(expected, rel=1e-5)
     logits, y = _val_outputs(res.run_dir)
     assert res.history[-1]["val_loss"] == pytest.approx(
-        F.cross_entropy(logits, y, weight=torch.tensor(expected, dtype=torch.float32)).item(), rel=1e-4)
+        F.cross_entropy(logits, y, weight=torch.tensor(expected, dtype=torch.float32)).item(),
+        rel=1e-4,
+    )
 
 
 def test_swa_averages_the_epoch_end_weights(tiny_config, digits_root, tmp_path, monkeypatch):
     steps = _record_steps(monkeypatch)
-    res = fit(tiny_config(digits_root, tmp_path / "r", epochs=3, swa={"start_epoch": 1, "lr": 0.01},
-                          schedule={"name": "cosine", "interval": "step"}))
+    res = fit(
+        tiny_config(
+            digits_root,
+            tmp_path / "r",
+            epochs=3,
+            swa={"start_epoch": 1, "lr": 0.01},
+            schedule={"name": "cosine", "interval": "step"},
+        )
+    )
     swa = load_checkpoint(res.run_dir / "checkpoints" / "swa.pt")["model"]
     ends = [steps[3 * e + 2] for e in (1, 2)]  # 3 steps an epoch; epochs 1 and 2 are averaged
     for name in ("fc.weight", "conv1.weight", "layer4.1.bn2.weight"):
@@ -205,7 +241,9 @@ def test_tta_and_diagnostics_through_the_cli(tiny_config, digits_root, tmp_path,
         assert int(rows[str(c)]["support"]) == int((y == c).sum())
         recall = float(((logits.argmax(1) == c) & (y == c)).sum() / (y == c).sum())
         assert float(rows[str(c)]["recall"]) == pytest.approx(recall, abs=1e-4)
-    assert (diag / "confusion_matrix.png").stat().st_size > 0 and (diag / "top_losses.png").is_file()
+    assert (diag / "confusion_matrix.png").stat().st_size > 0 and (
+        diag / "top_losses.png"
+    ).is_file()
 
     image = sorted((digits_root / "1").iterdir())[0]
     assert main(["predict", str(res.run_dir), str(image), "--tta"]) == 0
@@ -221,14 +259,18 @@ def test_tta_and_diagnostics_through_the_cli(tiny_config, digits_root, tmp_path,
     assert main(["eval", str(res.run_dir), "--tta"]) == 0
     out = capsys.readouterr()
     metrics = json.loads(out.out)
-    assert metrics["val_accuracy_tta_gain"] == pytest.approx(metrics["val_accuracy_tta"] - metrics["val_accuracy"])
+    assert metrics["val_accuracy_tta_gain"] == pytest.approx(
+        metrics["val_accuracy_tta"] - metrics["val_accuracy"]
+    )
     from strop.train.setup import load_datasets
 
     val_ds = load_datasets(config)[1]
     with torch.no_grad():
         xs = torch.stack([val_ds[i][0] for i in range(len(val_ds))])
         mean_p = (model(xs).softmax(1) + model(xs.flip(-1)).softmax(1)) / 2
-    assert metrics["val_accuracy_tta"] == pytest.approx(float((mean_p.argmax(1) == y).float().mean()))
+    assert metrics["val_accuracy_tta"] == pytest.approx(
+        float((mean_p.argmax(1) == y).float().mean())
+    )
     assert metrics["val_loss_tta"] == pytest.approx(float(F.nll_loss(mean_p.log(), y)), rel=1e-4)
     assert "confusion_matrix.png" in out.err and (diag / "per_class.md").is_file()
 
@@ -239,15 +281,22 @@ def test_segmentation_diagnostics_and_pixel_class_weights(tiny_config, tmp_path)
     from strop.train.setup import load_datasets
 
     root = write_shapes(tmp_path / "shapes", n=12, size=32, seed=0, num_classes=3)
-    cfg = tiny_config(root, tmp_path / "r", task="segmentation", epochs=1,
-                      model={"name": "lraspp_mobilenet_v3_large"},
-                      optimizer={"name": "adamw", "lr": 0.003},
-                      data={"batch_size": 4, "augment": "standard", "color_jitter": 0.2},
-                      loss={"name": "cross_entropy", "weight": "auto"})
+    cfg = tiny_config(
+        root,
+        tmp_path / "r",
+        task="segmentation",
+        epochs=1,
+        model={"name": "lraspp_mobilenet_v3_large"},
+        optimizer={"name": "adamw", "lr": 0.003},
+        data={"batch_size": 4, "augment": "standard", "color_jitter": 0.2},
+        loss={"name": "cross_entropy", "weight": "auto"},
+    )
     res = fit(cfg)
     train_ds, val_ds, _, n = load_datasets(cfg)
     counts = pixel_counts((train_ds.load(i)[1] for i in range(len(train_ds))), n).double()
-    assert res.choices["class_weights"] == pytest.approx((counts.sum() / (n * counts)).tolist(), rel=1e-5)
+    assert res.choices["class_weights"] == pytest.approx(
+        (counts.sum() / (n * counts)).tolist(), rel=1e-5
+    )
     with open(res.run_dir / "diagnostics" / "per_class.csv") as fh:
         rows = list(csv.DictReader(fh))
     val_pixels = pixel_counts((val_ds.load(i)[1] for i in range(len(val_ds))), n)
@@ -260,10 +309,17 @@ def test_augment_preset_is_applied(tiny_config, digits_root, tmp_path):
 
     from strop.train.setup import load_datasets
 
-    cfg = tiny_config(digits_root, tmp_path / "r", data={"augment": "trivialaugment", "random_erasing": 0.5})
+    cfg = tiny_config(
+        digits_root, tmp_path / "r", data={"augment": "trivialaugment", "random_erasing": 0.5}
+    )
     train_ds, val_ds, _, _ = load_datasets(cfg)
     kinds = [type(t) for t in train_ds._augment.transforms]
-    assert kinds == [v2.RandomResizedCrop, v2.RandomHorizontalFlip, v2.TrivialAugmentWide, v2.RandomErasing]
+    assert kinds == [
+        v2.RandomResizedCrop,
+        v2.RandomHorizontalFlip,
+        v2.TrivialAugmentWide,
+        v2.RandomErasing,
+    ]
     assert val_ds._augment is None and not train_ds.deterministic
     flip_only = tiny_config(digits_root, tmp_path / "f", data={"augment": "flip"})
     ds = load_datasets(flip_only)[0]
@@ -274,12 +330,23 @@ def test_augment_preset_is_applied(tiny_config, digits_root, tmp_path):
     base = views[0]
     # the flip preset gives the image or its mirror, both within 12 draws
     assert all(torch.equal(v, base) or torch.equal(v, base.flip(-1)) for v in views)
-    assert any(torch.equal(v, base.flip(-1)) for v in views) and any(torch.equal(v, base) for v in views)
-    no_flip = load_datasets(tiny_config(digits_root, tmp_path / "n", data={"augment": "flip", "hflip": False}))[0]
+    assert any(torch.equal(v, base.flip(-1)) for v in views) and any(
+        torch.equal(v, base) for v in views
+    )
+    no_flip = load_datasets(
+        tiny_config(digits_root, tmp_path / "n", data={"augment": "flip", "hflip": False})
+    )[0]
     assert no_flip._augment is None and no_flip.deterministic
     # through fit: random augmentation turns the feature cache off, and config.yaml records it
-    res = fit(tiny_config(digits_root, tmp_path / "fit", epochs=1, model={"freeze": "backbone"},
-                          data={"augment": "trivialaugment"}))
+    res = fit(
+        tiny_config(
+            digits_root,
+            tmp_path / "fit",
+            epochs=1,
+            model={"freeze": "backbone"},
+            data={"augment": "trivialaugment"},
+        )
+    )
     assert res.choices["feature_cache"] is False
     assert "augmentation is random" in res.choices["feature_cache_reason"]
 
@@ -289,8 +356,13 @@ def test_fine_tune_recipe_resolves_and_user_keys_win(tiny_config, digits_root, t
 
     from strop.train.recipes import FINE_TUNE
 
-    cfg = tiny_config(digits_root, tmp_path / "r", epochs=2, recipe="fine_tune",
-                      optimizer={"name": "adamw", "lr": 1e-3})
+    cfg = tiny_config(
+        digits_root,
+        tmp_path / "r",
+        epochs=2,
+        recipe="fine_tune",
+        optimizer={"name": "adamw", "lr": 1e-3},
+    )
     assert cfg.optimizer.lr == 1e-3  # the user's
     assert cfg.optimizer.head_lr_mult == FINE_TUNE["optimizer"]["head_lr_mult"]  # the preset's
     assert cfg.data.batch_size == 16  # the user's (tiny_config), not the preset's
@@ -298,11 +370,19 @@ def test_fine_tune_recipe_resolves_and_user_keys_win(tiny_config, digits_root, t
     res = fit(cfg)
     written = yaml.safe_load((res.run_dir / "config.yaml").read_text())
     assert written["recipe"] == "fine_tune" and written["ema"] is None  # the preset has no EMA
-    assert written["gradual_unfreeze"]["head_epochs"] == FINE_TUNE["gradual_unfreeze"]["head_epochs"]
+    assert (
+        written["gradual_unfreeze"]["head_epochs"] == FINE_TUNE["gradual_unfreeze"]["head_epochs"]
+    )
     assert written["schedule"]["name"] == FINE_TUNE["schedule"]["name"]
     assert "val_accuracy_ema" not in res.history[-1]
-    other = tiny_config(digits_root, tmp_path / "o", recipe="fine_tune", gradual_unfreeze=None,
-                        ema={"decay": 0.9}, optimizer={"name": "sgd"})
+    other = tiny_config(
+        digits_root,
+        tmp_path / "o",
+        recipe="fine_tune",
+        gradual_unfreeze=None,
+        ema={"decay": 0.9},
+        optimizer={"name": "sgd"},
+    )
     assert other.gradual_unfreeze is None and other.ema.decay == 0.9
     assert other.optimizer.name == "sgd" and other.optimizer.head_lr_mult == 1.0
 
@@ -313,9 +393,16 @@ def _weights_and_ema(run_dir):
 
 
 @pytest.mark.parametrize("where", ["mid_epoch", "epoch_end"])
-def test_resume_is_exact_with_ema_mixup_and_balanced_sampler(tiny_config, digits_root, tmp_path, where):
-    over = dict(epochs=2, ema={"decay": 0.9}, mixup={"mixup_alpha": 0.4, "cutmix_alpha": 1.0},
-                data={"sampler": "balanced", "augment": "standard"}, schedule={"name": "cosine"})
+def test_resume_is_exact_with_ema_mixup_and_balanced_sampler(
+    tiny_config, digits_root, tmp_path, where
+):
+    over = dict(
+        epochs=2,
+        ema={"decay": 0.9},
+        mixup={"mixup_alpha": 0.4, "cutmix_alpha": 1.0},
+        data={"sampler": "balanced", "augment": "standard"},
+        schedule={"name": "cosine"},
+    )
     full = fit(tiny_config(digits_root, tmp_path / "full", **over))
 
     class Stop:
@@ -335,27 +422,43 @@ def test_resume_is_exact_with_ema_mixup_and_balanced_sampler(tiny_config, digits
     for x, y in zip(a[:2], b[:2], strict=True):
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     assert torch.equal(a[2], b[2])
-    assert [r["val_accuracy_ema"] for r in full.history] == [r["val_accuracy_ema"] for r in resumed.history]
+    assert [r["val_accuracy_ema"] for r in full.history] == [
+        r["val_accuracy_ema"] for r in resumed.history
+    ]
 
 
-@pytest.mark.parametrize(("direction", "raw", "ema", "swa", "used"), [
-    ("max", 0.8, 0.9, 0.85, "ema"), ("max", 0.9, 0.8, 0.85, "raw"), ("max", 0.8, 0.85, 0.9, "swa"),
-    ("max", 0.9, 0.9, None, "raw"),  # a tie keeps the raw weights
-    ("min", 0.3, 0.2, None, "ema"), ("min", 0.2, 0.3, 0.25, "raw"),
-])
+@pytest.mark.parametrize(
+    ("direction", "raw", "ema", "swa", "used"),
+    [
+        ("max", 0.8, 0.9, 0.85, "ema"),
+        ("max", 0.9, 0.8, 0.85, "raw"),
+        ("max", 0.8, 0.85, 0.9, "swa"),
+        ("max", 0.9, 0.9, None, "raw"),  # a tie keeps the raw weights
+        ("min", 0.3, 0.2, None, "ema"),
+        ("min", 0.2, 0.3, 0.25, "raw"),
+    ],
+)
 def test_the_better_weights_are_used_and_eval_loads_them(tmp_path, direction, raw, ema, swa, used):
     from types import SimpleNamespace
 
     from strop.train.inference import checkpoint_path
     from strop.train.recipe_run import _choose_weights
 
-    run = SimpleNamespace(config=SimpleNamespace(monitor_metric="m", monitor_direction=direction),
-                          ema=SimpleNamespace(best_metric=ema, best_epoch=2))
+    run = SimpleNamespace(
+        config=SimpleNamespace(monitor_metric="m", monitor_direction=direction),
+        ema=SimpleNamespace(best_metric=ema, best_epoch=2),
+    )
     state = SimpleNamespace(best_metric=raw, best_epoch=3, epoch=4)
     weights = _choose_weights(run, state, swa)
     assert weights["used"] == used
-    assert weights["checkpoint"] == {"raw": "checkpoints/best.pt", "ema": "checkpoints/best_ema.pt",
-                                     "swa": "checkpoints/swa.pt"}[used]
+    assert (
+        weights["checkpoint"]
+        == {
+            "raw": "checkpoints/best.pt",
+            "ema": "checkpoints/best_ema.pt",
+            "swa": "checkpoints/swa.pt",
+        }[used]
+    )
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / weights["checkpoint"]).write_bytes(b"")
     (tmp_path / "run.json").write_text(json.dumps({"weights": weights}))

@@ -35,7 +35,9 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
-def test_a_second_run_leaves_every_file_of_the_first_byte_identical(digits_root, tiny_config, tmp_path):
+def test_a_second_run_leaves_every_file_of_the_first_byte_identical(
+    digits_root, tiny_config, tmp_path
+):
     from strop.train import fit
 
     out = tmp_path / "runs" / "x"
@@ -43,7 +45,13 @@ def test_a_second_run_leaves_every_file_of_the_first_byte_identical(digits_root,
     first = fit(tiny_config(digits_root, out, **FAST), log=lines.append)
     assert first.run_dir == out
     before = _digest(out)
-    assert {"config.yaml", "run.json", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt"} <= set(before)
+    assert {
+        "config.yaml",
+        "run.json",
+        "metrics.csv",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    } <= set(before)
 
     second_lines: list[str] = []
     second = fit(tiny_config(digits_root, out, **FAST, seed=1), log=second_lines.append)
@@ -53,14 +61,18 @@ def test_a_second_run_leaves_every_file_of_the_first_byte_identical(digits_root,
     assert f"run folder: {second.run_dir}" in second_lines
     # the second run is whole in its own folder, and its config says where it lives
     assert (second.run_dir / "checkpoints" / "last.pt").is_file()
-    assert yaml.safe_load((second.run_dir / "config.yaml").read_text())["output"] == str(second.run_dir)
+    assert yaml.safe_load((second.run_dir / "config.yaml").read_text())["output"] == str(
+        second.run_dir
+    )
     assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 0
 
     # exist_ok reuses the folder on purpose; resume continues it (nothing numbered is made)
     third = fit(tiny_config(digits_root, out, **FAST, seed=2), exist_ok=True, log=lambda m: None)
     assert third.run_dir == out and _digest(out) != before
     assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 2
-    fourth = fit(tiny_config(digits_root, out, **{**FAST, "epochs": 2}), resume=True, log=lines.append)
+    fourth = fit(
+        tiny_config(digits_root, out, **{**FAST, "epochs": 2}), resume=True, log=lines.append
+    )
     assert fourth.run_dir == out and any("resumed from" in m for m in lines)
     assert sorted(p.name for p in out.parent.iterdir()) == ["x", "x-2"]
 
@@ -85,15 +97,22 @@ HOLDER = textwrap.dedent(
 )
 
 
-def test_two_real_processes_into_one_folder_the_second_is_refused(digits_root, tiny_config, tmp_path):
+def test_two_real_processes_into_one_folder_the_second_is_refused(
+    digits_root, tiny_config, tmp_path
+):
     out = tmp_path / "run"
     cfg = tiny_config(digits_root, out, **FAST)
     cfg_yaml = tmp_path / "cfg.yaml"
     cfg_yaml.write_text(yaml.safe_dump(cfg.to_dict()))
     ready, go = tmp_path / "ready", tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, json.dumps(cfg.to_dict()), str(ready), str(go)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, json.dumps(cfg.to_dict()), str(ready), str(go)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         t0 = time.monotonic()
         while not ready.exists():
@@ -102,8 +121,13 @@ def test_two_real_processes_into_one_folder_the_second_is_refused(digits_root, t
             time.sleep(0.1)
         before = _digest(out)
         # a second real process (the CLI), told to reuse the folder: refused, one clear line
-        second = subprocess.run([sys.executable, "-m", "strop", "train", str(cfg_yaml), "--exist-ok"],
-                                env=env, capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "strop", "train", str(cfg_yaml), "--exist-ok"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode != 0
         err = second.stderr.strip().splitlines()
         assert len(err) == 1, second.stderr
@@ -181,12 +205,21 @@ def test_cli_flags_reach_torchrun_and_bad_combinations_are_one_line(tmp_path, mo
     monkeypatch.setattr(train_cli.subprocess, "Popen", FakePopen)
     assert main(["train", str(cfg), "--nproc", "2", "--max-restarts", "3", "--exist-ok"]) == 0
     cmd = launched[0]
-    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=3"]
+    assert cmd[1:6] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max-restarts=3",
+    ]
     assert cmd[-1] == "--exist-ok" and "--resume" not in cmd
     for args, expected in (
         (["--resume", "--exist-ok"], "--resume and --exist-ok exclude each other"),
         (["--max-restarts", "2"], "--max-restarts needs --nproc N > 1"),
-        (["--nproc", "2", "--max-restarts", "-1"], "--max-restarts must be a number of restarts >= 0; got -1"),
+        (
+            ["--nproc", "2", "--max-restarts", "-1"],
+            "--max-restarts must be a number of restarts >= 0; got -1",
+        ),
     ):
         assert main(["train", str(cfg), *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()

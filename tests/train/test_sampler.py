@@ -11,7 +11,9 @@ from strop.train.sampler import ResumableBalancedSampler, ResumableSampler
 
 
 def test_resumable_sampler_skips_the_batches_done_of_torchs_epoch_order():
-    sampler = ResumableSampler(list(range(10)), ctx=DistContext(), seed=3, shuffle=True, batch_size=4)
+    sampler = ResumableSampler(
+        list(range(10)), ctx=DistContext(), seed=3, shuffle=True, batch_size=4
+    )
     sampler.set_position(epoch=2, batches_done=1)
     # DistributedSampler's rule: randperm seeded with seed + epoch
     full = torch.randperm(10, generator=torch.Generator().manual_seed(3 + 2)).tolist()
@@ -30,5 +32,5 @@ def test_resumable_balanced_sampler_skips_the_batches_done_of_the_balanced_order
     full = list(plain)
     sampler = ResumableBalancedSampler(labels, ctx=DistContext(), seed=5, batch_size=3)
     sampler.set_position(epoch=1, batches_done=batches_done)
-    assert list(sampler) == full[3 * batches_done:]
+    assert list(sampler) == full[3 * batches_done :]
     assert len(sampler) == len(full) - 3 * batches_done

@@ -22,10 +22,22 @@ def _assert_same_weights(a, b):
 
 @pytest.mark.slow
 def test_classification_run_writes_the_run_folder(tiny_config, digits_root, tmp_path):
-    res = fit(tiny_config(digits_root, tmp_path / "run", schedule={"name": "warmup_cosine", "warmup_epochs": 1}))
+    res = fit(
+        tiny_config(
+            digits_root, tmp_path / "run", schedule={"name": "warmup_cosine", "warmup_epochs": 1}
+        )
+    )
     run = res.run_dir
-    for rel in ("config.yaml", "run.json", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt",
-                "plots/loss.png", "plots/metrics.png", "plots/lr.png"):
+    for rel in (
+        "config.yaml",
+        "run.json",
+        "metrics.csv",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "plots/loss.png",
+        "plots/metrics.png",
+        "plots/lr.png",
+    ):
         assert (run / rel).is_file(), rel
     epochs, steps = read_metrics(run / "metrics.csv")
     assert [e["epoch"] for e in epochs] == [1.0, 2.0]
@@ -42,10 +54,14 @@ def test_classification_run_writes_the_run_folder(tiny_config, digits_root, tmp_
 
 @pytest.mark.slow
 def test_bf16_autocast_run_trains(tiny_config, digits_root, tmp_path):
-    res = fit(tiny_config(digits_root, tmp_path / "bf16", precision="bf16", memory_format="channels_last"))
+    res = fit(
+        tiny_config(digits_root, tmp_path / "bf16", precision="bf16", memory_format="channels_last")
+    )
     assert res.choices["precision"] == "bf16" and res.choices["memory_format"] == "channels_last"
     assert all(math.isfinite(h["train_loss"]) for h in res.history)
-    assert all(p.dtype == torch.float32 for p in _weights(res.run_dir).values() if p.is_floating_point())
+    assert all(
+        p.dtype == torch.float32 for p in _weights(res.run_dir).values() if p.is_floating_point()
+    )
 
 
 @pytest.mark.slow
@@ -97,17 +113,33 @@ def test_feature_cache_gives_the_uncached_head(tiny_config, digits_root, tmp_pat
 
 @pytest.mark.slow
 def test_feature_cache_falls_back_with_reason(tiny_config, digits_root, tmp_path):
-    res = fit(tiny_config(digits_root, tmp_path / "aug", data={"augment": True}, epochs=1,
-                          model={"name": "resnet18", "freeze": "backbone"}))
+    res = fit(
+        tiny_config(
+            digits_root,
+            tmp_path / "aug",
+            data={"augment": True},
+            epochs=1,
+            model={"name": "resnet18", "freeze": "backbone"},
+        )
+    )
     assert res.choices["feature_cache"] is False
     assert "augmentation" in res.choices["feature_cache_reason"]
 
 
 @pytest.mark.slow
 def test_segmentation_run(tiny_config, shapes_root, tmp_path):
-    res = fit(tiny_config(shapes_root, tmp_path / "seg", task="segmentation", epochs=1,
-                          model={"name": "lraspp_mobilenet_v3_large"}, loss={"dice": 1.0, "bce": 1.0},
-                          optimizer={"name": "adamw", "lr": 0.003}, data={"batch_size": 4}))
+    res = fit(
+        tiny_config(
+            shapes_root,
+            tmp_path / "seg",
+            task="segmentation",
+            epochs=1,
+            model={"name": "lraspp_mobilenet_v3_large"},
+            loss={"dice": 1.0, "bce": 1.0},
+            optimizer={"name": "adamw", "lr": 0.003},
+            data={"batch_size": 4},
+        )
+    )
     h = res.final
     assert 0.0 <= h["val_dice"] <= 1.0 and 0.0 <= h["val_iou"] <= h["val_dice"] + 1e-9
     assert res.monitor == "val_dice"
@@ -134,13 +166,19 @@ def test_nonfinite_loss_skip_and_stop(tiny_config, digits_root, tmp_path, monkey
     monkeypatch.setattr(strop.losses, "build", lambda spec: _NaNOnSecondBatch())
     res = fit(tiny_config(digits_root, tmp_path / "skip", epochs=1))
     assert res.final["nonfinite_batches"] == 1.0
-    assert all(torch.isfinite(t).all() for t in _weights(res.run_dir, "best").values() if t.is_floating_point())
+    assert all(
+        torch.isfinite(t).all()
+        for t in _weights(res.run_dir, "best").values()
+        if t.is_floating_point()
+    )
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at epoch 0, batch 1"):
         fit(tiny_config(digits_root, tmp_path / "stop", epochs=1, nonfinite="stop"))
 
 
 def test_num_classes_mismatch_and_missing_data(tiny_config, digits_root, tmp_path):
-    with pytest.raises(ValueError, match=r"data.num_classes is 5 but .* holds 3 classes \(0, 1, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"data.num_classes is 5 but .* holds 3 classes \(0, 1, 2\)"
+    ):
         fit(tiny_config(digits_root, tmp_path / "x", data={"num_classes": 5}))
     with pytest.raises((ValueError, FileNotFoundError), match="nowhere"):
         fit(tiny_config(tmp_path / "nowhere", tmp_path / "y"))
@@ -150,9 +188,12 @@ def test_num_classes_mismatch_and_missing_data(tiny_config, digits_root, tmp_pat
 
 @pytest.mark.slow
 def test_gradual_unfreezing_trains_head_then_all_and_resumes(tiny_config, digits_root, tmp_path):
-    over = {"model": {"name": "resnet18", "freeze": "backbone"}, "epochs": 2,
-            "gradual_unfreeze": {"head_epochs": 1, "lr_mult": 0.1},
-            "schedule": {"name": "cosine"}}
+    over = {
+        "model": {"name": "resnet18", "freeze": "backbone"},
+        "epochs": 2,
+        "gradual_unfreeze": {"head_epochs": 1, "lr_mult": 0.1},
+        "schedule": {"name": "cosine"},
+    }
     full = fit(tiny_config(digits_root, tmp_path / "full", **over))
     assert full.choices["feature_cache"] is False  # the backbone will train: no cache
     ck = load_checkpoint(full.run_dir / "checkpoints" / "last.pt")
@@ -172,9 +213,18 @@ def test_gradual_unfreezing_trains_head_then_all_and_resumes(tiny_config, digits
 @pytest.mark.parametrize(
     ("over", "match"),
     [
-        ({"monitor": "val_acc"}, r"monitor 'val_acc' is not a metric this run logs; did you mean 'val_accuracy'\?"),
-        ({"monitor": "val_top5"}, r"monitor 'val_top5' is not a metric this run logs"),  # only 3 classes
-        ({"data": {"val_fraction": 0.0}}, r"no validation images under .* \(data.val_fraction is 0.0 and there is no val/ folder\)"),
+        (
+            {"monitor": "val_acc"},
+            r"monitor 'val_acc' is not a metric this run logs; did you mean 'val_accuracy'\?",
+        ),
+        (
+            {"monitor": "val_top5"},
+            r"monitor 'val_top5' is not a metric this run logs",
+        ),  # only 3 classes
+        (
+            {"data": {"val_fraction": 0.0}},
+            r"no validation images under .* \(data.val_fraction is 0.0 and there is no val/ folder\)",
+        ),
         ({"device": "gpu"}, r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'gpu'"),
     ],
 )
@@ -196,7 +246,9 @@ def test_interrupt_mid_accumulation_saves_at_the_next_step(tiny_config, digits_r
     assert first.interrupted == "SIGINT"
     saved = load_checkpoint(tmp_path / "acc" / "checkpoints" / "last.pt")["state"]
     assert (saved["batch_in_epoch"], saved["step"]) == (2, 1)  # the accumulation group was finished
-    full = fit(tiny_config(digits_root, tmp_path / "accfull", accumulation_steps=2, data={"batch_size": 8}))
+    full = fit(
+        tiny_config(digits_root, tmp_path / "accfull", accumulation_steps=2, data={"batch_size": 8})
+    )
     _assert_same_weights(_weights(full.run_dir), _weights(fit(cfg, resume=True).run_dir))
 
 
@@ -205,14 +257,25 @@ def test_resume_with_more_epochs_replans_the_schedule(tiny_config, digits_root, 
     sched = {"name": "onecycle", "max_lr": 0.05}
     fit(tiny_config(digits_root, tmp_path / "r", epochs=1, schedule=sched))
     longer = fit(tiny_config(digits_root, tmp_path / "r", epochs=3, schedule=sched), resume=True)
-    assert [h["epoch"] for h in longer.history] == [1.0, 2.0, 3.0]  # onecycle would raise past its old horizon
+    assert [h["epoch"] for h in longer.history] == [
+        1.0,
+        2.0,
+        3.0,
+    ]  # onecycle would raise past its old horizon
     _, steps = read_metrics(tmp_path / "r" / "metrics.csv")
     assert len(steps) == 3 * 3 and steps[-1]["lr"] < max(s["lr"] for s in steps)
 
 
 @pytest.mark.slow
 def test_gradual_unfreezing_without_freeze_uses_lr_mult(tiny_config, digits_root, tmp_path):
-    res = fit(tiny_config(digits_root, tmp_path / "gu", epochs=2, gradual_unfreeze={"head_epochs": 1, "lr_mult": 0.1}))
+    res = fit(
+        tiny_config(
+            digits_root,
+            tmp_path / "gu",
+            epochs=2,
+            gradual_unfreeze={"head_epochs": 1, "lr_mult": 0.1},
+        )
+    )
     groups = load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     lrs = sorted({round(g["lr"], 6) for g in groups})
     assert lrs == [0.005, 0.05]  # the backbone joined at lr × lr_mult, the head kept lr
@@ -227,8 +290,11 @@ def test_gradual_unfreezing_without_freeze_uses_lr_mult(tiny_config, digits_root
     import json
 
     by_epoch = json.loads((res.run_dir / "run.json").read_text())["trainable_params_by_epoch"]
-    total = sum(t.numel() for k, t in load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["model"].items()
-                if "running" not in k and "num_batches" not in k)
+    total = sum(
+        t.numel()
+        for k, t in load_checkpoint(res.run_dir / "checkpoints" / "last.pt")["model"].items()
+        if "running" not in k and "num_batches" not in k
+    )
     assert by_epoch == {"1": 512 * 3 + 3, "2": total}
 
 
@@ -256,11 +322,16 @@ def test_trust_pickle_in_the_config_reaches_the_weights_loader(tiny_config, digi
     state = build_model("resnet18", num_classes=3).state_dict()
     legacy = tmp_path / "legacy.pth"
     torch.save({"state_dict": state, "args": argparse.Namespace(lr=0.1)}, legacy)
-    refused = tiny_config(digits_root, tmp_path / "a", model={"name": "resnet18", "weights": str(legacy)})
+    refused = tiny_config(
+        digits_root, tmp_path / "a", model={"name": "resnet18", "weights": str(legacy)}
+    )
     with pytest.raises(UnsafeWeightsError):
         build_engine_parts(refused, 3, torch.device("cpu"), None)
-    trusted = tiny_config(digits_root, tmp_path / "b",
-                          model={"name": "resnet18", "weights": str(legacy), "trust_pickle": True})
+    trusted = tiny_config(
+        digits_root,
+        tmp_path / "b",
+        model={"name": "resnet18", "weights": str(legacy), "trust_pickle": True},
+    )
     model, _, _ = build_engine_parts(trusted, 3, torch.device("cpu"), None)
     # the backbone comes from the file; the head is new (model.keep_head defaults to false)
     assert torch.equal(model.state_dict()["conv1.weight"], state["conv1.weight"])
@@ -268,7 +339,9 @@ def test_trust_pickle_in_the_config_reaches_the_weights_loader(tiny_config, digi
 
 
 @pytest.mark.slow
-def test_feature_cache_checkpoints_hold_the_head_and_resume_exactly(tiny_config, digits_root, tmp_path):
+def test_feature_cache_checkpoints_hold_the_head_and_resume_exactly(
+    tiny_config, digits_root, tmp_path
+):
     """Under the feature cache the frozen backbone is stored once (frozen-<sha>.pt) and last.pt
     holds the head; best.pt stays self-contained; resuming reaches the uninterrupted run's weights."""
     over = {"model": {"name": "resnet18", "freeze": "backbone"}, "feature_cache": "auto"}

@@ -20,9 +20,13 @@ def _val_batch_sizes(config):
 
 
 @pytest.mark.parametrize(("val_batch", "expected"), [(None, [15]), (7, [7, 7, 1])])
-def test_validation_batches_have_the_configured_size(tiny_config, digits_root, tmp_path, val_batch, expected):
+def test_validation_batches_have_the_configured_size(
+    tiny_config, digits_root, tmp_path, val_batch, expected
+):
     # 60 images, val_fraction 0.25 -> 15 validation images; training batch 4
-    config = tiny_config(digits_root, tmp_path / "run", data={"batch_size": 4, "val_batch_size": val_batch})
+    config = tiny_config(
+        digits_root, tmp_path / "run", data={"batch_size": 4, "val_batch_size": val_batch}
+    )
     assert _val_batch_sizes(config) == expected
 
 
@@ -39,8 +43,12 @@ def test_detection_keeps_the_training_batch_by_default():
     assert val_batch_size(SimpleNamespace(task="detection", data=data), world_size=2) == 5
 
 
-def test_val_metrics_with_a_large_val_batch_equal_a_one_image_pass(tiny_config, digits_root, tmp_path):
-    config = tiny_config(digits_root, tmp_path / "run", epochs=1, data={"batch_size": 4, "val_batch_size": 15})
+def test_val_metrics_with_a_large_val_batch_equal_a_one_image_pass(
+    tiny_config, digits_root, tmp_path
+):
+    config = tiny_config(
+        digits_root, tmp_path / "run", epochs=1, data={"batch_size": 4, "val_batch_size": 15}
+    )
     result = fit(config)
     choices = json.loads((result.run_dir / "run.json").read_text())
     assert choices["per_process_val_batch"] == 15
@@ -52,7 +60,9 @@ def test_val_metrics_with_a_large_val_batch_equal_a_one_image_pass(tiny_config, 
         for x, y in val_ds:
             logits = model(x[None])
             correct += int(logits.argmax(1).item() == int(y))
-            losses.append(torch.nn.functional.cross_entropy(logits, torch.as_tensor([int(y)])).item())
+            losses.append(
+                torch.nn.functional.cross_entropy(logits, torch.as_tensor([int(y)])).item()
+            )
     assert result.history[-1]["val_accuracy"] == pytest.approx(correct / len(val_ds))
     assert result.history[-1]["val_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-4)
 
@@ -74,6 +84,8 @@ def test_the_training_loader_drops_only_a_single_image_batch(tiny_config, digits
     run = build_run(config, ctx, device, log=lambda msg: None)
     sizes = [len(batch[1]) for batch in run.loader]
     assert sizes == [4] * 11 and run.batches_per_epoch == 11
-    config = tiny_config(digits_root, tmp_path / "run2", data={"batch_size": 7})  # 45 = 6 × 7 + 3: kept
+    config = tiny_config(
+        digits_root, tmp_path / "run2", data={"batch_size": 7}
+    )  # 45 = 6 × 7 + 3: kept
     run = build_run(config, ctx, device, log=lambda msg: None)
     assert [len(batch[1]) for batch in run.loader] == [7] * 6 + [3] and run.batches_per_epoch == 7

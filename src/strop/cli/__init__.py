@@ -20,10 +20,16 @@ from strop import __version__
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("strop.cli.demo", "the main job: transfer learning on bundled digits (or shapes), compared"),
+    "demo": (
+        "strop.cli.demo",
+        "the main job: transfer learning on bundled digits (or shapes), compared",
+    ),
     "train": ("strop.cli.train", "fine-tune a model from a YAML config"),
     "eval": ("strop.cli.evaluate", "metrics of a run's best checkpoint on its validation split"),
-    "predict": ("strop.cli.predict", "class and probability per image (CSV); boxes for detection runs"),
+    "predict": (
+        "strop.cli.predict",
+        "class and probability per image (CSV); boxes for detection runs",
+    ),
     "export": ("strop.cli.export", "export a run's weights (safetensors recommended)"),
     "lr-find": ("strop.cli.lr_find", "LR range test on a training config; writes the plot"),
     "lr-plot": ("strop.cli.lr_plot", "draw learning-rate schedules to PNG (and CSV)"),
@@ -102,9 +108,17 @@ def warnings_as_lines(prefix: str, stream: TextIO | None = None) -> Iterator[Non
     and ``warnings.catch_warnings(record=True)`` in library code behave as before.
     """
 
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: TextIO | None = None, line: str | None = None) -> None:
-        ours = category.__module__.startswith("strop") or str(Path(filename).resolve()).startswith(_STROP_DIR)
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        ours = category.__module__.startswith("strop") or str(Path(filename).resolve()).startswith(
+            _STROP_DIR
+        )
         text = str(message).strip()
         if not ours:
             text = f"{category.__name__}: {text}"

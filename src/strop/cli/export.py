@@ -7,8 +7,12 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run folder written by strop train")
-    p.add_argument("--format", default="safetensors", choices=["safetensors", "pt"],
-                   help="safetensors (recommended: loading it cannot run code) or a torch state dict")
+    p.add_argument(
+        "--format",
+        default="safetensors",
+        choices=["safetensors", "pt"],
+        help="safetensors (recommended: loading it cannot run code) or a torch state dict",
+    )
     p.add_argument("--out", default=None, help="output file (default RUN_DIR/model.<format>)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
 

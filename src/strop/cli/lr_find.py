@@ -21,7 +21,12 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     result, plot = lr_find_config(
-        config, start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter, mode=args.mode, out=args.out
+        config,
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        num_iter=args.num_iter,
+        mode=args.mode,
+        out=args.out,
     )
     for rule, lr in result.suggestions.items():
         print(f"suggested lr ({rule}): {lr:.3g}")

@@ -126,8 +126,15 @@ class FolderDataset(Dataset[Any]):
         self.mean = check_stats(func, "mean", mean)
         self.std = check_stats(func, "std", std)
         self.augment = augment
-        self._augment = augmentation(func, augment, self.image_size, task=task, hflip=hflip,
-                                     color_jitter=color_jitter, random_erasing=random_erasing)
+        self._augment = augmentation(
+            func,
+            augment,
+            self.image_size,
+            task=task,
+            hflip=hflip,
+            color_jitter=color_jitter,
+            random_erasing=random_erasing,
+        )
         # colour jitter / erasing are random even with augment="none"
         self.deterministic = self._augment is None
         self._normalize = normalization(self.mean, self.std)

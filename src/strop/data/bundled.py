@@ -173,16 +173,27 @@ def write_digits(
 #: The default glyph classes: 26 capitals, the 16 small letters whose shape differs from their
 #: capital once scaled to the same height (c, k, l, o, p, s, v, w, x, z do not), 11 symbols. No
 #: digit: the digits are the target task, and its classes must stay new to a glyph-trained model.
-GLYPH_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ" "abdefghijmnqrtuy" "&@#?%$+=<>*"
+GLYPH_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabdefghijmnqrtuy&@#?%$+=<>*"
 
 # fonts in matplotlib's mpl-data/fonts/ttf; the Computer Modern ones (BaKoMa) put other symbols
 # at the ASCII punctuation positions, so they draw letters only
 _GLYPH_FONTS = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
-    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
-    "DejaVuSansMono-BoldOblique.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
-    "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf", "STIXGeneral.ttf", "STIXGeneralBol.ttf",
-    "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSerif-BoldItalic.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "STIXGeneralBolIta.ttf",
 )
 _LETTER_ONLY_FONTS = ("cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmtt10.ttf", "cmti10.ttf")
 
@@ -201,8 +212,15 @@ def _render_glyph(rng: np.random.Generator, ch: str, font: Any) -> np.ndarray:
     canvas = 96
     layer = Image.new("L", (canvas, canvas), 0)
     # a pen 0-3 px wider than the font's own stroke (the glyph is ~36 px tall here)
-    ImageDraw.Draw(layer).text((canvas / 2, canvas / 2), ch, fill=255, font=font, anchor="mm",
-                               stroke_width=int(rng.integers(0, 4)), stroke_fill=255)
+    ImageDraw.Draw(layer).text(
+        (canvas / 2, canvas / 2),
+        ch,
+        fill=255,
+        font=font,
+        anchor="mm",
+        stroke_width=int(rng.integers(0, 4)),
+        stroke_fill=255,
+    )
     # a random slant, rotation and stretch, as different hands write
     angle = np.deg2rad(rng.uniform(-12.0, 12.0))
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -211,20 +229,25 @@ def _render_glyph(rng: np.random.Generator, ch: str, font: Any) -> np.ndarray:
     inv = np.linalg.inv(a)
     c = np.full(2, canvas / 2)
     off = c - inv @ c
-    layer = layer.transform((canvas, canvas), Image.Transform.AFFINE,
-                            (inv[0, 0], inv[0, 1], off[0], inv[1, 0], inv[1, 1], off[1]),
-                            resample=Image.Resampling.BILINEAR)
+    layer = layer.transform(
+        (canvas, canvas),
+        Image.Transform.AFFINE,
+        (inv[0, 0], inv[0, 1], off[0], inv[1, 0], inv[1, 1], off[1]),
+        resample=Image.Resampling.BILINEAR,
+    )
     ink = np.asarray(layer) > 127
     ys, xs = np.nonzero(ink)
     box = np.zeros((32, 32), dtype=bool)
     if len(ys) == 0:
         return box.reshape(8, 4, 8, 4).sum(axis=(1, 3))
-    shape = Image.fromarray(ink[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.uint8) * 255)
+    shape = Image.fromarray(
+        ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.uint8) * 255
+    )
     scale = 32 * rng.uniform(0.85, 1.0) / max(shape.size)
     w, h = max(1, round(shape.size[0] * scale)), max(1, round(shape.size[1] * scale))
     shape = shape.resize((w, h), Image.Resampling.BILINEAR)
     y0, x0 = (32 - h) // 2, (32 - w) // 2
-    box[y0:y0 + h, x0:x0 + w] = np.asarray(shape) > 127
+    box[y0 : y0 + h, x0 : x0 + w] = np.asarray(shape) > 127
     return box.reshape(8, 4, 8, 4).sum(axis=(1, 3))
 
 
@@ -257,11 +280,20 @@ def write_glyphs(
     func = "write_glyphs"
     path = _check_root(func, root)
     if not isinstance(chars, str):
-        fail(func, f"chars must be a string of characters; got {type(chars).__name__} {chars!r}",
-             exc=TypeError)
-    if len(chars) < 2 or len(set(chars)) != len(chars) or not all(ch.isprintable() and not ch.isspace()
-                                                                  for ch in chars):
-        fail(func, f"chars must hold at least 2 distinct printable, non-space characters; got {chars!r}")
+        fail(
+            func,
+            f"chars must be a string of characters; got {type(chars).__name__} {chars!r}",
+            exc=TypeError,
+        )
+    if (
+        len(chars) < 2
+        or len(set(chars)) != len(chars)
+        or not all(ch.isprintable() and not ch.isspace() for ch in chars)
+    ):
+        fail(
+            func,
+            f"chars must hold at least 2 distinct printable, non-space characters; got {chars!r}",
+        )
     check_positive(func, "per_class", per_class, integer=True)
     _check_seed_and_size(func, seed, size, why="glyphs are made at 8x8, like the digits")
 
@@ -273,7 +305,10 @@ def write_glyphs(
     from PIL import ImageFont
 
     font_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-    fonts = {name: ImageFont.truetype(str(font_dir / name), 48) for name in _GLYPH_FONTS + _LETTER_ONLY_FONTS}
+    fonts = {
+        name: ImageFont.truetype(str(font_dir / name), 48)
+        for name in _GLYPH_FONTS + _LETTER_ONLY_FONTS
+    }
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True, exist_ok=True)
     files: list[str] = []

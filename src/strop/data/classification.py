@@ -57,9 +57,17 @@ class ImageFolderDataset(FolderDataset):
         random_erasing: float = 0.0,
     ) -> None:
         func = "ImageFolderDataset"
-        super().__init__(func, image_size=image_size, augment=augment, mean=mean, std=std,
-                         task="classification", hflip=hflip, color_jitter=color_jitter,
-                         random_erasing=random_erasing)
+        super().__init__(
+            func,
+            image_size=image_size,
+            augment=augment,
+            mean=mean,
+            std=std,
+            task="classification",
+            hflip=hflip,
+            color_jitter=color_jitter,
+            random_erasing=random_erasing,
+        )
         self.samples = [(Path(p), int(t)) for p, t in samples]
         self.targets = [t for _, t in self.samples]
         self.classes = list(classes)
@@ -207,9 +215,20 @@ def image_folder(
     """
     func = "image_folder"
     args = check_folder_args(
-        func, "classification", root=root, image_size=image_size, val_fraction=val_fraction,
-        seed=seed, augment=augment, mean=mean, std=std, cache=cache, val_folder=val_folder,
-        hflip=hflip, color_jitter=color_jitter, random_erasing=random_erasing,
+        func,
+        "classification",
+        root=root,
+        image_size=image_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        augment=augment,
+        mean=mean,
+        std=std,
+        cache=cache,
+        val_folder=val_folder,
+        hflip=hflip,
+        color_jitter=color_jitter,
+        random_erasing=random_erasing,
     )
     path, train_dir, val_dir, size = args.root, args.train_dir, args.val_dir, args.size
 

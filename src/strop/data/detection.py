@@ -85,10 +85,15 @@ class _Reader:
     def box(self, where: str, fix: str, xyxy: Sequence[float], hw: tuple[int, int]) -> tuple | None:
         x1, y1, x2, y2 = (float(v) for v in xyxy)
         if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-            fail(_FUNC, f"{where}: box {[x1, y1, x2, y2]} has a NaN or infinite coordinate", hint=fix)
+            fail(
+                _FUNC, f"{where}: box {[x1, y1, x2, y2]} has a NaN or infinite coordinate", hint=fix
+            )
         if x2 < x1 or y2 < y1:
-            fail(_FUNC, f"{where}: box has x2 < x1 or y2 < y1: (x1, y1, x2, y2) = {[x1, y1, x2, y2]}",
-                 hint=fix)
+            fail(
+                _FUNC,
+                f"{where}: box has x2 < x1 or y2 < y1: (x1, y1, x2, y2) = {[x1, y1, x2, y2]}",
+                hint=fix,
+            )
         h, w = hw
         cx1, cy1, cx2, cy2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))
         if cx2 <= cx1 or cy2 <= cy1:
@@ -98,9 +103,15 @@ class _Reader:
 
     def warn(self) -> None:
         if self.dropped:
-            shown = "; ".join(self.dropped[:5]) + (f"; ... ({len(self.dropped)} in all)" if len(self.dropped) > 5 else "")
-            warnings.warn(f"read_detection: dropped {len(self.dropped)} box(es) of zero width/height or "
-                          f"outside the image: {shown}", DroppedBoxesWarning, stacklevel=3)
+            shown = "; ".join(self.dropped[:5]) + (
+                f"; ... ({len(self.dropped)} in all)" if len(self.dropped) > 5 else ""
+            )
+            warnings.warn(
+                f"read_detection: dropped {len(self.dropped)} box(es) of zero width/height or "
+                f"outside the image: {shown}",
+                DroppedBoxesWarning,
+                stacklevel=3,
+            )
 
 
 def _image_size(path: Path, where: str) -> tuple[int, int]:
@@ -108,7 +119,9 @@ def _image_size(path: Path, where: str) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.height, im.width
     except OSError as exc:
-        fail(_FUNC, f"{where}: cannot read image '{path}' ({exc})", hint="replace or remove the file")
+        fail(
+            _FUNC, f"{where}: cannot read image '{path}' ({exc})", hint="replace or remove the file"
+        )
 
 
 def _images_in(folder: Path) -> dict[str, Path]:
@@ -124,10 +137,17 @@ def detect_format(root: str | os.PathLike) -> str:
         return "yolo"
     if (root / "annotations.json").is_file() or len(list(root.glob("*.json"))) == 1:
         return "coco"
-    found = ", ".join(sorted(p.name for p in root.iterdir())[:10]) if root.is_dir() else "nothing (no such folder)"
-    fail("detect_format", f"'{root}' matches no detection layout; it holds {found}",
-         hint="expected COCO (annotations.json + images/), YOLO (images/ + labels/) or VOC "
-              "(Annotations/ + JPEGImages/); or pass format='coco'|'yolo'|'voc'")
+    found = (
+        ", ".join(sorted(p.name for p in root.iterdir())[:10])
+        if root.is_dir()
+        else "nothing (no such folder)"
+    )
+    fail(
+        "detect_format",
+        f"'{root}' matches no detection layout; it holds {found}",
+        hint="expected COCO (annotations.json + images/), YOLO (images/ + labels/) or VOC "
+        "(Annotations/ + JPEGImages/); or pass format='coco'|'yolo'|'voc'",
+    )
 
 
 # ---------------------------------------------------------------------------------------- COCO
@@ -137,8 +157,11 @@ def _coco_json(root: Path) -> Path:
         return path
     found = sorted(root.glob("*.json"))
     if len(found) != 1:
-        fail(_FUNC, f"'{root}' must hold annotations.json (or exactly one *.json); found {len(found)}",
-             hint="name the COCO file annotations.json")
+        fail(
+            _FUNC,
+            f"'{root}' must hold annotations.json (or exactly one *.json); found {len(found)}",
+            hint="name the COCO file annotations.json",
+        )
     return found[0]
 
 
@@ -146,14 +169,23 @@ def _read_coco(root: Path, reader: _Reader) -> tuple[list[DetectionRecord], dict
     path = _coco_json(root)
     text = path.read_text()
     if not text.strip():
-        fail(_FUNC, f"'{path}' is empty", hint="write the COCO JSON (images, annotations, categories)")
+        fail(
+            _FUNC,
+            f"'{path}' is empty",
+            hint="write the COCO JSON (images, annotations, categories)",
+        )
     try:
         data = json.loads(text)
     except ValueError as exc:
-        fail(_FUNC, f"'{path}' is not valid JSON ({exc})", hint="fix the file; it must be COCO JSON")
+        fail(
+            _FUNC, f"'{path}' is not valid JSON ({exc})", hint="fix the file; it must be COCO JSON"
+        )
     if not isinstance(data, dict) or not data.get("images") or "categories" not in data:
-        fail(_FUNC, f"'{path}' has no images or no categories (keys: {sorted(data) if isinstance(data, dict) else type(data).__name__})",
-             hint="a COCO file holds 'images', 'annotations' and 'categories' lists")
+        fail(
+            _FUNC,
+            f"'{path}' has no images or no categories (keys: {sorted(data) if isinstance(data, dict) else type(data).__name__})",
+            hint="a COCO file holds 'images', 'annotations' and 'categories' lists",
+        )
     categories = {c["id"]: c["name"] for c in data["categories"]}
     index = {cid: k for k, cid in enumerate(sorted(categories))}
     image_dir = root / "images" if (root / "images").is_dir() else path.parent
@@ -162,28 +194,55 @@ def _read_coco(root: Path, reader: _Reader) -> tuple[list[DetectionRecord], dict
         file = image_dir / im["file_name"]
         where = f"'{path}' image id {im['id']} ({im['file_name']!r})"
         if not file.is_file():
-            fail(_FUNC, f"{where}: the image '{file}' does not exist",
-                 hint=f"put it in '{image_dir}' or remove the image and its annotations")
-        hw = (int(im["height"]), int(im["width"])) if "height" in im and "width" in im else _image_size(file, where)
+            fail(
+                _FUNC,
+                f"{where}: the image '{file}' does not exist",
+                hint=f"put it in '{image_dir}' or remove the image and its annotations",
+            )
+        hw = (
+            (int(im["height"]), int(im["width"]))
+            if "height" in im and "width" in im
+            else _image_size(file, where)
+        )
         images[im["id"]] = {"file": file, "hw": hw, "boxes": [], "labels": [], "crowd": []}
     for ann in data.get("annotations", []):
         where = f"'{path}' annotation id {ann.get('id')} (image id {ann.get('image_id')})"
         if ann.get("image_id") not in images:
-            fail(_FUNC, f"{where}: names image id {ann.get('image_id')}, which is not in 'images'",
-                 hint="add the image to 'images' or remove the annotation")
+            fail(
+                _FUNC,
+                f"{where}: names image id {ann.get('image_id')}, which is not in 'images'",
+                hint="add the image to 'images' or remove the annotation",
+            )
         if ann.get("category_id") not in index:
-            fail(_FUNC, f"{where}: category_id {ann.get('category_id')} is out of range; categories are "
-                        f"{sorted(categories)}", hint="add the category or fix the id")
+            fail(
+                _FUNC,
+                f"{where}: category_id {ann.get('category_id')} is out of range; categories are "
+                f"{sorted(categories)}",
+                hint="add the category or fix the id",
+            )
         im = images[ann["image_id"]]
         x, y, w, h = ann["bbox"]
-        box = reader.box(where, "COCO bbox is [x, y, width, height] with width, height >= 0",
-                         (x, y, x + w, y + h), im["hw"])
+        box = reader.box(
+            where,
+            "COCO bbox is [x, y, width, height] with width, height >= 0",
+            (x, y, x + w, y + h),
+            im["hw"],
+        )
         if box is not None:
             im["boxes"].append(box)
             im["labels"].append(index[ann["category_id"]])
             im["crowd"].append(bool(ann.get("iscrowd", 0)))
-    records = [DetectionRecord(im["file"], im["hw"], tuple(im["boxes"]), tuple(im["labels"]), tuple(im["crowd"]),
-                               f"'{path}' image id {iid}") for iid, im in images.items()]
+    records = [
+        DetectionRecord(
+            im["file"],
+            im["hw"],
+            tuple(im["boxes"]),
+            tuple(im["labels"]),
+            tuple(im["crowd"]),
+            f"'{path}' image id {iid}",
+        )
+        for iid, im in images.items()
+    ]
     return records, {cid: categories[cid] for cid in sorted(categories)}
 
 
@@ -191,7 +250,11 @@ def _read_coco(root: Path, reader: _Reader) -> tuple[list[DetectionRecord], dict
 def _yolo_names(root: Path) -> list[str] | None:
     for base in (root, root.parent):
         if (base / "classes.txt").is_file():
-            return [line.strip() for line in (base / "classes.txt").read_text().splitlines() if line.strip()]
+            return [
+                line.strip()
+                for line in (base / "classes.txt").read_text().splitlines()
+                if line.strip()
+            ]
         if (base / "data.yaml").is_file():
             import yaml
 
@@ -203,16 +266,25 @@ def _yolo_names(root: Path) -> list[str] | None:
     return None
 
 
-def _read_yolo(root: Path, reader: _Reader, classes: Sequence[str] | None) -> tuple[list[DetectionRecord], dict[Any, str]]:
+def _read_yolo(
+    root: Path, reader: _Reader, classes: Sequence[str] | None
+) -> tuple[list[DetectionRecord], dict[Any, str]]:
     names = list(classes) if classes is not None else _yolo_names(root)
     images = _images_in(root / "images")
     labels = {p.stem: p for p in sorted((root / "labels").glob("*.txt"))}
     for stem, lab in labels.items():
         if stem not in images:
-            fail(_FUNC, f"'{lab}' has no image '{root / 'images'}/{stem}.*'",
-                 hint="add the image or delete the label file")
+            fail(
+                _FUNC,
+                f"'{lab}' has no image '{root / 'images'}/{stem}.*'",
+                hint="add the image or delete the label file",
+            )
     if not images:
-        fail(_FUNC, f"'{root / 'images'}' holds no images", hint=f"supported: {', '.join(IMAGE_EXTENSIONS)}")
+        fail(
+            _FUNC,
+            f"'{root / 'images'}' holds no images",
+            hint=f"supported: {', '.join(IMAGE_EXTENSIONS)}",
+        )
     rows: dict[str, list[tuple[int, int, list[float]]]] = {}
     top = -1
     for stem, lab in labels.items():
@@ -225,38 +297,75 @@ def _read_yolo(root: Path, reader: _Reader, classes: Sequence[str] | None) -> tu
             try:
                 cls, values = int(parts[0]), [float(v) for v in parts[1:]]
             except ValueError:
-                fail(_FUNC, f"{where}: expected 'class cx cy w h' numbers; got {line!r}", hint="fix the line")
+                fail(
+                    _FUNC,
+                    f"{where}: expected 'class cx cy w h' numbers; got {line!r}",
+                    hint="fix the line",
+                )
             if len(values) != 4:
-                fail(_FUNC, f"{where}: expected 5 values 'class cx cy w h'; got {len(parts)}: {line!r}",
-                     hint="segmentation polygons are not boxes: convert them, or drop the line")
+                fail(
+                    _FUNC,
+                    f"{where}: expected 5 values 'class cx cy w h'; got {len(parts)}: {line!r}",
+                    hint="segmentation polygons are not boxes: convert them, or drop the line",
+                )
             if cls < 0 or (names is not None and cls >= len(names)):
-                bound = f"[0, {len(names) - 1}] ({len(names)} names)" if names else "a non-negative integer"
-                fail(_FUNC, f"{where}: class id {cls} is out of range; expected {bound}",
-                     hint="fix the id or add the class name to classes.txt / data.yaml")
+                bound = (
+                    f"[0, {len(names) - 1}] ({len(names)} names)"
+                    if names
+                    else "a non-negative integer"
+                )
+                fail(
+                    _FUNC,
+                    f"{where}: class id {cls} is out of range; expected {bound}",
+                    hint="fix the id or add the class name to classes.txt / data.yaml",
+                )
             top = max(top, cls)
             rows[stem].append((n, cls, values))
     if names is None:
         names = [str(k) for k in range(top + 1)]
-        warnings.warn(f"read_detection: '{root}' has no classes.txt or data.yaml; class names are the ids "
-                      f"0..{top}", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"read_detection: '{root}' has no classes.txt or data.yaml; class names are the ids "
+            f"0..{top}",
+            UserWarning,
+            stacklevel=3,
+        )
     records = []
     for stem, file in images.items():
         hw = _image_size(file, f"'{file}'")
         boxes, labs = [], []
         for n, cls, (cx, cy, w, h) in rows.get(stem, []):
-            xyxy = ((cx - w / 2) * hw[1], (cy - h / 2) * hw[0], (cx + w / 2) * hw[1], (cy + h / 2) * hw[0])
-            box = reader.box(f"'{labels[stem]}' line {n}", "YOLO lines are 'class cx cy w h', normalised, w, h >= 0",
-                             xyxy, hw)
+            xyxy = (
+                (cx - w / 2) * hw[1],
+                (cy - h / 2) * hw[0],
+                (cx + w / 2) * hw[1],
+                (cy + h / 2) * hw[0],
+            )
+            box = reader.box(
+                f"'{labels[stem]}' line {n}",
+                "YOLO lines are 'class cx cy w h', normalised, w, h >= 0",
+                xyxy,
+                hw,
+            )
             if box is not None:
                 boxes.append(box)
                 labs.append(cls)
-        records.append(DetectionRecord(file, hw, tuple(boxes), tuple(labs), (False,) * len(labs),
-                                       f"'{labels.get(stem, file)}'"))
+        records.append(
+            DetectionRecord(
+                file,
+                hw,
+                tuple(boxes),
+                tuple(labs),
+                (False,) * len(labs),
+                f"'{labels.get(stem, file)}'",
+            )
+        )
     return records, dict(enumerate(names))
 
 
 # ----------------------------------------------------------------------------------------- VOC
-def _read_voc(root: Path, reader: _Reader, classes: Sequence[str] | None) -> tuple[list[DetectionRecord], dict[Any, str]]:
+def _read_voc(
+    root: Path, reader: _Reader, classes: Sequence[str] | None
+) -> tuple[list[DetectionRecord], dict[Any, str]]:
     image_dir = root / "JPEGImages" if (root / "JPEGImages").is_dir() else root / "images"
     parsed = []
     for xml in sorted((root / "Annotations").glob("*.xml")):
@@ -267,8 +376,11 @@ def _read_voc(root: Path, reader: _Reader, classes: Sequence[str] | None) -> tup
         name = tree.findtext("filename")
         file = image_dir / (name.strip() if name else "")
         if not name or not file.is_file():
-            fail(_FUNC, f"'{xml}': the image '{file}' does not exist",
-                 hint=f"<filename> must name a file in '{image_dir}'")
+            fail(
+                _FUNC,
+                f"'{xml}': the image '{file}' does not exist",
+                hint=f"<filename> must name a file in '{image_dir}'",
+            )
         objects = []
         for k, obj in enumerate(tree.findall("object")):
             bb = obj.find("bndbox")
@@ -279,15 +391,22 @@ def _read_voc(root: Path, reader: _Reader, classes: Sequence[str] | None) -> tup
                 # VOC pixel indices are 1-based and inclusive: x1 - 1 .. x2 covers the box's pixels
                 xyxy = [float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")]
             except (TypeError, ValueError):
-                fail(_FUNC, f"'{xml}' object {k} ({label!r}): <bndbox> needs numeric xmin, ymin, xmax, ymax",
-                     hint="fix the object")
+                fail(
+                    _FUNC,
+                    f"'{xml}' object {k} ({label!r}): <bndbox> needs numeric xmin, ymin, xmax, ymax",
+                    hint="fix the object",
+                )
             xyxy[0] -= 1
             xyxy[1] -= 1
             objects.append((k, label, xyxy, (obj.findtext("difficult") or "0").strip() == "1"))
         parsed.append((xml, file, objects))
     if not parsed:
         fail(_FUNC, f"'{root / 'Annotations'}' holds no .xml files", hint="add the VOC annotations")
-    names = list(classes) if classes is not None else sorted({o[1] for _, _, objs in parsed for o in objs})
+    names = (
+        list(classes)
+        if classes is not None
+        else sorted({o[1] for _, _, objs in parsed for o in objs})
+    )
     index = {n: i for i, n in enumerate(names)}
     records = []
     for xml, file, objects in parsed:
@@ -296,13 +415,19 @@ def _read_voc(root: Path, reader: _Reader, classes: Sequence[str] | None) -> tup
         for k, label, xyxy, difficult in objects:
             where = f"'{xml}' object {k} ({label!r})"
             if label not in index:
-                fail(_FUNC, f"{where}: class {label!r} is not one of {names}", hint="fix the name or the classes list")
+                fail(
+                    _FUNC,
+                    f"{where}: class {label!r} is not one of {names}",
+                    hint="fix the name or the classes list",
+                )
             box = reader.box(where, "VOC boxes need xmin <= xmax and ymin <= ymax", xyxy, hw)
             if box is not None:
                 boxes.append(box)
                 labs.append(index[label])
                 crowd.append(difficult)
-        records.append(DetectionRecord(file, hw, tuple(boxes), tuple(labs), tuple(crowd), f"'{xml}'"))
+        records.append(
+            DetectionRecord(file, hw, tuple(boxes), tuple(labs), tuple(crowd), f"'{xml}'")
+        )
     return records, dict(enumerate(names))
 
 
@@ -318,7 +443,11 @@ def read_detection(
     check_choice(_FUNC, "format", format, ("auto", *FORMATS))
     root = Path(os.fspath(root))
     if not root.is_dir():
-        fail(_FUNC, f"root '{root}' is not a folder", hint="pass the folder that holds the images and annotations")
+        fail(
+            _FUNC,
+            f"root '{root}' is not a folder",
+            hint="pass the folder that holds the images and annotations",
+        )
     fmt = detect_format(root) if format == "auto" else format
     reader = _Reader()
     if fmt == "coco":
@@ -350,7 +479,11 @@ def detection_folder(
         fmt = detect_format(root / "train") if format == "auto" else format
         train, names, cats = read_detection(root / "train", format=fmt, classes=classes)
         val, val_names, val_cats = read_detection(root / "val", format=fmt, classes=classes)
-        if classes is None and val_cats != cats and (fmt == "voc" or (fmt == "yolo" and _yolo_names(root / "train") is None)):
+        if (
+            classes is None
+            and val_cats != cats
+            and (fmt == "voc" or (fmt == "yolo" and _yolo_names(root / "train") is None))
+        ):
             # names that come from the boxes themselves (VOC <name>, YOLO ids without a names
             # file): one split may lack a class; both use the union so that ids agree
             if fmt == "voc":
@@ -363,9 +496,12 @@ def detection_folder(
                 val, _, val_cats = read_detection(root / "val", format=fmt, classes=names)
         if val_cats != cats:
             diff = sorted(set(cats.items()) ^ set(val_cats.items()), key=str)[:5]
-            fail("detection_folder", f"categories of '{root / 'train'}' and '{root / 'val'}' differ; "
-                                     f"(id, name) pairs in one split only: {diff}",
-                 hint="use one category list for both splits (same ids and names)")
+            fail(
+                "detection_folder",
+                f"categories of '{root / 'train'}' and '{root / 'val'}' differ; "
+                f"(id, name) pairs in one split only: {diff}",
+                hint="use one category list for both splits (same ids and names)",
+            )
         return train, val, names
     records, names, _ = read_detection(root, format=format, classes=classes)
     if not 0 < val_fraction < 1:
@@ -393,12 +529,18 @@ def detection_transforms(
     if train and augment in ("photometric", "ssd"):
         steps.append(v2.RandomPhotometricDistort(p=0.5))
     if train and augment == "ssd":
-        steps += [v2.RandomZoomOut(fill={tv_tensors.Image: (fill,) * 3, "others": 0}), v2.RandomIoUCrop()]
+        steps += [
+            v2.RandomZoomOut(fill={tv_tensors.Image: (fill,) * 3, "others": 0}),
+            v2.RandomIoUCrop(),
+        ]
     if train and augment != "none":
         steps.append(v2.RandomHorizontalFlip(0.5))
     if image_size is not None:
         steps.append(v2.Resize(image_size - 1, max_size=image_size))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.SanitizeBoundingBoxes(labels_getter=_labels_getter)]
+    steps += [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.SanitizeBoundingBoxes(labels_getter=_labels_getter),
+    ]
     return v2.Compose(steps)
 
 
@@ -412,8 +554,12 @@ class DetectionDataset(Dataset):
     detection dict: ``boxes`` (``tv_tensors.BoundingBoxes`` xyxy, float), ``labels`` (int64,
     0-based class indices), ``iscrowd`` (int64), ``image_id`` (the record's index)."""
 
-    def __init__(self, records: Sequence[DetectionRecord], classes: Sequence[str],
-                 transforms: Callable | None = None) -> None:
+    def __init__(
+        self,
+        records: Sequence[DetectionRecord],
+        classes: Sequence[str],
+        transforms: Callable | None = None,
+    ) -> None:
         self.records = list(records)
         self.classes = list(classes)
         self.transforms = transforms if transforms is not None else detection_transforms(False)
@@ -426,9 +572,12 @@ class DetectionDataset(Dataset):
         with Image.open(rec.image) as im:
             image = im.convert("RGB")
         if (image.height, image.width) != rec.size:
-            fail("DetectionDataset", f"{rec.source}: image '{rec.image}' is {image.height}x{image.width}, "
-                                     f"the annotations say {rec.size[0]}x{rec.size[1]}",
-                 hint="fix height/width in the annotations or re-export the image")
+            fail(
+                "DetectionDataset",
+                f"{rec.source}: image '{rec.image}' is {image.height}x{image.width}, "
+                f"the annotations say {rec.size[0]}x{rec.size[1]}",
+                hint="fix height/width in the annotations or re-export the image",
+            )
         boxes = torch.tensor(rec.boxes, dtype=torch.float32).reshape(-1, 4)
         target = {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=rec.size),

@@ -118,7 +118,9 @@ def make_loader(
         num_workers=workers,
         pin_memory=pin,
         drop_last=drop_last,
-        persistent_workers=workers > 0 if persistent_workers is None else (persistent_workers and workers > 0),
+        persistent_workers=workers > 0
+        if persistent_workers is None
+        else (persistent_workers and workers > 0),
         worker_init_fn=seed_worker if workers > 0 else None,
         generator=generator,
         collate_fn=collate_fn,

@@ -67,8 +67,11 @@ class BatchMix:
         check_positive(func, "mixup_alpha", mixup_alpha, allow_zero=True)
         check_positive(func, "cutmix_alpha", cutmix_alpha, allow_zero=True)
         if mixup_alpha == 0 and cutmix_alpha == 0:
-            fail(func, "mixup_alpha and cutmix_alpha are both 0, so nothing would be mixed",
-                 hint="set mixup_alpha (e.g. 0.8) and/or cutmix_alpha (e.g. 1.0)")
+            fail(
+                func,
+                "mixup_alpha and cutmix_alpha are both 0, so nothing would be mixed",
+                hint="set mixup_alpha (e.g. 0.8) and/or cutmix_alpha (e.g. 1.0)",
+            )
         _check_prob(func, "prob", prob)
         _check_prob(func, "switch_prob", switch_prob)
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -76,32 +79,46 @@ class BatchMix:
         self.num_classes = num_classes
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
         self.prob, self.switch_prob = float(prob), float(switch_prob)
-        self.mixup = v2.MixUp(alpha=mixup_alpha, num_classes=num_classes) if mixup_alpha > 0 else None
-        self.cutmix = v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes) if cutmix_alpha > 0 else None
+        self.mixup = (
+            v2.MixUp(alpha=mixup_alpha, num_classes=num_classes) if mixup_alpha > 0 else None
+        )
+        self.cutmix = (
+            v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes) if cutmix_alpha > 0 else None
+        )
         self._rng_state = torch.Generator().manual_seed(seed).get_state()
 
     def __repr__(self) -> str:
-        return (f"BatchMix(num_classes={self.num_classes}, mixup_alpha={self.mixup_alpha}, "
-                f"cutmix_alpha={self.cutmix_alpha}, prob={self.prob}, switch_prob={self.switch_prob})")
+        return (
+            f"BatchMix(num_classes={self.num_classes}, mixup_alpha={self.mixup_alpha}, "
+            f"cutmix_alpha={self.cutmix_alpha}, prob={self.prob}, switch_prob={self.switch_prob})"
+        )
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         func = "BatchMix"
         if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
             fail(func, f"x must be a float tensor (N, C, H, W); got {_describe(x)}", exc=TypeError)
         if not isinstance(y, Tensor) or y.is_floating_point() or y.dtype == torch.bool:
-            fail(func, f"y must be an integer tensor of class ids; got {_describe(y)}",
-                 hint="mix before any one-hot or smoothing", exc=TypeError)
+            fail(
+                func,
+                f"y must be an integer tensor of class ids; got {_describe(y)}",
+                hint="mix before any one-hot or smoothing",
+                exc=TypeError,
+            )
         if y.shape != x.shape[:1]:
             fail(func, f"y must have shape (N,)=({x.shape[0]},); got {tuple(y.shape)}")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-            fail(func, f"y must hold class ids in [0, {self.num_classes}); got values in "
-                       f"[{int(y.min())}, {int(y.max())}]")
+            fail(
+                func,
+                f"y must hold class ids in [0, {self.num_classes}); got values in "
+                f"[{int(y.min())}, {int(y.max())}]",
+            )
         # v2.MixUp/CutMix draw from torch's global CPU generator: run them on our own stream
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self._rng_state)
             apply = bool(torch.rand(()) < self.prob)
             use_cutmix = self.mixup is None or (
-                self.cutmix is not None and bool(torch.rand(()) < self.switch_prob))
+                self.cutmix is not None and bool(torch.rand(()) < self.switch_prob)
+            )
             if apply:
                 op = self.cutmix if use_cutmix else self.mixup
                 x, soft = op(x, y)
@@ -122,7 +139,9 @@ def soft_target_accuracy(logits: Tensor, target: Tensor) -> Tensor:
     """Fraction of rows whose ``logits.argmax(1)`` equals ``target.argmax(1)`` (soft targets) or
     ``target`` (class ids). With Mixup/CutMix this scores against the dominant class of each
     mixed image — a proxy for train accuracy, reported as such; validation uses the raw labels."""
-    labels = target.argmax(1) if target.is_floating_point() and target.dim() == logits.dim() else target
+    labels = (
+        target.argmax(1) if target.is_floating_point() and target.dim() == logits.dim() else target
+    )
     if logits.shape[0] == 0:
         return logits.new_zeros(())
     return (logits.argmax(1) == labels).float().mean()

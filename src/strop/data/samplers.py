@@ -34,8 +34,12 @@ def _labels_tensor(func: str, labels: Sequence[int] | Tensor) -> Tensor:
     if t.numel() == 0:
         fail(func, "labels is empty")
     if t.dim() != 1 or t.is_floating_point() or t.dtype == torch.bool:
-        fail(func, f"labels must be a 1-D sequence of integer class ids; got {t.dtype} of shape "
-                   f"{tuple(t.shape)}", exc=TypeError)
+        fail(
+            func,
+            f"labels must be a 1-D sequence of integer class ids; got {t.dtype} of shape "
+            f"{tuple(t.shape)}",
+            exc=TypeError,
+        )
     if int(t.min()) < 0:
         fail(func, f"labels must be >= 0; got {int(t.min())}")
     return t.long()
@@ -50,7 +54,9 @@ def class_counts(labels: Sequence[int] | Tensor, num_classes: int | None = None)
     return torch.bincount(t, minlength=c)
 
 
-def pixel_counts(masks: Iterable[Tensor], num_classes: int, *, ignore_index: int | None = 255) -> Tensor:
+def pixel_counts(
+    masks: Iterable[Tensor], num_classes: int, *, ignore_index: int | None = 255
+) -> Tensor:
     """Number of mask pixels per class over ``masks``, ``(C,)`` int64; ``ignore_index`` is left out."""
     check_positive("pixel_counts", "num_classes", num_classes, integer=True)
     total = torch.zeros(num_classes, dtype=torch.long)
@@ -59,8 +65,11 @@ def pixel_counts(masks: Iterable[Tensor], num_classes: int, *, ignore_index: int
         if ignore_index is not None:
             m = m[m != ignore_index]
         if m.numel() and (int(m.min()) < 0 or int(m.max()) >= num_classes):
-            fail("pixel_counts", f"mask values must be in [0, {num_classes}) or ignore_index="
-                                 f"{ignore_index}; got values in [{int(m.min())}, {int(m.max())}]")
+            fail(
+                "pixel_counts",
+                f"mask values must be in [0, {num_classes}) or ignore_index="
+                f"{ignore_index}; got values in [{int(m.min())}, {int(m.max())}]",
+            )
         total += torch.bincount(m, minlength=num_classes)
     return total
 
@@ -72,13 +81,18 @@ def class_weights(counts: Sequence[int] | Tensor) -> Tensor:
     """
     n = torch.as_tensor(counts, dtype=torch.float64)
     if n.dim() != 1 or n.numel() == 0:
-        fail("class_weights", f"counts must be a non-empty 1-D sequence; got shape {tuple(n.shape)}")
+        fail(
+            "class_weights", f"counts must be a non-empty 1-D sequence; got shape {tuple(n.shape)}"
+        )
     if (n < 0).any():
         fail("class_weights", f"counts must be >= 0; got {n.tolist()}")
     empty = (n == 0).nonzero().flatten().tolist()
     if empty:
-        fail("class_weights", f"class(es) {empty} have no samples, so inverse frequency is undefined",
-             hint="give explicit weights, or check that the training split holds every class")
+        fail(
+            "class_weights",
+            f"class(es) {empty} have no samples, so inverse frequency is undefined",
+            hint="give explicit weights, or check that the training split holds every class",
+        )
     return (n.sum() / (n.numel() * n)).float()
 
 
@@ -93,8 +107,15 @@ class BalancedSampler(Sampler[int]):
         num_replicas, rank: the distributed split (defaults: one process).
     """
 
-    def __init__(self, labels: Sequence[int] | Tensor, *, num_samples: int | None = None,
-                 seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        labels: Sequence[int] | Tensor,
+        *,
+        num_samples: int | None = None,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         func = "BalancedSampler"
         t = _labels_tensor(func, labels)
         if num_samples is not None:

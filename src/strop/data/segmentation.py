@@ -69,9 +69,17 @@ class SegmentationFolderDataset(FolderDataset):
         mask_dtype: torch.dtype = torch.uint8,
     ) -> None:
         func = "SegmentationFolderDataset"
-        super().__init__(func, image_size=image_size, augment=augment, mean=mean, std=std,
-                         task="segmentation", hflip=hflip, color_jitter=color_jitter,
-                         random_erasing=random_erasing)
+        super().__init__(
+            func,
+            image_size=image_size,
+            augment=augment,
+            mean=mean,
+            std=std,
+            task="segmentation",
+            hflip=hflip,
+            color_jitter=color_jitter,
+            random_erasing=random_erasing,
+        )
         self.samples = [(Path(i), Path(m)) for i, m in samples]
         self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
@@ -289,9 +297,20 @@ def segmentation_folder(
     """
     func = "segmentation_folder"
     args = check_folder_args(
-        func, "segmentation", root=root, image_size=image_size, val_fraction=val_fraction,
-        seed=seed, augment=augment, mean=mean, std=std, cache=cache, val_folder=val_folder,
-        hflip=hflip, color_jitter=color_jitter, random_erasing=random_erasing,
+        func,
+        "segmentation",
+        root=root,
+        image_size=image_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        augment=augment,
+        mean=mean,
+        std=std,
+        cache=cache,
+        val_folder=val_folder,
+        hflip=hflip,
+        color_jitter=color_jitter,
+        random_erasing=random_erasing,
     )
     _check_label_args(func, num_classes, ignore_index)
     path, train_dir, val_dir, size = args.root, args.train_dir, args.val_dir, args.size

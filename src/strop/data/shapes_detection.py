@@ -26,7 +26,10 @@ _MANIFEST = "strop_dataset.json"
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     coarse = rng.uniform(0.2, 0.8, (4, 4, 3))
-    up = np.asarray(Image.fromarray(np.uint8(coarse * 255)).resize((size, size), Image.BILINEAR)) / 255.0
+    up = (
+        np.asarray(Image.fromarray(np.uint8(coarse * 255)).resize((size, size), Image.BILINEAR))
+        / 255.0
+    )
     return up + rng.normal(0, 0.03, (size, size, 3))
 
 
@@ -66,27 +69,46 @@ def _draw(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[list[fl
     return np.uint8(np.clip(image, 0, 1) * 255 + 0.5), boxes, labels
 
 
-def _write_split(folder: Path, fmt: str, items: list[tuple[str, np.ndarray, list, list]], size: int) -> None:
+def _write_split(
+    folder: Path, fmt: str, items: list[tuple[str, np.ndarray, list, list]], size: int
+) -> None:
     image_dir = folder / ("JPEGImages" if fmt == "voc" else "images")
     image_dir.mkdir(parents=True, exist_ok=True)
     for name, pixels, _, _ in items:
         Image.fromarray(pixels).save(image_dir / name)
     if fmt == "coco":
-        images = [{"id": i + 1, "file_name": name, "height": size, "width": size} for i, (name, *_r) in enumerate(items)]
+        images = [
+            {"id": i + 1, "file_name": name, "height": size, "width": size}
+            for i, (name, *_r) in enumerate(items)
+        ]
         anns = []
         for i, (_, _, boxes, labels) in enumerate(items):
             for (x1, y1, x2, y2), k in zip(boxes, labels, strict=True):
-                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": k + 1,
-                             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": k + 1,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": (x2 - x1) * (y2 - y1),
+                        "iscrowd": 0,
+                    }
+                )
         cats = [{"id": k + 1, "name": n} for k, n in enumerate(SHAPE_CLASSES)]
-        (folder / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+        (folder / "annotations.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": cats})
+        )
     elif fmt == "yolo":
         (folder / "labels").mkdir(exist_ok=True)
         (folder / "classes.txt").write_text("\n".join(SHAPE_CLASSES) + "\n")
         for name, _, boxes, labels in items:
-            lines = [f"{k} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}"
-                     for (x1, y1, x2, y2), k in zip(boxes, labels, strict=True)]
-            (folder / "labels" / f"{Path(name).stem}.txt").write_text("".join(line + "\n" for line in lines))
+            lines = [
+                f"{k} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}"
+                for (x1, y1, x2, y2), k in zip(boxes, labels, strict=True)
+            ]
+            (folder / "labels" / f"{Path(name).stem}.txt").write_text(
+                "".join(line + "\n" for line in lines)
+            )
     else:
         (folder / "Annotations").mkdir(exist_ok=True)
         for name, _, boxes, labels in items:
@@ -129,16 +151,30 @@ def write_shapes_detection(
     if size < 32:
         fail(func, f"size must be >= 32 pixels; got {size}")
     path = Path(os.fspath(root))
-    params = {"kind": "shapes-detection", "n_train": n_train, "n_val": n_val, "size": size, "seed": seed,
-              "format": format, "version": 1}
+    params = {
+        "kind": "shapes-detection",
+        "n_train": n_train,
+        "n_val": n_val,
+        "size": size,
+        "seed": seed,
+        "format": format,
+        "version": 1,
+    }
     manifest = path / _MANIFEST
     if manifest.is_file():
         if json.loads(manifest.read_text()) == params:
             return path
-        fail(func, f"'{path}' holds another data set ({manifest.read_text().strip()})",
-             hint="pick another root or delete the folder")
+        fail(
+            func,
+            f"'{path}' holds another data set ({manifest.read_text().strip()})",
+            hint="pick another root or delete the folder",
+        )
     if path.exists() and any(path.iterdir()):
-        fail(func, f"'{path}' is not empty and was not written by {func}", hint="pick an empty or new folder")
+        fail(
+            func,
+            f"'{path}' is not empty and was not written by {func}",
+            hint="pick an empty or new folder",
+        )
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("val", n_val)):
         items = [(f"{i:04d}.png", *_draw(rng, size)) for i in range(n)]

@@ -49,7 +49,14 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 #: Names accepted by ``augment=`` (``True`` means ``"standard"``, ``False`` means ``"none"``).
 AUGMENTATIONS = (
-    "none", "flip", "standard", "crop", "trivialaugment", "randaugment", "autoaugment", "augmix"
+    "none",
+    "flip",
+    "standard",
+    "crop",
+    "trivialaugment",
+    "randaugment",
+    "autoaugment",
+    "augmix",
 )
 
 Augment = bool | str | Callable[..., object]
@@ -99,7 +106,9 @@ def _tensor_decoders() -> dict[bytes, Callable[..., Tensor]]:
     if _decoders is None:
         try:
             from torchcodec.decoders import ImageReadMode, decode_jpeg, decode_png
-        except Exception:  # pragma: no cover - missing or unloadable (its libraries): PIL still works
+        except (
+            Exception
+        ):  # pragma: no cover - missing or unloadable (its libraries): PIL still works
             _decoders = {}
         else:
             rgb = ImageReadMode.RGB
@@ -261,7 +270,9 @@ def _check_augment(func: str, augment: Augment) -> str | Callable[..., object]:
     )
 
 
-def _check_jitter(func: str, color_jitter: float | Sequence[float] | None) -> tuple[float, ...] | None:
+def _check_jitter(
+    func: str, color_jitter: float | Sequence[float] | None
+) -> tuple[float, ...] | None:
     if color_jitter is None:
         return None
     if isinstance(color_jitter, (int, float)) and not isinstance(color_jitter, bool):
@@ -294,8 +305,9 @@ class _Paired:
 
     def __call__(self, image: Tensor, mask: Tensor | None = None) -> object:
         if self.geometric is not None:
-            image, mask = (self.geometric(image, mask) if mask is not None
-                           else (self.geometric(image), None))
+            image, mask = (
+                self.geometric(image, mask) if mask is not None else (self.geometric(image), None)
+            )
         if self.photometric is not None:
             image = self.photometric(image)
         return image if mask is None else (image, mask)
@@ -349,7 +361,11 @@ def augmentation(
     if not isinstance(hflip, bool):
         fail(func, f"hflip must be a bool; got {type(hflip).__name__} {hflip!r}", exc=TypeError)
     jitter = _check_jitter(func, color_jitter)
-    if isinstance(random_erasing, bool) or not isinstance(random_erasing, (int, float)) or not 0 <= random_erasing <= 1:
+    if (
+        isinstance(random_erasing, bool)
+        or not isinstance(random_erasing, (int, float))
+        or not 0 <= random_erasing <= 1
+    ):
         fail(func, f"random_erasing must be a probability in [0, 1]; got {random_erasing!r}")
     if callable(kind):
         return kind
@@ -376,8 +392,10 @@ def augmentation(
         return None
     if task == "classification":
         return v2.Compose(geometric + photometric)
-    return _Paired(v2.Compose(geometric) if geometric else None,
-                   v2.Compose(photometric) if photometric else None)
+    return _Paired(
+        v2.Compose(geometric) if geometric else None,
+        v2.Compose(photometric) if photometric else None,
+    )
 
 
 _POLICIES: dict[str, Callable[[], v2.Transform]] = {

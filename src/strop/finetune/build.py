@@ -36,7 +36,12 @@ def resolve_weights(name: str, weights: Any) -> WeightsEnum | Path:
             f"weights must be None, a weights name ('DEFAULT'), a file path or a WeightsEnum; got {type(weights).__name__}",
             exc=TypeError,
         )
-    if os.path.exists(weights) or weights.endswith(_FILE_SUFFIXES) or os.sep in weights or "/" in weights:
+    if (
+        os.path.exists(weights)
+        or weights.endswith(_FILE_SUFFIXES)
+        or os.sep in weights
+        or "/" in weights
+    ):
         return Path(weights)
     enum = get_model_weights(name)
     key = weights.removeprefix(enum.__name__ + ".")
@@ -96,10 +101,19 @@ def build_model(
     """
     name = resolve_name("build_model", name)
     check_positive("build_model", "num_classes", num_classes, integer=True)
-    for arg, value in (("train_bn", train_bn), ("strict", strict), ("aux_logits", aux_logits),
-                       ("trust_pickle", trust_pickle), ("keep_head", keep_head)):
+    for arg, value in (
+        ("train_bn", train_bn),
+        ("strict", strict),
+        ("aux_logits", aux_logits),
+        ("trust_pickle", trust_pickle),
+        ("keep_head", keep_head),
+    ):
         if not isinstance(value, bool):
-            fail("build_model", f"{arg} must be a bool; got {type(value).__name__} {value!r}", exc=TypeError)
+            fail(
+                "build_model",
+                f"{arg} must be a bool; got {type(value).__name__} {value!r}",
+                exc=TypeError,
+            )
     source = None if weights is None else resolve_weights(name, weights)
     if sha256 is not None and source is None:
         fail("build_model", "sha256 was given without weights to check")
@@ -112,7 +126,12 @@ def build_model(
     )
     if source is not None:
         report: LoadReport = load_weights(
-            model, source, strict=strict, sha256=sha256, trust_pickle=trust_pickle, keep_head=keep_head
+            model,
+            source,
+            strict=strict,
+            sha256=sha256,
+            trust_pickle=trust_pickle,
+            keep_head=keep_head,
         )
         _LOAD_REPORTS[model] = report
     if freeze is not None:

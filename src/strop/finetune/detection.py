@@ -72,11 +72,23 @@ DETECTORS: dict[str, tuple[str, _Family]] = {
     "fasterrcnn_mobilenet_v3_large_320_fpn": ("mobilenet_fpn", _RCNN_MOBILE),
     "fasterrcnn_mobilenet_v3_large_fpn": ("mobilenet_fpn", _RCNN_MOBILE),
     "fasterrcnn_resnet50_fpn": ("resnet_fpn", _RCNN),
-    "fasterrcnn_resnet50_fpn_v2": ("resnet_fpn", _Family(True, _RCNN.head, ("smooth_l1",), "smooth_l1", (3, 5), False)),
+    "fasterrcnn_resnet50_fpn_v2": (
+        "resnet_fpn",
+        _Family(True, _RCNN.head, ("smooth_l1",), "smooth_l1", (3, 5), False),
+    ),
     "retinanet_resnet50_fpn": ("resnet_fpn", _RETINA),
-    "retinanet_resnet50_fpn_v2": ("resnet_fpn", _Family(False, _RETINA.head, BOX_LOSSES, "giou", (3, 5), False)),
-    "fcos_resnet50_fpn": ("resnet_fpn", _Family(False, _RETINA.head, _IOU_KINDS, "giou", (3, 5), True)),
-    "ssdlite320_mobilenet_v3_large": ("ssdlite", _Family(True, _SSD, ("smooth_l1",), "smooth_l1", (6, 6), False)),
+    "retinanet_resnet50_fpn_v2": (
+        "resnet_fpn",
+        _Family(False, _RETINA.head, BOX_LOSSES, "giou", (3, 5), False),
+    ),
+    "fcos_resnet50_fpn": (
+        "resnet_fpn",
+        _Family(False, _RETINA.head, _IOU_KINDS, "giou", (3, 5), True),
+    ),
+    "ssdlite320_mobilenet_v3_large": (
+        "ssdlite",
+        _Family(True, _SSD, ("smooth_l1",), "smooth_l1", (6, 6), False),
+    ),
     "ssd300_vgg16": ("vgg", _Family(True, _SSD, ("smooth_l1",), "smooth_l1", (4, 5), False)),
 }
 
@@ -102,7 +114,11 @@ class DetectorInfo:
 def detector_info(model: nn.Module) -> DetectorInfo:
     info = getattr(model, "_strop_detector", None)
     if not isinstance(info, DetectorInfo):
-        fail("detector_info", f"model must come from build_detector; got {type(model).__name__}", exc=TypeError)
+        fail(
+            "detector_info",
+            f"model must come from build_detector; got {type(model).__name__}",
+            exc=TypeError,
+        )
     return info
 
 
@@ -110,7 +126,9 @@ def detector_info(model: nn.Module) -> DetectorInfo:
 def _resolve_weights(name: str, weights: Any) -> WeightsEnum | str | os.PathLike | Mapping | None:
     if weights is None or isinstance(weights, (WeightsEnum, Mapping)):
         return weights
-    if isinstance(weights, os.PathLike) or (isinstance(weights, str) and (os.sep in weights or "." in weights)):
+    if isinstance(weights, os.PathLike) or (
+        isinstance(weights, str) and (os.sep in weights or "." in weights)
+    ):
         return weights
     if isinstance(weights, str):
         enum = get_model_weights(name)
@@ -119,11 +137,17 @@ def _resolve_weights(name: str, weights: Any) -> WeightsEnum | str | os.PathLike
         choices = ["DEFAULT", *enum.__members__]
         check_choice("build_detector", "weights", weights, choices)
         return enum[weights]
-    fail("build_detector", f"weights must be None, 'DEFAULT', a weights name, a file path or a state dict; "
-                           f"got {type(weights).__name__}", exc=TypeError)
+    fail(
+        "build_detector",
+        f"weights must be None, 'DEFAULT', a weights name, a file path or a state dict; "
+        f"got {type(weights).__name__}",
+        exc=TypeError,
+    )
 
 
-def _state_from(weights: Any, sha256: str | None, trust_pickle: bool) -> tuple[dict[str, Tensor], str]:
+def _state_from(
+    weights: Any, sha256: str | None, trust_pickle: bool
+) -> tuple[dict[str, Tensor], str]:
     func = "build_detector"
     if isinstance(weights, WeightsEnum):
         cached = hub_cache_path(weights)
@@ -132,39 +156,62 @@ def _state_from(weights: Any, sha256: str | None, trust_pickle: bool) -> tuple[d
         try:
             state = weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
         except Exception as exc:  # offline, proxy, HTTP error: one message
-            fail(func, f"weights {weights} are not in the hub cache ('{cached}') and downloading {weights.url} "
-                       f"failed ({type(exc).__name__}: {exc})",
-                 hint=f"on an offline machine copy the file to '{cached}' (TORCH_HOME sets the folder)")
+            fail(
+                func,
+                f"weights {weights} are not in the hub cache ('{cached}') and downloading {weights.url} "
+                f"failed ({type(exc).__name__}: {exc})",
+                hint=f"on an offline machine copy the file to '{cached}' (TORCH_HOME sets the folder)",
+            )
         return state, f"{weights} ({cached})"
     if isinstance(weights, Mapping):
         return dict(weights), "the state dict"
-    return read_state_dict(weights, sha256=sha256, trust_pickle=trust_pickle, func=func), f"'{os.fspath(weights)}'"
+    return read_state_dict(
+        weights, sha256=sha256, trust_pickle=trust_pickle, func=func
+    ), f"'{os.fspath(weights)}'"
 
 
 def _strip(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     for prefix in ("module.", "_orig_mod."):
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return dict(state)
 
 
-def _backbone_keys(kind: str, state: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+def _backbone_keys(
+    kind: str, state: Mapping[str, Tensor], own: Mapping[str, Tensor]
+) -> tuple[dict[str, Tensor], list[str]]:
     """A classification network's keys renamed into the detector's backbone; ``(mapped, dropped)``."""
     if kind == "resnet_fpn":
         mapped = {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
     elif kind == "mobilenet_fpn":
-        mapped = {f"backbone.body.{k[len('features.'):]}": v for k, v in state.items() if k.startswith("features.")}
+        mapped = {
+            f"backbone.body.{k[len('features.') :]}": v
+            for k, v in state.items()
+            if k.startswith("features.")
+        }
     else:
-        fail("build_detector", f"loading a classification backbone into {kind} detectors is not supported",
-             hint="pass a full detector checkpoint, or torchvision weights by name")
+        fail(
+            "build_detector",
+            f"loading a classification backbone into {kind} detectors is not supported",
+            hint="pass a full detector checkpoint, or torchvision weights by name",
+        )
     # the classifier, and the stages the detector does not use (MobileNet's last conv for FPN)
-    dropped = [k for k in state if f"backbone.body.{k}" not in own and
-               f"backbone.body.{k[len('features.'):]}" not in own]
+    dropped = [
+        k
+        for k in state
+        if f"backbone.body.{k}" not in own and f"backbone.body.{k[len('features.') :]}" not in own
+    ]
     return {k: v for k, v in mapped.items() if k in own}, dropped
 
 
-def _load(model: nn.Module, kind: str, family: _Family, state: dict[str, Tensor], source: str,
-          strict: bool) -> LoadReport:
+def _load(
+    model: nn.Module,
+    kind: str,
+    family: _Family,
+    state: dict[str, Tensor],
+    source: str,
+    strict: bool,
+) -> LoadReport:
     own = model.state_dict()
     state = _strip(state)
     note = ""
@@ -185,13 +232,26 @@ def _load(model: nn.Module, kind: str, family: _Family, state: dict[str, Tensor]
         else:
             mismatched.append((key, tuple(own[key].shape), tuple(value.shape)))
     missing = [k for k in own_scope if k not in state and not k.endswith("num_batches_tracked")]
-    report = LoadReport(source + note, len(to_load), tuple(missing), tuple(unexpected), tuple(mismatched), tuple(head_reset))
+    report = LoadReport(
+        source + note,
+        len(to_load),
+        tuple(missing),
+        tuple(unexpected),
+        tuple(mismatched),
+        tuple(head_reset),
+    )
     if not to_load:
-        fail("build_detector", f"{source} shares no tensor with {type(model).__name__} ({report})",
-             hint="is it a checkpoint of another architecture?")
+        fail(
+            "build_detector",
+            f"{source} shares no tensor with {type(model).__name__} ({report})",
+            hint="is it a checkpoint of another architecture?",
+        )
     if not report.ok and strict:
-        fail("build_detector", f"{source} does not fit {type(model).__name__}; nothing was loaded ({report})",
-             hint="pass strict=False to load the tensors that fit")
+        fail(
+            "build_detector",
+            f"{source} does not fit {type(model).__name__}; nothing was loaded ({report})",
+            hint="pass strict=False to load the tensors that fit",
+        )
     model.load_state_dict(to_load, strict=False)
     return report
 
@@ -214,7 +274,9 @@ def _frozen_bn(module: nn.Module) -> None:
 def _freeze_backbone_layers(model: nn.Module, kind: str, trainable: int) -> None:
     """torchvision's rule for ``trainable_backbone_layers``: the last ``trainable`` stages train."""
     if kind == "resnet_fpn":
-        keep = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable] + (["bn1"] if trainable == 5 else [])
+        keep = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable] + (
+            ["bn1"] if trainable == 5 else []
+        )
         for name, p in model.backbone.body.named_parameters():
             if not any(name.startswith(k) for k in keep):
                 p.requires_grad_(False)
@@ -222,7 +284,11 @@ def _freeze_backbone_layers(model: nn.Module, kind: str, trainable: int) -> None
     if kind == "mobilenet_fpn":
         # the body keeps all 17 MobileNetV3 feature blocks under their indices
         blocks = list(model.backbone.body.children())
-        stage = [0, *[i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)], len(blocks) - 1]
+        stage = [
+            0,
+            *[i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)],
+            len(blocks) - 1,
+        ]
         before = len(blocks) if trainable == 0 else stage[len(stage) - trainable]
         for b in blocks[:before]:
             b.requires_grad_(False)
@@ -241,7 +307,11 @@ def _freeze_backbone_layers(model: nn.Module, kind: str, trainable: int) -> None
         c4_block = nn.ModuleList([first[c4], second[0]])
         c4_block._is_cn = True  # the C4 block is the last stage boundary torchvision counts
         blocks = [*first[:c4], c4_block, *second[1:]]
-        stage = [0, *[i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)], len(blocks) - 1]
+        stage = [
+            0,
+            *[i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)],
+            len(blocks) - 1,
+        ]
         before = len(blocks) if trainable == 0 else stage[len(stage) - trainable]
     for b in blocks[:before]:
         b.requires_grad_(False)
@@ -256,14 +326,17 @@ class _StropRetinaNetRegressionHead(RetinaNetRegressionHead):
 
     def compute_loss(self, targets, head_outputs, anchors, matched_idxs):  # type: ignore[override]
         losses = []
-        for target, regression, anchor, matched in zip(targets, head_outputs["bbox_regression"], anchors,
-                                                         matched_idxs, strict=True):
+        for target, regression, anchor, matched in zip(
+            targets, head_outputs["bbox_regression"], anchors, matched_idxs, strict=True
+        ):
             fg = torch.where(matched >= 0)[0]
             gt = target["boxes"][matched[fg]]
             pred = self.box_coder.decode_single(regression[fg], anchor[fg])
             # decoded boxes are ordered by construction (exp of a clamped size): skip the sync
             with value_checks(False):
-                loss = box_iou_loss(pred.float(), gt.float(), kind=self._strop_kind, reduction="sum")
+                loss = box_iou_loss(
+                    pred.float(), gt.float(), kind=self._strop_kind, reduction="sum"
+                )
             losses.append(loss / max(1, fg.numel()))
         return sum(losses) / max(1, len(targets))
 
@@ -279,12 +352,16 @@ class _StropFCOSHead(FCOSHead):
         gt, fg = [], []
         for target, matched in zip(targets, matched_idxs, strict=True):
             boxes = target["boxes"]
-            gt.append(boxes[matched.clip(min=0)] if len(boxes) else boxes.new_zeros((len(matched), 4)))
+            gt.append(
+                boxes[matched.clip(min=0)] if len(boxes) else boxes.new_zeros((len(matched), 4))
+            )
             fg.append(matched >= 0)
         gt_all, fg_all = torch.stack(gt), torch.stack(fg)
         pred = self.box_coder.decode(head_outputs["bbox_regression"], torch.stack(anchors))
         with value_checks(False):  # relu'd distances: boxes are ordered by construction
-            loss = box_iou_loss(pred[fg_all].float(), gt_all[fg_all].float(), kind=self._strop_kind, reduction="sum")
+            loss = box_iou_loss(
+                pred[fg_all].float(), gt_all[fg_all].float(), kind=self._strop_kind, reduction="sum"
+            )
         losses["bbox_regression"] = loss / max(1, int(fg_all.sum()))
         return losses
 
@@ -294,9 +371,12 @@ def _set_box_loss(model: nn.Module, name: str, family: _Family, box_loss: str | 
         return family.default_box_loss
     check_choice("build_detector", "box_loss", box_loss, BOX_LOSSES)
     if box_loss not in family.box_losses:
-        fail("build_detector", f"box_loss={box_loss!r} is not available for {name}; it supports "
-                               f"{', '.join(family.box_losses)}",
-             hint="IoU-type losses need a family that decodes boxes in its loss (retinanet_*, fcos_resnet50_fpn)")
+        fail(
+            "build_detector",
+            f"box_loss={box_loss!r} is not available for {name}; it supports "
+            f"{', '.join(family.box_losses)}",
+            hint="IoU-type losses need a family that decodes boxes in its loss (retinanet_*, fcos_resnet50_fpn)",
+        )
     if name.startswith("retinanet"):
         head = model.head.regression_head
         if box_loss in _IOU_KINDS:
@@ -311,7 +391,9 @@ def _set_box_loss(model: nn.Module, name: str, family: _Family, box_loss: str | 
 
 
 # ------------------------------------------------------------------------------------------ NMS
-def set_nms(model: nn.Module, iou_threshold: float | None = None, *, denominator: str = "union") -> None:
+def set_nms(
+    model: nn.Module, iou_threshold: float | None = None, *, denominator: str = "union"
+) -> None:
     """Post-processing NMS of a built detector: threshold and overlap (``"union"``: torchvision's
     own; ``"min"``: strop's :func:`~strop.losses.batched_nms` with intersection over the smaller
     box, run per class on the detector's outputs in eval mode).
@@ -342,7 +424,9 @@ def set_nms(model: nn.Module, iou_threshold: float | None = None, *, denominator
             return output
         # scripting-free eager output: a list of dicts (torchvision returns (losses, dets) only scripted)
         for det in output:
-            keep = batched_nms(det["boxes"], det["scores"], det["labels"], threshold, denominator="min")[:cap]
+            keep = batched_nms(
+                det["boxes"], det["scores"], det["labels"], threshold, denominator="min"
+            )[:cap]
             for key in list(det):
                 det[key] = det[key][keep]
         return output
@@ -383,23 +467,41 @@ def build_detector(
         check_choice(func, "name", name, sorted(DETECTORS))
     kind, family = DETECTORS[name]
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        fail(func, f"num_classes must be an int >= 1 (object classes, background not counted); got {num_classes!r}")
+        fail(
+            func,
+            f"num_classes must be an int >= 1 (object classes, background not counted); got {num_classes!r}",
+        )
     if freeze is not None:
         check_choice(func, "freeze", freeze, ("backbone",))
         if trainable_backbone_layers not in (None, 0):
-            fail(func, f"freeze='backbone' means trainable_backbone_layers=0; got also trainable_backbone_layers={trainable_backbone_layers}")
+            fail(
+                func,
+                f"freeze='backbone' means trainable_backbone_layers=0; got also trainable_backbone_layers={trainable_backbone_layers}",
+            )
         trainable_backbone_layers = 0
     source = _resolve_weights(name, weights)
     default, most = family.trainable
     if trainable_backbone_layers is not None:
-        if isinstance(trainable_backbone_layers, bool) or not isinstance(trainable_backbone_layers, int) \
-                or not 0 <= trainable_backbone_layers <= most:
-            fail(func, f"trainable_backbone_layers must be an int in 0..{most} for {name}; got {trainable_backbone_layers!r}")
+        if (
+            isinstance(trainable_backbone_layers, bool)
+            or not isinstance(trainable_backbone_layers, int)
+            or not 0 <= trainable_backbone_layers <= most
+        ):
+            fail(
+                func,
+                f"trainable_backbone_layers must be an int in 0..{most} for {name}; got {trainable_backbone_layers!r}",
+            )
         if source is None:
-            fail(func, "trainable_backbone_layers (or freeze) needs pretrained weights: without them every layer "
-                       "trains, as in torchvision", hint="pass weights=..., or drop the option")
+            fail(
+                func,
+                "trainable_backbone_layers (or freeze) needs pretrained weights: without them every layer "
+                "trains, as in torchvision",
+                hint="pass weights=..., or drop the option",
+            )
     label_offset = 1 if family.background else 0
-    model = get_model_builder(name)(weights=None, weights_backbone=None, num_classes=num_classes + label_offset, **kwargs)
+    model = get_model_builder(name)(
+        weights=None, weights_backbone=None, num_classes=num_classes + label_offset, **kwargs
+    )
     report, trainable = None, None
     if source is not None:
         state, where = _state_from(source, sha256, trust_pickle)
@@ -431,7 +533,11 @@ def _part(name: str) -> str:
 
 
 def detector_param_groups(
-    model: nn.Module, lr: float, *, backbone_lr_mult: float = 1.0, neck_lr_mult: float = 1.0,
+    model: nn.Module,
+    lr: float,
+    *,
+    backbone_lr_mult: float = 1.0,
+    neck_lr_mult: float = 1.0,
     weight_decay: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Trainable parameters as ``backbone`` / ``neck`` (FPN, SSD extras) / ``head`` (RPN, ROI
@@ -441,8 +547,12 @@ def detector_param_groups(
         fail("detector_param_groups", f"lr must be a positive number; got {lr!r}")
     mult = {"backbone": backbone_lr_mult, "neck": neck_lr_mult, "head": 1.0}
     norm_types = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
-    no_decay = {f"{m}.{n}" if m else n for m, mod in model.named_modules() if isinstance(mod, norm_types)
-                for n, _ in mod.named_parameters(recurse=False)}
+    no_decay = {
+        f"{m}.{n}" if m else n
+        for m, mod in model.named_modules()
+        if isinstance(mod, norm_types)
+        for n, _ in mod.named_parameters(recurse=False)
+    }
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -452,6 +562,12 @@ def detector_param_groups(
     for part in ("backbone", "neck", "head"):
         for decay in (True, False):
             if (part, decay) in groups:
-                out.append({"name": part, "params": groups[(part, decay)], "lr": lr * mult[part],
-                            "weight_decay": weight_decay if decay else 0.0})
+                out.append(
+                    {
+                        "name": part,
+                        "params": groups[(part, decay)],
+                        "lr": lr * mult[part],
+                        "weight_decay": weight_decay if decay else 0.0,
+                    }
+                )
     return out

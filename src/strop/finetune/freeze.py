@@ -124,10 +124,13 @@ def _stages(func: str, model: nn.Module, what: Any, *, first: bool) -> list[Laye
     if isinstance(what, int):
         if not 0 <= what <= len(stages):
             fail(func, f"what must be a number of stages between 0 and {len(stages)}; got {what}")
-        return stages[:what] if first else stages[len(stages) - what:]
+        return stages[:what] if first else stages[len(stages) - what :]
     if what == "head":
-        fail(func, "what='head' names the classifier, which freeze/unfreeze leave trainable",
-             hint="freeze the head's parameters by hand if that is really wanted")
+        fail(
+            func,
+            "what='head' names the classifier, which freeze/unfreeze leave trainable",
+            hint="freeze the head's parameters by hand if that is really wanted",
+        )
     if what not in names:
         fail(
             func,

@@ -20,7 +20,13 @@ __all__ = ["GradualUnfreezing", "param_groups"]
 
 # parameters that are embeddings rather than weights: decaying them towards zero hurts (ViT's
 # class token and position embedding, Swin's relative position bias table)
-_NO_DECAY_NAMES = ("class_token", "pos_embedding", "relative_position_bias_table", "cls_token", "pos_embed")
+_NO_DECAY_NAMES = (
+    "class_token",
+    "pos_embedding",
+    "relative_position_bias_table",
+    "cls_token",
+    "pos_embed",
+)
 
 
 def _no_decay(name: str, p: torch.Tensor) -> bool:
@@ -29,7 +35,11 @@ def _no_decay(name: str, p: torch.Tensor) -> bool:
 
 
 def _split(
-    name: str, params: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float, extra: dict[str, Any]
+    name: str,
+    params: list[tuple[str, nn.Parameter]],
+    lr: float,
+    weight_decay: float,
+    extra: dict[str, Any],
 ) -> list[dict[str, Any]]:
     if weight_decay == 0:
         parts = [(name, [p for _, p in params], 0.0)]
@@ -38,7 +48,11 @@ def _split(
             (name, [p for n, p in params if not _no_decay(n, p)], weight_decay),
             (f"{name} (no decay)", [p for n, p in params if _no_decay(n, p)], 0.0),
         ]
-    return [{**extra, "params": ps, "lr": lr, "weight_decay": wd, "name": nm} for nm, ps, wd in parts if ps]
+    return [
+        {**extra, "params": ps, "lr": lr, "weight_decay": wd, "name": nm}
+        for nm, ps, wd in parts
+        if ps
+    ]
 
 
 def _check_mult(func: str, arg: str, value: float | None, *, at_most_one: bool = False) -> None:
@@ -94,7 +108,9 @@ def param_groups(
             out += _split(g.name, keep(g), lr * layer_decay ** (len(stages) - i), weight_decay, {})
     out += _split("head", keep(head), lr * head_lr_mult, weight_decay, {})
     if not out:
-        fail("param_groups", "the model has no trainable parameters", hint="unfreeze something first")
+        fail(
+            "param_groups", "the model has no trainable parameters", hint="unfreeze something first"
+        )
     return out
 
 
@@ -129,7 +145,9 @@ class GradualUnfreezing:
         layer_decay: float | None = None,
         train_bn: bool = False,
     ) -> None:
-        check_positive("GradualUnfreezing", "head_epochs", head_epochs, allow_zero=True, integer=True)
+        check_positive(
+            "GradualUnfreezing", "head_epochs", head_epochs, allow_zero=True, integer=True
+        )
         if every is not None:
             check_positive("GradualUnfreezing", "every", every, integer=True)
         _check_mult("GradualUnfreezing", "lr_mult", lr_mult)
@@ -159,7 +177,9 @@ class GradualUnfreezing:
         self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
     ) -> list[str]:
         """Apply the plan for ``epoch``; return the names of the param groups added (may be empty)."""
-        check_positive("GradualUnfreezing.on_epoch_start", "epoch", epoch, allow_zero=True, integer=True)
+        check_positive(
+            "GradualUnfreezing.on_epoch_start", "epoch", epoch, allow_zero=True, integer=True
+        )
         *stages, head = layer_groups(model)
         events = self._events(epoch, len(stages))
         trainable = {i for _, ix in events for i in ix}
@@ -170,17 +190,30 @@ class GradualUnfreezing:
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         ref = self._reference_group(optimizer, head)
         base_lr = ref.get("initial_lr", ref["lr"])
-        extra = {k: v for k, v in ref.items() if k not in ("params", "lr", "name", "initial_lr", "weight_decay")}
+        extra = {
+            k: v
+            for k, v in ref.items()
+            if k not in ("params", "lr", "name", "initial_lr", "weight_decay")
+        }
         wd = ref.get("weight_decay", 0.0)
         added: list[str] = []
         for event_epoch, indices in events:
             chunks = [[i] for i in indices] if self.layer_decay is not None else [indices]
             for chunk in chunks:
-                params = [(n, p) for i in chunk for n, p in stages[i].params if p.requires_grad and id(p) not in held]
+                params = [
+                    (n, p)
+                    for i in chunk
+                    for n, p in stages[i].params
+                    if p.requires_grad and id(p) not in held
+                ]
                 if not params:
                     continue
                 depth = len(stages) - 1 - chunk[0]
-                lr = base_lr * self.lr_mult * (self.layer_decay**depth if self.layer_decay is not None else 1.0)
+                lr = (
+                    base_lr
+                    * self.lr_mult
+                    * (self.layer_decay**depth if self.layer_decay is not None else 1.0)
+                )
                 label = stages[chunk[0]].name if len(chunk) == 1 else "backbone"
                 for group in _split(f"unfreeze@{event_epoch}:{label}", params, lr, wd, extra):
                     if "initial_lr" in ref:

@@ -30,7 +30,12 @@ def _new_layer(func: str, old: nn.Module, num_classes: int) -> nn.Module:
     elif isinstance(old, nn.Conv2d):
         # squeezenet's classifier and segmentation heads: a 1x1 conv producing class maps
         layer = nn.Conv2d(
-            old.in_channels, num_classes, old.kernel_size, old.stride, old.padding, old.dilation,
+            old.in_channels,
+            num_classes,
+            old.kernel_size,
+            old.stride,
+            old.padding,
+            old.dilation,
             bias=old.bias is not None,
         )
     else:
@@ -76,7 +81,9 @@ def split_outputs(output: Any) -> tuple[Tensor, list[Tensor]]:
         return output, []
     if isinstance(output, Mapping):
         if "out" not in output:
-            fail("split_outputs", f"a dict output must have an 'out' key; got keys {sorted(output)}")
+            fail(
+                "split_outputs", f"a dict output must have an 'out' key; got keys {sorted(output)}"
+            )
         aux = output.get("aux")
         return output["out"], [] if aux is None else [aux]
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):

@@ -47,7 +47,9 @@ class ModelSummary:
             f"head         {self.head}: {self.head_repr}",
         ]
         if self.aux_heads:
-            lines.append(f"aux heads    {', '.join(self.aux_heads)} (training only; loss weight 0.4)")
+            lines.append(
+                f"aux heads    {', '.join(self.aux_heads)} (training only; loss weight 0.4)"
+            )
         frozen = [g.name for g in self.groups if g.state != "trainable"]
         lines += [
             f"classes      {self.num_classes}",

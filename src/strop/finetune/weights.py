@@ -34,7 +34,14 @@ from torchvision.models import WeightsEnum
 from strop._checks import fail
 from strop.finetune.zoo import FAMILIES, architecture_of, spec_of
 
-__all__ = ["LoadReport", "UnsafeWeightsError", "file_sha256", "hub_cache_path", "load_weights", "read_state_dict"]
+__all__ = [
+    "LoadReport",
+    "UnsafeWeightsError",
+    "file_sha256",
+    "hub_cache_path",
+    "load_weights",
+    "read_state_dict",
+]
 
 WeightsSource = str | os.PathLike | Mapping[str, Tensor] | WeightsEnum
 
@@ -86,10 +93,16 @@ class LoadReport:
         if self.unexpected:
             lines.append(f"unexpected in source ({len(self.unexpected)}): {few(self.unexpected)}")
         if self.mismatched:
-            shown = ", ".join(f"{k} model {tuple(a)} vs source {tuple(b)}" for k, a, b in self.mismatched[:5])
+            shown = ", ".join(
+                f"{k} model {tuple(a)} vs source {tuple(b)}" for k, a, b in self.mismatched[:5]
+            )
             lines.append(f"shape mismatch ({len(self.mismatched)}): {shown}")
         if self.head_reset:
-            why = "for the new class count" if self.head_reason == "the class count differs" else f"({self.head_reason})"
+            why = (
+                "for the new class count"
+                if self.head_reason == "the class count differs"
+                else f"({self.head_reason})"
+            )
             lines.append(f"head re-initialised {why}: {few(self.head_reset)}")
         if self.ignored:
             lines.append(f"ignored (aux heads not built): {len(self.ignored)} tensors")
@@ -98,7 +111,9 @@ class LoadReport:
     def summary(self) -> str:
         """One line for a log: what was loaded and whether the head is the source's or new."""
         if self.head_reset:
-            head = f"new head ({self.head_reason}), {len(self.head_reset)} tensors left as initialised"
+            head = (
+                f"new head ({self.head_reason}), {len(self.head_reset)} tensors left as initialised"
+            )
         else:
             head = "head loaded from the source (same class count)"
         text = f"weights {self.source}: {self.loaded} tensors loaded; {head}"
@@ -117,7 +132,10 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def _check_sha256(func: str, path: Path, expected: str) -> None:
     if not isinstance(expected, str) or not re.fullmatch(r"[0-9a-fA-F]{8,64}", expected):
-        fail(func, f"sha256 must be a hex digest (the full 64 characters, or a prefix of at least 8); got {expected!r}")
+        fail(
+            func,
+            f"sha256 must be a hex digest (the full 64 characters, or a prefix of at least 8); got {expected!r}",
+        )
     actual = file_sha256(path)
     if not actual.startswith(expected.lower()):
         fail(
@@ -137,7 +155,10 @@ def _torch_load(func: str, path: Path, trust_pickle: bool) -> Any:
         magic = f.read(4)
     # torch.save writes a zip archive; legacy files and raw pickles start with the PROTO opcode
     if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x80")):
-        fail(func, f"cannot read '{path}': the file is corrupt or truncated (not a zip archive or a pickle)")
+        fail(
+            func,
+            f"cannot read '{path}': the file is corrupt or truncated (not a zip archive or a pickle)",
+        )
     try:
         with warnings.catch_warnings():
             # torch notes non-default pickle protocols of legacy files; harmless for loading
@@ -152,12 +173,25 @@ def _torch_load(func: str, path: Path, trust_pickle: bool) -> Any:
                 f"({why}). Hint: convert it to .safetensors, or, only if you trust where it "
                 "came from, pass trust_pickle=True (unsafe: the file can run any code)"
             ) from None
-        fail(func, f"cannot read '{path}': the file is corrupt or truncated (UnpicklingError: {exc})")
-    except (RuntimeError, EOFError, ValueError, OSError, IndexError, KeyError, AttributeError) as exc:
+        fail(
+            func, f"cannot read '{path}': the file is corrupt or truncated (UnpicklingError: {exc})"
+        )
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        OSError,
+        IndexError,
+        KeyError,
+        AttributeError,
+    ) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
         first = str(exc).splitlines()[0] if str(exc) else "unexpected end of file"
-        fail(func, f"cannot read '{path}': the file is corrupt or truncated ({type(exc).__name__}: {first})")
+        fail(
+            func,
+            f"cannot read '{path}': the file is corrupt or truncated ({type(exc).__name__}: {first})",
+        )
 
 
 def _unwrap(func: str, obj: Any, where: str) -> dict[str, Tensor]:
@@ -179,7 +213,9 @@ def _unwrap(func: str, obj: Any, where: str) -> dict[str, Tensor]:
     )
 
 
-def _strip_prefixes(state: dict[str, Tensor], own: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict | None]:
+def _strip_prefixes(
+    state: dict[str, Tensor], own: Mapping[str, Tensor]
+) -> tuple[dict[str, Tensor], dict | None]:
     # module versions (MNASNet, BatchNorm) travel in state_dict()._metadata, keyed by module path
     meta = getattr(state, "_metadata", None)
     meta = dict(meta) if meta is not None else None
@@ -187,16 +223,22 @@ def _strip_prefixes(state: dict[str, Tensor], own: Mapping[str, Tensor]) -> tupl
     while changed and state:
         changed = False
         for prefix in _PREFIXES:
-            if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+            if all(k.startswith(prefix) for k in state) and not any(
+                k.startswith(prefix) for k in own
+            ):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
                 if meta is not None:
-                    meta = {k[len(prefix):]: v for k, v in meta.items() if k.startswith(prefix)}
+                    meta = {k[len(prefix) :]: v for k, v in meta.items() if k.startswith(prefix)}
                 changed = True
     return state, meta
 
 
 def read_state_dict(
-    path: str | os.PathLike, *, sha256: str | None = None, trust_pickle: bool = False, func: str = "read_state_dict"
+    path: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    trust_pickle: bool = False,
+    func: str = "read_state_dict",
 ) -> dict[str, Tensor]:
     """A state dict from a file: ``.safetensors``, or a ``torch.save`` file holding a state dict or
     a checkpoint dict with the weights under ``"state_dict"``/``"model"``/... .
@@ -217,11 +259,16 @@ def read_state_dict(
         try:
             return load_file(path, device="cpu")
         except SafetensorError as exc:
-            fail(func, f"cannot read '{path}': the file is corrupt or truncated (SafetensorError: {exc})")
+            fail(
+                func,
+                f"cannot read '{path}': the file is corrupt or truncated (SafetensorError: {exc})",
+            )
     return _unwrap(func, _torch_load(func, path, trust_pickle), f"'{path}'")
 
 
-def _weights_state_dict(func: str, weights: WeightsEnum, sha256: str | None) -> tuple[dict[str, Tensor], str]:
+def _weights_state_dict(
+    func: str, weights: WeightsEnum, sha256: str | None
+) -> tuple[dict[str, Tensor], str]:
     cached = hub_cache_path(weights)
     if cached.is_file():
         # read it ourselves: weights_only, our error messages, the optional SHA-256 check
@@ -246,7 +293,9 @@ def _resolve_source(
     if isinstance(source, WeightsEnum):
         return _weights_state_dict(func, source, sha256)
     if isinstance(source, (str, os.PathLike)):
-        return read_state_dict(source, sha256=sha256, trust_pickle=trust_pickle, func=func), f"'{os.fspath(source)}'"
+        return read_state_dict(
+            source, sha256=sha256, trust_pickle=trust_pickle, func=func
+        ), f"'{os.fspath(source)}'"
     if isinstance(source, Mapping):
         if sha256 is not None:
             fail(func, "sha256 checks a file; got a state dict in memory", exc=TypeError)
@@ -270,7 +319,9 @@ def _match(
     own = model.state_dict()
     state, meta = _strip_prefixes(state, own)
     # aux heads the family has but this model was built without (aux_logits=False)
-    absent_aux = tuple({p.split(".")[0] for p in family.aux_heads} - {p.split(".")[0] for p in spec.aux_heads})
+    absent_aux = tuple(
+        {p.split(".")[0] for p in family.aux_heads} - {p.split(".")[0] for p in spec.aux_heads}
+    )
     heads = spec.output_layers
     to_load: OrderedDict[str, Tensor] = OrderedDict()
     # files without versions (safetensors, hand-made dicts) are taken to be in the current format
@@ -278,7 +329,11 @@ def _match(
     unexpected, mismatched, head_reset, ignored = [], [], [], []
     for key, value in state.items():
         if not isinstance(value, Tensor):
-            fail("load_weights", f"{source} maps {key!r} to a {type(value).__name__}, not a Tensor", exc=TypeError)
+            fail(
+                "load_weights",
+                f"{source} maps {key!r} to a {type(value).__name__}, not a Tensor",
+                exc=TypeError,
+            )
         if key not in own:
             (ignored if _under(key, absent_aux) else unexpected).append(key)
         elif own[key].shape != value.shape:
@@ -311,7 +366,9 @@ def _match(
     return to_load, report
 
 
-def _head_reason(state: Mapping[str, Tensor], own: Mapping[str, Tensor], heads: tuple[str, ...], keep_head: bool) -> str:
+def _head_reason(
+    state: Mapping[str, Tensor], own: Mapping[str, Tensor], heads: tuple[str, ...], keep_head: bool
+) -> str:
     in_file = [k for k in own if _under(k, heads) and k in state]
     if not in_file:
         return "the source has no head"
@@ -347,10 +404,18 @@ def load_weights(
     classes) — **unsafe**: only for files from a trusted source.
     """
     if not isinstance(model, nn.Module):
-        fail("load_weights", f"model must be a torch.nn.Module; got {type(model).__name__}", exc=TypeError)
+        fail(
+            "load_weights",
+            f"model must be a torch.nn.Module; got {type(model).__name__}",
+            exc=TypeError,
+        )
     state, where = _resolve_source("load_weights", source, sha256=sha256, trust_pickle=trust_pickle)
     if not isinstance(keep_head, bool):
-        fail("load_weights", f"keep_head must be a bool; got {type(keep_head).__name__} {keep_head!r}", exc=TypeError)
+        fail(
+            "load_weights",
+            f"keep_head must be a bool; got {type(keep_head).__name__} {keep_head!r}",
+            exc=TypeError,
+        )
     to_load, report = _match(model, state, where, keep_head)
     if not to_load:
         fail(

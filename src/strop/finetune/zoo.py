@@ -49,7 +49,9 @@ class _Family:
     task: Task = "classification"
 
     def outputs(self) -> tuple[str, ...]:
-        return self.output_layers if self.output_layers is not None else (self.head, *self.aux_heads)
+        return (
+            self.output_layers if self.output_layers is not None else (self.head, *self.aux_heads)
+        )
 
 
 _SEQ = ("features", "classifier")
@@ -75,13 +77,27 @@ FAMILIES: dict[str, _Family] = {
     # segmentation: the whole decoder is the head (it learns from scratch when the class count
     # changes only in its last conv, but it is task-specific, so "backbone" freezing keeps it)
     "FCN": _Family(
-        "classifier", ("aux_classifier",), ("classifier.4", "aux_classifier.4"), ("backbone",), 520, "segmentation"
+        "classifier",
+        ("aux_classifier",),
+        ("classifier.4", "aux_classifier.4"),
+        ("backbone",),
+        520,
+        "segmentation",
     ),
     "DeepLabV3": _Family(
-        "classifier", ("aux_classifier",), ("classifier.4", "aux_classifier.4"), ("backbone",), 520, "segmentation"
+        "classifier",
+        ("aux_classifier",),
+        ("classifier.4", "aux_classifier.4"),
+        ("backbone",),
+        520,
+        "segmentation",
     ),
     "LRASPP": _Family(
-        "classifier", (), ("classifier.low_classifier", "classifier.high_classifier"), ("backbone",), 520,
+        "classifier",
+        (),
+        ("classifier.low_classifier", "classifier.high_classifier"),
+        ("backbone",),
+        520,
         "segmentation",
     ),
 }
@@ -96,7 +112,10 @@ def available_models(task: Task | None = None) -> list[str]:
     ``task`` (``"classification"``, ``"segmentation"`` or ``None`` for both) filters the list.
     """
     if task not in (None, "classification", "segmentation"):
-        fail("available_models", f"task must be 'classification', 'segmentation' or None; got {task!r}")
+        fail(
+            "available_models",
+            f"task must be 'classification', 'segmentation' or None; got {task!r}",
+        )
     names = [] if task == "segmentation" else list(_CLASSIFICATION)
     names += [] if task == "classification" else list(_SEGMENTATION)
     return sorted(names)
@@ -106,7 +125,11 @@ def resolve_name(func: str, name: Any) -> str:
     """The torchvision builder name for ``name`` (case-insensitive); unknown names fail with the
     close matches."""
     if not isinstance(name, str):
-        fail(func, f"name must be a model name (str); got {type(name).__name__} {name!r}", exc=TypeError)
+        fail(
+            func,
+            f"name must be a model name (str); got {type(name).__name__} {name!r}",
+            exc=TypeError,
+        )
     key = name.strip().lower().replace("-", "_")
     names = available_models()
     if key in names:
@@ -124,15 +147,21 @@ def _task_of(name: str) -> Task:
     return "segmentation" if name in _SEGMENTATION else "classification"
 
 
-def _builder_kwargs(name: str, *, num_classes: int, pretrained: bool, aux_logits: bool) -> dict[str, Any]:
+def _builder_kwargs(
+    name: str, *, num_classes: int, pretrained: bool, aux_logits: bool
+) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"weights": None, "num_classes": num_classes}
     if name in ("inception_v3", "googlenet"):
         # torchvision's own recipe for pretrained weights: normalised-input transform on, and its
         # slow truncated-normal init skipped (the loaded weights overwrite it). Passing
         # init_weights explicitly also avoids torchvision's FutureWarning.
-        kwargs.update(aux_logits=aux_logits, init_weights=not pretrained, transform_input=pretrained)
+        kwargs.update(
+            aux_logits=aux_logits, init_weights=not pretrained, transform_input=pretrained
+        )
     elif _task_of(name) == "segmentation":
-        kwargs["weights_backbone"] = None  # never download an ImageNet backbone behind the user's back
+        kwargs["weights_backbone"] = (
+            None  # never download an ImageNet backbone behind the user's back
+        )
         if not name.startswith("lraspp"):
             kwargs["aux_loss"] = aux_logits
     return kwargs
@@ -171,7 +200,9 @@ def build_architecture(
     name = resolve_name("build_architecture", name)
     check_positive("build_architecture", "num_classes", num_classes, integer=True)
     builder = get_model_builder(name)
-    kwargs = _builder_kwargs(name, num_classes=num_classes, pretrained=pretrained, aux_logits=aux_logits)
+    kwargs = _builder_kwargs(
+        name, num_classes=num_classes, pretrained=pretrained, aux_logits=aux_logits
+    )
     kwargs.update(builder_kwargs)
     if device is not None and torch.device(device).type == "meta" and not name.startswith("regnet"):
         with torch.device("meta"):
@@ -182,7 +213,6 @@ def build_architecture(
             model = model.to(device)
     _ARCHITECTURES[model] = name
     return model
-
 
 
 def _family(func: str, model: nn.Module) -> _Family:
@@ -201,7 +231,11 @@ def _family(func: str, model: nn.Module) -> _Family:
 def _default_input_size(name: str, family: _Family) -> int:
     try:
         transforms = get_model_weights(name).DEFAULT.transforms
-    except (ValueError, KeyError, AttributeError):  # pragma: no cover - every builder has weights today
+    except (
+        ValueError,
+        KeyError,
+        AttributeError,
+    ):  # pragma: no cover - every builder has weights today
         return family.input_size
     key = "resize_size" if family.task == "segmentation" else "crop_size"
     size = transforms.keywords.get(key, family.input_size)
@@ -320,7 +354,9 @@ def _groups(model: nn.Module, family: _Family, aux: tuple[str, ...]) -> list[Lay
     seen: set[int] = set()
     groups: list[LayerGroup] = []
 
-    def params_of(prefix: str, module: nn.Module, recurse: bool = True) -> list[tuple[str, nn.Parameter]]:
+    def params_of(
+        prefix: str, module: nn.Module, recurse: bool = True
+    ) -> list[tuple[str, nn.Parameter]]:
         out = []
         for n, p in module.named_parameters(prefix=prefix, recurse=recurse):
             if id(p) not in seen:
@@ -350,7 +386,9 @@ def _groups(model: nn.Module, family: _Family, aux: tuple[str, ...]) -> list[Lay
 
     visit("", model)
     head_params = tuple(
-        (f"{h}.{n}", p) for h, m in zip(heads, head_modules, strict=True) for n, p in m.named_parameters()
+        (f"{h}.{n}", p)
+        for h, m in zip(heads, head_modules, strict=True)
+        for n, p in m.named_parameters()
     )
     groups.append(LayerGroup("head", heads, tuple(head_modules), head_params))
     return groups

@@ -69,7 +69,12 @@ def overlap(
 
 
 def _forward(
-    x: Tensor, target: Tensor | None, labels: Tensor | None, valid: Tensor | None, mode: str, per_image: bool
+    x: Tensor,
+    target: Tensor | None,
+    labels: Tensor | None,
+    valid: Tensor | None,
+    mode: str,
+    per_image: bool,
 ) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor, Tensor | None]:
     """``(TP, Σp, Σt)`` (``(N, C)`` each, or ``(C,)`` summed over the batch), the probabilities and
     (multiclass) the probability of each pixel's label."""
@@ -81,10 +86,18 @@ def _forward(
         p_label = probs.gather(1, labels.unsqueeze(1)).squeeze(1)  # (N, P)
         counted = p_label if vf is None else p_label * vf.reshape(n, p)
         tp = torch.zeros(n, c, dtype=x.dtype, device=x.device).scatter_add_(1, labels, counted)
-        ones = torch.ones((), dtype=x.dtype, device=x.device).expand(n, p) if vf is None else vf.reshape(n, p)
+        ones = (
+            torch.ones((), dtype=x.dtype, device=x.device).expand(n, p)
+            if vf is None
+            else vf.reshape(n, p)
+        )
         sum_t = torch.zeros(n, c, dtype=x.dtype, device=x.device).scatter_add_(1, labels, ones)
         # Σ_i p·v as a batched matrix-vector product: no masked copy of the probabilities
-        sum_p = probs.sum(2) if vf is None else torch.bmm(vf.reshape(n, 1, p), probs.transpose(1, 2)).view(n, c)
+        sum_p = (
+            probs.sum(2)
+            if vf is None
+            else torch.bmm(vf.reshape(n, 1, p), probs.transpose(1, 2)).view(n, c)
+        )
         stats = (tp, sum_p, sum_t) if per_image else (tp.sum(0), sum_p.sum(0), sum_t.sum(0))
         return stats, probs, p_label
     assert target is not None
@@ -94,7 +107,9 @@ def _forward(
     # is one dot product, which needs no full-size product
     if c == 1 and not per_image:
         tp = torch.dot(probs.view(-1), target.reshape(-1)).view(1)
-        sum_p = probs.sum().view(1) if vf is None else torch.dot(probs.view(-1), vf.reshape(-1)).view(1)
+        sum_p = (
+            probs.sum().view(1) if vf is None else torch.dot(probs.view(-1), vf.reshape(-1)).view(1)
+        )
     else:
         tp = (probs * target).sum(dims)
         sum_p = probs.sum(dims) if vf is None else (probs * vf).sum(dims)

@@ -69,8 +69,11 @@ def set_value_checks(enabled: bool) -> bool:
     """
     global _VALUE_CHECKS
     if not isinstance(enabled, bool):
-        fail("set_value_checks", f"enabled must be a bool; got {type(enabled).__name__} {enabled!r}",
-             exc=TypeError)
+        fail(
+            "set_value_checks",
+            f"enabled must be a bool; got {type(enabled).__name__} {enabled!r}",
+            exc=TypeError,
+        )
     previous, _VALUE_CHECKS = _VALUE_CHECKS, enabled
     return previous
 
@@ -99,9 +102,14 @@ def check_reduction(func: str, reduction: str) -> None:
 
 
 def check_ignore_index(func: str, ignore_index: int | None) -> None:
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        fail(func, f"ignore_index must be an int or None; got {type(ignore_index).__name__} {ignore_index!r}",
-             exc=TypeError)
+    if ignore_index is not None and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
+    ):
+        fail(
+            func,
+            f"ignore_index must be an int or None; got {type(ignore_index).__name__} {ignore_index!r}",
+            exc=TypeError,
+        )
 
 
 def check_alpha(func: str, alpha: float | Sequence[float] | None, mode: str) -> None:
@@ -112,20 +120,36 @@ def check_alpha(func: str, alpha: float | Sequence[float] | None, mode: str) -> 
         if not 0 <= alpha <= 1:
             fail(func, f"alpha must lie in [0, 1] (or be None for no weighting); got {alpha!r}")
         return
-    if mode == "multiclass" and isinstance(alpha, (Sequence, Tensor)) and not isinstance(alpha, str):
+    if (
+        mode == "multiclass"
+        and isinstance(alpha, (Sequence, Tensor))
+        and not isinstance(alpha, str)
+    ):
         return
-    fail(func, f"alpha must be a float in [0, 1], None{', or one weight per class' if mode == 'multiclass' else ''}; "
-               f"got {type(alpha).__name__} {alpha!r}", exc=TypeError)
+    fail(
+        func,
+        f"alpha must be a float in [0, 1], None{', or one weight per class' if mode == 'multiclass' else ''}; "
+        f"got {type(alpha).__name__} {alpha!r}",
+        exc=TypeError,
+    )
 
 
 def check_tensor(func: str, arg: str, value: object, *, floating: bool = False) -> Tensor:
     """``value`` as a Tensor, or a ``TypeError`` naming ``arg``."""
     if not isinstance(value, Tensor):
-        fail(func, f"{arg} must be a torch.Tensor; got {type(value).__name__}",
-             hint="convert with torch.as_tensor(...)", exc=TypeError)
+        fail(
+            func,
+            f"{arg} must be a torch.Tensor; got {type(value).__name__}",
+            hint="convert with torch.as_tensor(...)",
+            exc=TypeError,
+        )
     if floating and not value.is_floating_point():
-        fail(func, f"{arg} must be a floating-point tensor; got {value.dtype}",
-             hint=f"call {arg}.float()", exc=TypeError)
+        fail(
+            func,
+            f"{arg} must be a floating-point tensor; got {value.dtype}",
+            hint=f"call {arg}.float()",
+            exc=TypeError,
+        )
     return value
 
 
@@ -146,12 +170,17 @@ def _check_values(func: str, checks: list[tuple[str, Tensor, float, float]]) -> 
     checks = [c for c in checks if c[1].numel() > 0]
     if not _VALUE_CHECKS or not checks:
         return
-    bounds = torch.stack([torch.stack(torch.aminmax(c[1])).to(torch.float64) for c in checks]).tolist()
+    bounds = torch.stack(
+        [torch.stack(torch.aminmax(c[1])).to(torch.float64) for c in checks]
+    ).tolist()
     for (what, tensor, lo, hi), (got_lo, got_hi) in zip(checks, bounds, strict=True):
         if not (got_lo >= lo and got_hi <= hi):  # written so that NaN fails too
             bad = tensor.isnan().sum().item() if tensor.is_floating_point() else 0
             nan = f" ({bad} NaN)" if bad else ""
-            fail(func, f"{what} must lie in [{lo:g}, {hi:g}]; got values in [{got_lo:g}, {got_hi:g}]{nan}")
+            fail(
+                func,
+                f"{what} must lie in [{lo:g}, {hi:g}]; got values in [{got_lo:g}, {got_hi:g}]{nan}",
+            )
 
 
 @dataclass(frozen=True)
@@ -183,7 +212,9 @@ class Prepared:
         if self.target is not None:
             return self.target
         assert self.labels is not None
-        out = torch.zeros(self.input.shape, dtype=dtype or self.input.dtype, device=self.input.device)
+        out = torch.zeros(
+            self.input.shape, dtype=dtype or self.input.dtype, device=self.input.device
+        )
         out.scatter_(1, self.labels.unsqueeze(1), 1.0)
         if self.valid is not None:
             out.mul_(self.valid)
@@ -195,7 +226,9 @@ class Prepared:
         Shapes ``(N, C)`` when ``per_image`` else ``(C,)`` (batch and pixels summed together).
         ``FP = sum_p - TP`` and ``FN = sum_t - TP``, so Dice, Jaccard and Tversky all follow.
         """
-        return overlap(self.input, self.target, self.labels, self.valid, self.mode, self.from_logits, per_image)
+        return overlap(
+            self.input, self.target, self.labels, self.valid, self.mode, self.from_logits, per_image
+        )
 
 
 def prepare(
@@ -227,7 +260,9 @@ def prepare(
         _check_binary_shape(func, input, target)
         n, c, pixels = input.shape[0], 1, math.prod(input.shape[1:])
     t, valid = _float_target(target.reshape(n, c, pixels).to(x.dtype), ignore_index)
-    what = "target" + (f" (other than ignore_index={ignore_index})" if ignore_index is not None else "")
+    what = "target" + (
+        f" (other than ignore_index={ignore_index})" if ignore_index is not None else ""
+    )
     if target.dtype != torch.bool:
         checks.append((f"{what} for mode={mode!r}", t, 0.0, 1.0))
     _check_values(func, checks)
@@ -245,8 +280,11 @@ def _check_arguments(
     if not isinstance(from_logits, bool):
         fail(func, f"from_logits must be a bool; got {type(from_logits).__name__}", exc=TypeError)
     if target.device != input.device:
-        fail(func, f"target is on {target.device} but input is on {input.device}",
-             hint="move both to the same device")
+        fail(
+            func,
+            f"target is on {target.device} but input is on {input.device}",
+            hint="move both to the same device",
+        )
     if target.is_complex():
         fail(func, f"target must be a real tensor; got {target.dtype}", exc=TypeError)
 
@@ -261,11 +299,16 @@ def _prepare_multiclass(
 ) -> Prepared:
     """``(N, C, *)`` logits with ``(N, *)`` integer class ids: labels ``(N, P)``, no one-hot."""
     if x.dim() < 2:
-        fail(func, f"input must have shape (N, C, ...) for mode='multiclass'; got {_shape(x.shape)}")
+        fail(
+            func, f"input must have shape (N, C, ...) for mode='multiclass'; got {_shape(x.shape)}"
+        )
     n, c = x.shape[:2]
     if c < 2:
-        fail(func, f"input must have C >= 2 channels for mode='multiclass'; got {_shape(x.shape)}",
-             hint="use mode='binary' for a single-channel output")
+        fail(
+            func,
+            f"input must have C >= 2 channels for mode='multiclass'; got {_shape(x.shape)}",
+            hint="use mode='binary' for a single-channel output",
+        )
     expected = (n, *x.shape[2:])
     if tuple(target.shape) != expected:
         hint = None
@@ -273,11 +316,19 @@ def _prepare_multiclass(
             hint = "use mode='multilabel' for one-hot targets"
         elif target.dim() == x.dim() and target.shape[1] == 1:
             hint = "drop the channel dimension: target[:, 0]"
-        fail(func, f"target must have shape (N, ...)={_shape(expected)} for mode='multiclass' with "
-                   f"input (N, C, ...)={_shape(x.shape)}; got {_shape(target.shape)}", hint=hint)
+        fail(
+            func,
+            f"target must have shape (N, ...)={_shape(expected)} for mode='multiclass' with "
+            f"input (N, C, ...)={_shape(x.shape)}; got {_shape(target.shape)}",
+            hint=hint,
+        )
     if target.is_floating_point() or target.dtype == torch.bool:
-        fail(func, f"target must hold integer class ids for mode='multiclass'; got {target.dtype}",
-             hint="call target.long(); for one-hot or soft targets use mode='multilabel'", exc=TypeError)
+        fail(
+            func,
+            f"target must hold integer class ids for mode='multiclass'; got {target.dtype}",
+            hint="call target.long(); for one-hot or soft targets use mode='multilabel'",
+            exc=TypeError,
+        )
     pixels = math.prod(x.shape[2:])
     labels = target.reshape(n, pixels).long()
     valid = None
@@ -285,27 +336,44 @@ def _prepare_multiclass(
         keep = labels != ignore_index
         labels = labels.masked_fill(~keep, 0)
         valid = keep.unsqueeze(1)
-    what = "target class ids" + (f" (other than ignore_index={ignore_index})" if ignore_index is not None else "")
+    what = "target class ids" + (
+        f" (other than ignore_index={ignore_index})" if ignore_index is not None else ""
+    )
     checks.append((what, labels, 0, c - 1))
     _check_values(func, checks)
-    return Prepared(x.reshape(n, c, pixels), None, labels, valid, "multiclass", from_logits, target.shape)
+    return Prepared(
+        x.reshape(n, c, pixels), None, labels, valid, "multiclass", from_logits, target.shape
+    )
 
 
 def _check_multilabel_shape(func: str, input: Tensor, target: Tensor) -> None:
     if input.dim() < 2:
-        fail(func, f"input must have shape (N, C, ...) for mode='multilabel'; got {_shape(input.shape)}")
+        fail(
+            func,
+            f"input must have shape (N, C, ...) for mode='multilabel'; got {_shape(input.shape)}",
+        )
     if target.shape != input.shape:
-        hint = ("integer class-id targets go with mode='multiclass'"
-                if tuple(target.shape) == (input.shape[0], *input.shape[2:]) else None)
-        fail(func, f"target must have the shape of input {_shape(input.shape)} for mode='multilabel'; "
-                   f"got {_shape(target.shape)}", hint=hint)
+        hint = (
+            "integer class-id targets go with mode='multiclass'"
+            if tuple(target.shape) == (input.shape[0], *input.shape[2:])
+            else None
+        )
+        fail(
+            func,
+            f"target must have the shape of input {_shape(input.shape)} for mode='multilabel'; "
+            f"got {_shape(target.shape)}",
+            hint=hint,
+        )
 
 
 def _check_binary_shape(func: str, input: Tensor, target: Tensor) -> None:
     """The target has the input's shape, or ``(N, *)`` for an ``(N, 1, *)`` input."""
     if input.dim() < 1:
-        fail(func, "input must have shape (N, ...) for mode='binary'; got a 0-d tensor",
-             hint="add a batch dimension: input[None]")
+        fail(
+            func,
+            "input must have shape (N, ...) for mode='binary'; got a 0-d tensor",
+            hint="add a batch dimension: input[None]",
+        )
     spatial = (input.shape[0], *input.shape[2:])
     one_channel = input.dim() >= 2 and input.shape[1] == 1
     if target.shape == input.shape or (one_channel and tuple(target.shape) == spatial):
@@ -314,8 +382,12 @@ def _check_binary_shape(func: str, input: Tensor, target: Tensor) -> None:
     hint = None
     if input.dim() >= 2 and input.shape[1] > 1 and tuple(target.shape) == spatial:
         hint = f"for C={input.shape[1]} classes with integer targets use mode='multiclass'"
-    fail(func, f"target must have the shape of input {_shape(input.shape)}{also} for mode='binary'; "
-               f"got {_shape(target.shape)}", hint=hint)
+    fail(
+        func,
+        f"target must have the shape of input {_shape(input.shape)}{also} for mode='binary'; "
+        f"got {_shape(target.shape)}",
+        hint=hint,
+    )
 
 
 def _float_target(t: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor | None]:

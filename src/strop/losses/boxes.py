@@ -32,7 +32,9 @@ def _check_boxes(func: str, arg: str, boxes: object, *, pairwise: bool = False) 
         fail(func, f"{arg} must hold real coordinates; got {boxes.dtype}", exc=TypeError)
     if (pairwise and boxes.dim() != 2) or boxes.dim() < 1 or boxes.shape[-1] != 4:
         expected = "(N, 4)" if pairwise else "(..., 4)"
-        fail(func, f"{arg} must have shape {expected} of (x1, y1, x2, y2); got {tuple(boxes.shape)}")
+        fail(
+            func, f"{arg} must have shape {expected} of (x1, y1, x2, y2); got {tuple(boxes.shape)}"
+        )
     return boxes.to(compute_dtype(boxes.dtype) if boxes.is_floating_point() else torch.float32)
 
 
@@ -43,7 +45,9 @@ def _check_box_values(func: str, named: list[tuple[str, Tensor]]) -> None:
         return
     # (w, h) = (x2 - x1, y2 - y1) lies in [0, inf) exactly when the box is ordered and finite:
     # a NaN or inf coordinate makes w or h NaN or inf
-    extremes = torch.stack([torch.stack(torch.aminmax(b[..., 2:] - b[..., :2])) for _, b in named]).tolist()
+    extremes = torch.stack(
+        [torch.stack(torch.aminmax(b[..., 2:] - b[..., :2])) for _, b in named]
+    ).tolist()
     for (arg, boxes), (lo, hi) in zip(named, extremes, strict=True):
         if lo >= 0 and hi < math.inf:
             continue
@@ -51,9 +55,12 @@ def _check_box_values(func: str, named: list[tuple[str, Tensor]]) -> None:
         mask = ~((wh >= 0) & (wh < math.inf)).all(-1)
         flat = boxes.reshape(-1, 4)
         idx = int(mask.reshape(-1).nonzero()[0])
-        fail(func, f"{arg} must have finite coordinates with x1 <= x2 and y1 <= y2; got "
-                   f"{int(mask.sum())} box(es) that do not, e.g. index {idx}: {flat[idx].tolist()}",
-             hint="boxes are (x1, y1, x2, y2); convert (x, y, w, h) with torchvision.ops.box_convert")
+        fail(
+            func,
+            f"{arg} must have finite coordinates with x1 <= x2 and y1 <= y2; got "
+            f"{int(mask.sum())} box(es) that do not, e.g. index {idx}: {flat[idx].tolist()}",
+            hint="boxes are (x1, y1, x2, y2); convert (x, y, w, h) with torchvision.ops.box_convert",
+        )
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -68,7 +75,9 @@ def _area(boxes: Tensor) -> Tensor:
 
 def _intersection(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Broadcast intersection area of ``boxes1`` and ``boxes2`` (..., 4)."""
-    wh = (torch.minimum(boxes1[..., 2:], boxes2[..., 2:]) - torch.maximum(boxes1[..., :2], boxes2[..., :2]))
+    wh = torch.minimum(boxes1[..., 2:], boxes2[..., 2:]) - torch.maximum(
+        boxes1[..., :2], boxes2[..., :2]
+    )
     wh = wh.clamp_min(0)
     return wh[..., 0] * wh[..., 1]
 
@@ -94,7 +103,10 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, denominator: str = "union") -> Te
     b2 = _check_boxes(func, "boxes2", boxes2, pairwise=True)
     if b1.device != b2.device:
         fail(func, f"boxes2 is on {b2.device} but boxes1 is on {b1.device}")
-    b1, b2 = b1.to(torch.promote_types(b1.dtype, b2.dtype)), b2.to(torch.promote_types(b1.dtype, b2.dtype))
+    b1, b2 = (
+        b1.to(torch.promote_types(b1.dtype, b2.dtype)),
+        b2.to(torch.promote_types(b1.dtype, b2.dtype)),
+    )
     _check_box_values(func, [("boxes1", b1), ("boxes2", b2)])
     inter = _intersection(b1[:, None, :], b2[None, :, :])
     area1, area2 = _area(b1)[:, None], _area(b2)[None, :]
@@ -103,7 +115,9 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, denominator: str = "union") -> Te
     return _safe_div(inter, area1 + area2 - inter)
 
 
-def box_iou_loss(pred: Tensor, target: Tensor, *, kind: str = "iou", reduction: str = "mean") -> Tensor:
+def box_iou_loss(
+    pred: Tensor, target: Tensor, *, kind: str = "iou", reduction: str = "mean"
+) -> Tensor:
     """Element-wise box regression loss ``1 - IoU`` and its GIoU / DIoU / CIoU variants.
 
     * ``"iou"``: ``1 - IoU``.
@@ -129,8 +143,11 @@ def box_iou_loss(pred: Tensor, target: Tensor, *, kind: str = "iou", reduction: 
     p = _check_boxes(func, "pred", pred)
     t = _check_boxes(func, "target", target)
     if p.shape != t.shape:
-        fail(func, f"target must have the shape of pred {tuple(pred.shape)}; got {tuple(target.shape)}",
-             hint="box_iou_loss is element-wise; use box_iou for all pairs")
+        fail(
+            func,
+            f"target must have the shape of pred {tuple(pred.shape)}; got {tuple(target.shape)}",
+            hint="box_iou_loss is element-wise; use box_iou for all pairs",
+        )
     if p.device != t.device:
         fail(func, f"target is on {t.device} but pred is on {p.device}")
     dtype = torch.promote_types(p.dtype, t.dtype)
@@ -176,7 +193,9 @@ def _box_loss_plain(p: Tensor, t: Tensor, kind: str) -> Tensor:
     return loss
 
 
-def _box_loss_fused(p: Tensor, t: Tensor, kind: str, *, with_grad: bool) -> tuple[Tensor, Tensor | None]:
+def _box_loss_fused(
+    p: Tensor, t: Tensor, kind: str, *, with_grad: bool
+) -> tuple[Tensor, Tensor | None]:
     """Element-wise box loss and (``with_grad``) its gradient in ``p`` as ``(4, n)``, in closed form.
 
     The same numbers as :func:`_box_loss_plain`, computed on coordinate columns with the chain rule

@@ -91,11 +91,16 @@ def focal_loss(
             else:
                 weights = torch.as_tensor(alpha, dtype=x.dtype, device=x.device).flatten()
                 if weights.numel() != c:
-                    fail(func, f"alpha must have one weight per class (C={c}); got {weights.numel()}")
+                    fail(
+                        func, f"alpha must have one weight per class (C={c}); got {weights.numel()}"
+                    )
             loss = loss * weights[labels]
         valid = None if prepared.valid is None else prepared.valid.squeeze(1)
-        return reduce(loss, reduction, valid).reshape(prepared.shape) if reduction == "none" else reduce(
-            loss, reduction, valid)
+        return (
+            reduce(loss, reduction, valid).reshape(prepared.shape)
+            if reduction == "none"
+            else reduce(loss, reduction, valid)
+        )
 
     assert prepared.target is not None
     t = prepared.target
@@ -300,14 +305,25 @@ def cross_entropy_loss(
     check_tensor(func, "input", input, floating=True)
     check_tensor(func, "target", target)
     check_ignore_index(func, ignore_index)
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing <= 1:
+    if (
+        isinstance(label_smoothing, bool)
+        or not isinstance(label_smoothing, (int, float))
+        or not 0 <= label_smoothing <= 1
+    ):
         fail(func, f"label_smoothing must be a number in [0, 1]; got {label_smoothing!r}")
     if input.dim() < 2:
-        fail(func, f"input must have shape (N, C, ...); got {tuple(input.shape)}",
-             hint="add a batch dimension: input[None]")
+        fail(
+            func,
+            f"input must have shape (N, C, ...); got {tuple(input.shape)}",
+            hint="add a batch dimension: input[None]",
+        )
     n, c = input.shape[:2]
     if c < 2:
-        fail(func, f"input must have C >= 2 classes; got {tuple(input.shape)}", hint="use bce_loss for one logit")
+        fail(
+            func,
+            f"input must have C >= 2 classes; got {tuple(input.shape)}",
+            hint="use bce_loss for one logit",
+        )
     x = input.to(compute_dtype(input.dtype))
     if weight is not None:
         weight = torch.as_tensor(weight, dtype=x.dtype, device=x.device)
@@ -316,35 +332,67 @@ def cross_entropy_loss(
     ii = -100 if ignore_index is None else ignore_index
     if target.is_floating_point():
         if target.shape != input.shape:
-            fail(func, f"target of class probabilities must have the shape of input {tuple(input.shape)}; "
-                       f"got {tuple(target.shape)}",
-                 hint="class ids must be an integer tensor of shape (N, ...)")
+            fail(
+                func,
+                f"target of class probabilities must have the shape of input {tuple(input.shape)}; "
+                f"got {tuple(target.shape)}",
+                hint="class ids must be an integer tensor of shape (N, ...)",
+            )
         t = target.to(x.dtype)
         _check_values(func, [("target probabilities", t, 0.0, 1.0)])
         denom = None
     else:
         expected = (n, *input.shape[2:])
         if tuple(target.shape) != expected:
-            hint = "use bce_loss for multi-label one-hot targets" if target.shape == input.shape else None
-            fail(func, f"target must have shape (N, ...)={expected} for input (N, C, ...)={tuple(input.shape)}; "
-                       f"got {tuple(target.shape)}", hint=hint)
+            hint = (
+                "use bce_loss for multi-label one-hot targets"
+                if target.shape == input.shape
+                else None
+            )
+            fail(
+                func,
+                f"target must have shape (N, ...)={expected} for input (N, C, ...)={tuple(input.shape)}; "
+                f"got {tuple(target.shape)}",
+                hint=hint,
+            )
         if target.dtype == torch.bool:
-            fail(func, "target must hold integer class ids; got torch.bool", hint="call target.long()", exc=TypeError)
+            fail(
+                func,
+                "target must hold integer class ids; got torch.bool",
+                hint="call target.long()",
+                exc=TypeError,
+            )
         t = target.long()
         keep = t != ii if ignore_index is not None else None
         ids = t if keep is None else t.masked_fill(~keep, 0)
-        _check_values(func, [("target class ids" + (f" (other than ignore_index={ignore_index})"
-                                                      if ignore_index is not None else ""), ids, 0, c - 1)])
+        _check_values(
+            func,
+            [
+                (
+                    "target class ids"
+                    + (
+                        f" (other than ignore_index={ignore_index})"
+                        if ignore_index is not None
+                        else ""
+                    ),
+                    ids,
+                    0,
+                    c - 1,
+                )
+            ],
+        )
         if reduction == "mean":
             # torch's mean divides by the summed weight of counted targets; recomputed here so
             # an empty (or fully ignored) batch gives 0 instead of 0/0
             w = weight[ids] if weight is not None else torch.ones_like(ids, dtype=x.dtype)
             denom = (w if keep is None else w * keep).sum()
     if reduction == "none":
-        return F.cross_entropy(x, t, weight=weight, ignore_index=ii, label_smoothing=label_smoothing,
-                               reduction="none")
-    total = F.cross_entropy(x, t, weight=weight, ignore_index=ii, label_smoothing=label_smoothing,
-                            reduction="sum")
+        return F.cross_entropy(
+            x, t, weight=weight, ignore_index=ii, label_smoothing=label_smoothing, reduction="none"
+        )
+    total = F.cross_entropy(
+        x, t, weight=weight, ignore_index=ii, label_smoothing=label_smoothing, reduction="sum"
+    )
     if reduction == "sum":
         return total
     if denom is None:  # probabilities: torch divides by the number of samples (pixels)
@@ -373,12 +421,18 @@ def mse_loss(input: object, target: object, reduction: str = "mean") -> Tensor:
     check_reduction(func, reduction)
     x, t = _as_tensor(func, "input", input, target), _as_tensor(func, "target", target, input)
     if x.shape != t.shape:
-        fail(func, f"target must have the shape of input {tuple(x.shape)}; got {tuple(t.shape)}",
-             hint="reshape explicitly; strop does not broadcast a loss")
+        fail(
+            func,
+            f"target must have the shape of input {tuple(x.shape)}; got {tuple(t.shape)}",
+            hint="reshape explicitly; strop does not broadcast a loss",
+        )
     if x.device != t.device:
         fail(func, f"target is on {t.device} but input is on {x.device}")
-    dtype = compute_dtype(torch.promote_types(x.dtype, t.dtype) if x.is_floating_point() or t.is_floating_point()
-                          else torch.float32)
+    dtype = compute_dtype(
+        torch.promote_types(x.dtype, t.dtype)
+        if x.is_floating_point() or t.is_floating_point()
+        else torch.float32
+    )
     x, t = x.to(dtype), t.to(dtype)
     if reduction == "none":
         return F.mse_loss(x, t, reduction="none")
@@ -394,8 +448,11 @@ def _as_tensor(func: str, arg: str, value: object, other: object) -> Tensor:
         try:
             out = torch.as_tensor(value, device=device)
         except (TypeError, ValueError, RuntimeError) as err:
-            fail(func, f"{arg} must be a tensor or array-like of numbers; got {type(value).__name__} ({err})",
-                 exc=TypeError)
+            fail(
+                func,
+                f"{arg} must be a tensor or array-like of numbers; got {type(value).__name__} ({err})",
+                exc=TypeError,
+            )
     if out.is_complex() or out.dtype == torch.bool:
         fail(func, f"{arg} must hold real numbers; got {out.dtype}", exc=TypeError)
     return out

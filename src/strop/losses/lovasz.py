@@ -97,7 +97,11 @@ def lovasz_loss(
     """
     func = "lovasz_loss"
     if not isinstance(per_image, bool):
-        fail(func, f"per_image must be a bool; got {type(per_image).__name__} {per_image!r}", exc=TypeError)
+        fail(
+            func,
+            f"per_image must be a bool; got {type(per_image).__name__} {per_image!r}",
+            exc=TypeError,
+        )
     prepared = prepare(func, input, target, mode=mode, ignore_index=ignore_index)
     x = prepared.input  # (N, C, P)
     n, c, p = x.shape

@@ -69,10 +69,24 @@ class DiceLoss(_Loss):
 
     _fn = staticmethod(dice_loss)
 
-    def __init__(self, *, mode: str = "binary", from_logits: bool = True, smooth: float = 1.0,
-                 per_image: bool = False, ignore_index: int | None = None, reduction: str = "mean") -> None:
-        super().__init__(mode=mode, from_logits=from_logits, smooth=smooth, per_image=per_image,
-                         ignore_index=ignore_index, reduction=reduction)
+    def __init__(
+        self,
+        *,
+        mode: str = "binary",
+        from_logits: bool = True,
+        smooth: float = 1.0,
+        per_image: bool = False,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(
+            mode=mode,
+            from_logits=from_logits,
+            smooth=smooth,
+            per_image=per_image,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
 
 
 class JaccardLoss(_Loss):
@@ -80,10 +94,24 @@ class JaccardLoss(_Loss):
 
     _fn = staticmethod(jaccard_loss)
 
-    def __init__(self, *, mode: str = "binary", from_logits: bool = True, smooth: float = 1.0,
-                 per_image: bool = False, ignore_index: int | None = None, reduction: str = "mean") -> None:
-        super().__init__(mode=mode, from_logits=from_logits, smooth=smooth, per_image=per_image,
-                         ignore_index=ignore_index, reduction=reduction)
+    def __init__(
+        self,
+        *,
+        mode: str = "binary",
+        from_logits: bool = True,
+        smooth: float = 1.0,
+        per_image: bool = False,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(
+            mode=mode,
+            from_logits=from_logits,
+            smooth=smooth,
+            per_image=per_image,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
 
 
 class TverskyLoss(_Loss):
@@ -91,12 +119,31 @@ class TverskyLoss(_Loss):
 
     _fn = staticmethod(tversky_loss)
 
-    def __init__(self, *, mode: str = "binary", from_logits: bool = True, smooth: float = 1.0,
-                 per_image: bool = False, ignore_index: int | None = None, reduction: str = "mean",
-                 alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        mode: str = "binary",
+        from_logits: bool = True,
+        smooth: float = 1.0,
+        per_image: bool = False,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+        alpha: float = 0.5,
+        beta: float = 0.5,
+        gamma: float = 1.0,
+    ) -> None:
         check_positive("TverskyLoss", "alpha", alpha, allow_zero=True)
-        super().__init__(mode=mode, from_logits=from_logits, smooth=smooth, per_image=per_image,
-                         ignore_index=ignore_index, reduction=reduction, alpha=alpha, beta=beta, gamma=gamma)
+        super().__init__(
+            mode=mode,
+            from_logits=from_logits,
+            smooth=smooth,
+            per_image=per_image,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            alpha=alpha,
+            beta=beta,
+            gamma=gamma,
+        )
 
 
 class DiceBCELoss(_Loss):
@@ -104,10 +151,24 @@ class DiceBCELoss(_Loss):
 
     _fn = staticmethod(dice_bce_loss)
 
-    def __init__(self, *, mode: str = "binary", smooth: float = 1.0, per_image: bool = False,
-                 ignore_index: int | None = None, bce_weight: float = 1.0, dice_weight: float = 1.0) -> None:
-        super().__init__(mode=mode, smooth=smooth, per_image=per_image, ignore_index=ignore_index,
-                         bce_weight=bce_weight, dice_weight=dice_weight)
+    def __init__(
+        self,
+        *,
+        mode: str = "binary",
+        smooth: float = 1.0,
+        per_image: bool = False,
+        ignore_index: int | None = None,
+        bce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+    ) -> None:
+        super().__init__(
+            mode=mode,
+            smooth=smooth,
+            per_image=per_image,
+            ignore_index=ignore_index,
+            bce_weight=bce_weight,
+            dice_weight=dice_weight,
+        )
 
 
 class FocalLoss(_Loss):
@@ -115,10 +176,19 @@ class FocalLoss(_Loss):
 
     _fn = staticmethod(focal_loss)
 
-    def __init__(self, *, mode: str = "binary", alpha: float | Sequence[float] | None = 0.25,
-                 gamma: float = 2.0, ignore_index: int | None = None, reduction: str = "mean") -> None:
+    def __init__(
+        self,
+        *,
+        mode: str = "binary",
+        alpha: float | Sequence[float] | None = 0.25,
+        gamma: float = 2.0,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+    ) -> None:
         check_alpha("FocalLoss", alpha, mode)
-        super().__init__(mode=mode, alpha=alpha, gamma=gamma, ignore_index=ignore_index, reduction=reduction)
+        super().__init__(
+            mode=mode, alpha=alpha, gamma=gamma, ignore_index=ignore_index, reduction=reduction
+        )
 
 
 class LovaszLoss(_Loss):
@@ -126,7 +196,9 @@ class LovaszLoss(_Loss):
 
     _fn = staticmethod(lovasz_loss)
 
-    def __init__(self, *, mode: str = "binary", per_image: bool = False, ignore_index: int | None = None) -> None:
+    def __init__(
+        self, *, mode: str = "binary", per_image: bool = False, ignore_index: int | None = None
+    ) -> None:
         super().__init__(mode=mode, per_image=per_image, ignore_index=ignore_index)
 
 
@@ -145,10 +217,20 @@ class CrossEntropyLoss(_Loss):
 
     _fn = staticmethod(cross_entropy_loss)
 
-    def __init__(self, *, weight: Sequence[float] | None = None, ignore_index: int | None = None,
-                 label_smoothing: float = 0.0, reduction: str = "mean") -> None:
-        super().__init__(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                         reduction=reduction)
+    def __init__(
+        self,
+        *,
+        weight: Sequence[float] | None = None,
+        ignore_index: int | None = None,
+        label_smoothing: float = 0.0,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+        )
 
 
 class BCEWithLogitsLoss(_Loss):
@@ -156,6 +238,11 @@ class BCEWithLogitsLoss(_Loss):
 
     _fn = staticmethod(bce_loss)
 
-    def __init__(self, *, pos_weight: float | None = None, ignore_index: int | None = None,
-                 reduction: str = "mean") -> None:
+    def __init__(
+        self,
+        *,
+        pos_weight: float | None = None,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+    ) -> None:
         super().__init__(pos_weight=pos_weight, ignore_index=ignore_index, reduction=reduction)

@@ -26,7 +26,9 @@ __all__ = ["batched_nms", "greedy_nms", "nms"]
 _BLOCK = 1024  # rows of the overlap matrix computed at once (1024 × N floats)
 
 
-def _check(func: str, boxes: object, scores: object, iou_threshold: object, idxs: object = None) -> None:
+def _check(
+    func: str, boxes: object, scores: object, iou_threshold: object, idxs: object = None
+) -> None:
     if not isinstance(boxes, Tensor):
         fail(func, f"boxes must be a Tensor[N, 4]; got {type(boxes).__name__}", exc=TypeError)
     if not isinstance(scores, Tensor):
@@ -36,17 +38,29 @@ def _check(func: str, boxes: object, scores: object, iou_threshold: object, idxs
     if not boxes.is_floating_point():
         fail(func, f"boxes must be floating point; got {boxes.dtype}", exc=TypeError)
     if scores.shape != (boxes.shape[0],):
-        fail(func, f"scores must have shape ({boxes.shape[0]},) to match boxes {tuple(boxes.shape)}; "
-                   f"got {tuple(scores.shape)}")
-    if idxs is not None and (not isinstance(idxs, Tensor) or idxs.shape != scores.shape
-                             or idxs.is_floating_point()):
-        got = f"{idxs.dtype} {tuple(idxs.shape)}" if isinstance(idxs, Tensor) else type(idxs).__name__
+        fail(
+            func,
+            f"scores must have shape ({boxes.shape[0]},) to match boxes {tuple(boxes.shape)}; "
+            f"got {tuple(scores.shape)}",
+        )
+    if idxs is not None and (
+        not isinstance(idxs, Tensor) or idxs.shape != scores.shape or idxs.is_floating_point()
+    ):
+        got = (
+            f"{idxs.dtype} {tuple(idxs.shape)}" if isinstance(idxs, Tensor) else type(idxs).__name__
+        )
         fail(func, f"idxs must be an integer Tensor of shape ({boxes.shape[0]},); got {got}")
     if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float)):
-        fail(func, f"iou_threshold must be a number; got {type(iou_threshold).__name__}", exc=TypeError)
+        fail(
+            func,
+            f"iou_threshold must be a number; got {type(iou_threshold).__name__}",
+            exc=TypeError,
+        )
 
 
-def greedy_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, denominator: str = "union") -> Tensor:
+def greedy_nms(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, *, denominator: str = "union"
+) -> Tensor:
     """Greedy NMS in PyTorch + NumPy for either overlap; what :func:`nms` runs for ``"min"``.
 
     Same order of visit as torchvision (a stable descending ``scores.sort``, as its kernel sorts,
@@ -67,8 +81,12 @@ def greedy_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, denominat
     rows = []
     for start in range(0, n, _BLOCK):
         sl, tail = slice(start, start + _BLOCK), slice(start, n)
-        w = (torch.minimum(x2[sl, None], x2[tail]) - torch.maximum(x1[sl, None], x1[tail])).clamp_min_(0)
-        h = (torch.minimum(y2[sl, None], y2[tail]) - torch.maximum(y1[sl, None], y1[tail])).clamp_min_(0)
+        w = (
+            torch.minimum(x2[sl, None], x2[tail]) - torch.maximum(x1[sl, None], x1[tail])
+        ).clamp_min_(0)
+        h = (
+            torch.minimum(y2[sl, None], y2[tail]) - torch.maximum(y1[sl, None], y1[tail])
+        ).clamp_min_(0)
         inter = w.mul_(h)
         if denominator == "union":
             # the kernel's expression, term for term: inter / (area_i + area_j - inter)
@@ -90,7 +108,9 @@ def greedy_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, denominat
     return order[torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)]
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, denominator: str = "union") -> Tensor:
+def nms(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, *, denominator: str = "union"
+) -> Tensor:
     """Greedy non-maximum suppression.
 
     Args:

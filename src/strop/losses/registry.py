@@ -29,7 +29,9 @@ from strop.losses import modules
 __all__ = ["LOSSES", "CombinedLoss", "build"]
 
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
-LOSSES.register("bce", "bce_loss", "bce_with_logits", "binary_cross_entropy")(modules.BCEWithLogitsLoss)
+LOSSES.register("bce", "bce_loss", "bce_with_logits", "binary_cross_entropy")(
+    modules.BCEWithLogitsLoss
+)
 LOSSES.register("box_iou", "box_iou_loss", "iou_loss")(modules.BoxIoULoss)
 LOSSES.register("cross_entropy", "ce", "cross_entropy_loss")(modules.CrossEntropyLoss)
 LOSSES.register("dice", "dice_loss")(modules.DiceLoss)
@@ -67,11 +69,16 @@ class CombinedLoss(nn.Module):
 def _make(name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> nn.Module:
     canonical = LOSSES.canonical(name)
     factory = LOSSES.get(canonical)
-    accepted = [p for p in inspect.signature(factory).parameters if p not in ("self", "args", "kwargs")]
+    accepted = [
+        p for p in inspect.signature(factory).parameters if p not in ("self", "args", "kwargs")
+    ]
     for key in options:
         if key not in accepted:
-            fail("build", f"unknown option {key!r} for loss {canonical!r}{did_you_mean(key, accepted)}",
-                 hint=f"options of {canonical!r}: {', '.join(accepted) or '(none)'}")
+            fail(
+                "build",
+                f"unknown option {key!r} for loss {canonical!r}{did_you_mean(key, accepted)}",
+                hint=f"options of {canonical!r}: {', '.join(accepted) or '(none)'}",
+            )
     merged = {k: v for k, v in defaults.items() if k in accepted}
     merged.update(options)
     return factory(**merged)
@@ -79,13 +86,19 @@ def _make(name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) ->
 
 def _weight(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        fail("build", f"weight of {name!r} must be a number; got {type(value).__name__} {value!r}", exc=TypeError)
+        fail(
+            "build",
+            f"weight of {name!r} must be a number; got {type(value).__name__} {value!r}",
+            exc=TypeError,
+        )
     if value < 0:
         fail("build", f"weight of {name!r} must be >= 0; got {value!r}")
     return float(value)
 
 
-def _combine(items: list[tuple[str, Mapping[str, Any], float]], defaults: Mapping[str, Any]) -> nn.Module:
+def _combine(
+    items: list[tuple[str, Mapping[str, Any], float]], defaults: Mapping[str, Any]
+) -> nn.Module:
     losses: dict[str, nn.Module] = {}
     weights: dict[str, float] = {}
     for name, options, weight in items:
@@ -125,22 +138,37 @@ def build(spec: str | Mapping[str, Any] | nn.Module, **defaults: Any) -> nn.Modu
         return _combine([(n, {}, 1.0) for n in names], defaults)
     if isinstance(spec, Mapping):
         if not spec:
-            fail("build", "spec mapping is empty", hint="e.g. {'name': 'dice'} or {'dice': 1.0, 'bce': 1.0}")
+            fail(
+                "build",
+                "spec mapping is empty",
+                hint="e.g. {'name': 'dice'} or {'dice': 1.0, 'bce': 1.0}",
+            )
         if "name" in spec:
             options = {k: v for k, v in spec.items() if k != "name"}
             name = spec["name"]
             if not isinstance(name, str):
-                fail("build", f"'name' must be a string; got {type(name).__name__} {name!r}", exc=TypeError)
+                fail(
+                    "build",
+                    f"'name' must be a string; got {type(name).__name__} {name!r}",
+                    exc=TypeError,
+                )
             if "+" in name:
                 if options:
-                    fail("build", f"options {sorted(options)} are ambiguous for the combined loss {name!r}",
-                         hint="use a weighted mapping {'dice': {...}, 'bce': {...}}")
+                    fail(
+                        "build",
+                        f"options {sorted(options)} are ambiguous for the combined loss {name!r}",
+                        hint="use a weighted mapping {'dice': {...}, 'bce': {...}}",
+                    )
                 return build(name, **defaults)
             return _make(name, options, defaults)
         items: list[tuple[str, Mapping[str, Any], float]] = []
         for name, value in spec.items():
             if not isinstance(name, str):
-                fail("build", f"loss names must be strings; got {type(name).__name__} {name!r}", exc=TypeError)
+                fail(
+                    "build",
+                    f"loss names must be strings; got {type(name).__name__} {name!r}",
+                    exc=TypeError,
+                )
             if value is None:
                 items.append((name, {}, 1.0))
             elif isinstance(value, Mapping):
@@ -150,5 +178,8 @@ def build(spec: str | Mapping[str, Any] | nn.Module, **defaults: Any) -> nn.Modu
             else:
                 items.append((name, {}, _weight(name, value)))
         return _combine(items, defaults)
-    fail("build", f"spec must be a loss name, a mapping or an nn.Module; got {type(spec).__name__} {spec!r}",
-         exc=TypeError)
+    fail(
+        "build",
+        f"spec must be a loss name, a mapping or an nn.Module; got {type(spec).__name__} {spec!r}",
+        exc=TypeError,
+    )

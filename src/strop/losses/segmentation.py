@@ -39,7 +39,11 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
 def _check_overlap_options(func: str, smooth: float, per_image: bool, reduction: str) -> None:
     check_positive(func, "smooth", smooth, allow_zero=True)
     if not isinstance(per_image, bool):
-        fail(func, f"per_image must be a bool; got {type(per_image).__name__} {per_image!r}", exc=TypeError)
+        fail(
+            func,
+            f"per_image must be a bool; got {type(per_image).__name__} {per_image!r}",
+            exc=TypeError,
+        )
     check_reduction(func, reduction)
 
 
@@ -55,7 +59,9 @@ def _overlap(
     reduction: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     _check_overlap_options(func, smooth, per_image, reduction)
-    prepared = prepare(func, input, target, mode=mode, from_logits=from_logits, ignore_index=ignore_index)
+    prepared = prepare(
+        func, input, target, mode=mode, from_logits=from_logits, ignore_index=ignore_index
+    )
     return prepared.overlap(per_image)
 
 
@@ -97,8 +103,9 @@ def dice_loss(
 
     Reference: Milletari et al., V-Net (2016).
     """
-    tp, sum_p, sum_t = _overlap("dice_loss", input, target, mode, from_logits, smooth, per_image,
-                                ignore_index, reduction)
+    tp, sum_p, sum_t = _overlap(
+        "dice_loss", input, target, mode, from_logits, smooth, per_image, ignore_index, reduction
+    )
     loss = 1 - _ratio(2 * tp + smooth, sum_p + sum_t + smooth)
     return reduce(loss, reduction)
 
@@ -126,8 +133,9 @@ def jaccard_loss(
 
     Reference: Rahman & Wang, "Optimizing Intersection-Over-Union in Deep Neural Networks" (2016).
     """
-    tp, sum_p, sum_t = _overlap("jaccard_loss", input, target, mode, from_logits, smooth, per_image,
-                                ignore_index, reduction)
+    tp, sum_p, sum_t = _overlap(
+        "jaccard_loss", input, target, mode, from_logits, smooth, per_image, ignore_index, reduction
+    )
     loss = 1 - _ratio(tp + smooth, sum_p + sum_t - tp + smooth)
     return reduce(loss, reduction)
 
@@ -167,8 +175,9 @@ def tversky_loss(
     for name, value in (("alpha", alpha), ("beta", beta)):
         check_positive(func, name, value, allow_zero=True)
     check_positive(func, "gamma", gamma)
-    tp, sum_p, sum_t = _overlap(func, input, target, mode, from_logits, smooth, per_image,
-                                ignore_index, reduction)
+    tp, sum_p, sum_t = _overlap(
+        func, input, target, mode, from_logits, smooth, per_image, ignore_index, reduction
+    )
     fp, fn = sum_p - tp, sum_t - tp
     loss = 1 - _ratio(tp + smooth, tp + alpha * fp + beta * fn + smooth)
     if gamma != 1:
@@ -214,12 +223,15 @@ def _bce_of(prepared: Prepared) -> Tensor:
     if prepared.mode == "multiclass":
         assert prepared.labels is not None
         if prepared.valid is None:
-            return F.cross_entropy(prepared.input, prepared.labels, reduction="sum") / max(prepared.labels.numel(), 1)
+            return F.cross_entropy(prepared.input, prepared.labels, reduction="sum") / max(
+                prepared.labels.numel(), 1
+            )
         per_pixel = F.cross_entropy(prepared.input, prepared.labels, reduction="none")
         return reduce(per_pixel, "mean", prepared.valid.squeeze(1))
     assert prepared.target is not None
     if prepared.valid is None:
-        return F.binary_cross_entropy_with_logits(prepared.input, prepared.target, reduction="sum") / max(
-            prepared.target.numel(), 1)
+        return F.binary_cross_entropy_with_logits(
+            prepared.input, prepared.target, reduction="sum"
+        ) / max(prepared.target.numel(), 1)
     per_elem = F.binary_cross_entropy_with_logits(prepared.input, prepared.target, reduction="none")
     return reduce(per_elem, "mean", prepared.valid)

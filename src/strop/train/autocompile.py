@@ -44,8 +44,10 @@ def cache_dir(environ: dict[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     if env.get("STROP_CACHE"):
         return Path(env["STROP_CACHE"]).expanduser() / "inductor"
-    base = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else (
-        Path.home() / ".cache"
+    base = (
+        Path(env["XDG_CACHE_HOME"]).expanduser()
+        if env.get("XDG_CACHE_HOME")
+        else (Path.home() / ".cache")
     )
     return base / "strop" / "inductor"
 
@@ -84,11 +86,15 @@ def decide(
         "estimated_saving_s": round(saved, 3),
     }
     if saved > compile_s:
-        why = (f"auto: compiled — {planned_steps} steps × {eager_step_s:.3f}s eager would save "
-               f"~{saved:.0f}s at {speedup}×, more than the ~{compile_s:.0f}s compile")
+        why = (
+            f"auto: compiled — {planned_steps} steps × {eager_step_s:.3f}s eager would save "
+            f"~{saved:.0f}s at {speedup}×, more than the ~{compile_s:.0f}s compile"
+        )
         return CompileDecision(True, why, numbers)
-    why = (f"auto: eager — {planned_steps} steps × {eager_step_s:.3f}s eager would save only "
-           f"~{saved:.0f}s at {speedup}×, less than the ~{compile_s:.0f}s compile")
+    why = (
+        f"auto: eager — {planned_steps} steps × {eager_step_s:.3f}s eager would save only "
+        f"~{saved:.0f}s at {speedup}×, less than the ~{compile_s:.0f}s compile"
+    )
     return CompileDecision(False, why, numbers)
 
 

@@ -58,11 +58,16 @@ class _Strict(BaseModel):
 class DataConfig(DataRecipeFields, _Strict):
     """Where the images are and how they are batched."""
 
-    root: str | None = Field(None, description="folder of class folders, or train/ + val/; images/ + masks/ for segmentation")
+    root: str | None = Field(
+        None,
+        description="folder of class folders, or train/ + val/; images/ + masks/ for segmentation",
+    )
     image_size: int = Field(64, gt=0)
     batch_size: int = Field(32, gt=0)
     val_batch_size: int | None = Field(
-        None, gt=0, description="global batch for validation and eval (default: max(batch_size, 64); detection: batch_size)"
+        None,
+        gt=0,
+        description="global batch for validation and eval (default: max(batch_size, 64); detection: batch_size)",
     )
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     num_workers: int | Literal["auto"] = "auto"
@@ -71,9 +76,12 @@ class DataConfig(DataRecipeFields, _Strict):
     ignore_index: int = 255
     num_classes: int | None = Field(None, gt=0, description="checked against the data when given")
     val_folder: str | None = Field(
-        None, description="validation folder beside train/ (default: val/, valid/ or validation/; 'test' only when named)"
+        None,
+        description="validation folder beside train/ (default: val/, valid/ or validation/; 'test' only when named)",
     )
-    format: Literal["auto", "coco", "yolo", "voc"] = Field("auto", description="detection annotations")
+    format: Literal["auto", "coco", "yolo", "voc"] = Field(
+        "auto", description="detection annotations"
+    )
 
 
 class ModelConfig(_Strict):
@@ -86,24 +94,36 @@ class ModelConfig(_Strict):
     freeze: str | int | None = None
     train_bn: bool = False
     aux_weight: float = Field(0.4, ge=0.0)
-    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override every Dropout's p (timm's drop_rate)")
+    dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="override every Dropout's p (timm's drop_rate)"
+    )
     bn_momentum: float | None = Field(
         None, gt=0.0, le=1.0, description="override every BatchNorm's momentum (timm's bn_momentum)"
     )
-    trust_pickle: bool = Field(False, description="UNSAFE: load legacy pickled weights that can run code")
+    trust_pickle: bool = Field(
+        False, description="UNSAFE: load legacy pickled weights that can run code"
+    )
     keep_head: bool = Field(
-        False, description="load the source's head when it fits (default: fine-tune from a new head)"
+        False,
+        description="load the source's head when it fits (default: fine-tune from a new head)",
     )
     # detection only (docs/detection.md)
-    trainable_backbone_layers: int | None = Field(None, ge=0, description="torchvision's knob (detection)")
-    box_loss: str | None = Field(None, description="detection: l1 | smooth_l1 | iou | giou | diou | ciou")
+    trainable_backbone_layers: int | None = Field(
+        None, ge=0, description="torchvision's knob (detection)"
+    )
+    box_loss: str | None = Field(
+        None, description="detection: l1 | smooth_l1 | iou | giou | diou | ciou"
+    )
     nms_threshold: float | None = Field(None, gt=0.0, le=1.0)
     nms_denominator: Literal["union", "min"] = "union"
-    min_size: int | None = Field(None, gt=0, description="detection: resize (default data.image_size)")
+    min_size: int | None = Field(
+        None, gt=0, description="detection: resize (default data.image_size)"
+    )
     max_size: int | None = Field(None, gt=0)
     score_threshold: float | None = Field(None, ge=0.0, lt=1.0)
     recalibrate_bn: bool | None = Field(
-        None, description="detection: recompute BatchNorm stats before validation (default: when plain BN)"
+        None,
+        description="detection: recompute BatchNorm stats before validation (default: when plain BN)",
     )
 
 
@@ -138,19 +158,25 @@ class Config(RecipeFields, _Strict):
     accumulation_steps: int = Field(1, gt=0)
     clip_grad_norm: float | None = Field(None, gt=0.0)
     seed: int = 0
-    monitor: str | None = Field(None, description="metric for 'best' (default: val_accuracy / val_dice)")
+    monitor: str | None = Field(
+        None, description="metric for 'best' (default: val_accuracy / val_dice)"
+    )
     monitor_mode: Literal["max", "min"] | None = None
     early_stopping: EarlyStoppingConfig | None = None
     gradual_unfreeze: GradualUnfreezeConfig | None = None
-    feature_cache: Literal["auto", "off"] = Field("auto", description="cache frozen-backbone features in memory")
+    feature_cache: Literal["auto", "off"] = Field(
+        "auto", description="cache frozen-backbone features in memory"
+    )
     nonfinite: Literal["skip", "stop"] = "skip"
     checkpoint_every_steps: int | None = Field(None, gt=0)
     sync_batchnorm: bool = False
     strategy: Literal["ddp", "fsdp"] = Field(
-        "ddp", description="several processes: ddp (replicated model) or fsdp (FSDP2, sharded model)"
+        "ddp",
+        description="several processes: ddp (replicated model) or fsdp (FSDP2, sharded model)",
     )
     scale_lr: bool = Field(
-        False, description="linear scaling rule: lr is for 256 images per step; uses lr × batch_size × accumulation_steps / 256"
+        False,
+        description="linear scaling rule: lr is for 256 images per step; uses lr × batch_size × accumulation_steps / 256",
     )
     progress: bool = True
     output: str = "runs/example"
@@ -171,7 +197,10 @@ class Config(RecipeFields, _Strict):
             data = {"loss": "none", **data}  # the detector computes its own losses
             model = data.get("model")
             if model is None or (isinstance(model, dict) and "name" not in model):
-                data = {**data, "model": {**(model or {}), "name": "fasterrcnn_mobilenet_v3_large_320_fpn"}}
+                data = {
+                    **data,
+                    "model": {**(model or {}), "name": "fasterrcnn_mobilenet_v3_large_320_fpn"},
+                }
         return data
 
     @model_validator(mode="after")
@@ -219,7 +248,11 @@ def _fields_at(loc: Sequence[Any]) -> list[str]:
     model: Any = Config
     for part in loc[:-1]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        if (
+            field is None
+            or not isinstance(field.annotation, type)
+            or not issubclass(field.annotation, BaseModel)
+        ):
             # Optional[Section] annotations: find the BaseModel inside
             args = getattr(field.annotation, "__args__", ()) if field is not None else ()
             sub = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
@@ -238,8 +271,11 @@ def _leaf(loc: Sequence[Any]) -> tuple[tuple[Any, ...], Any] | None:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             return None
-        sections = [a for a in (field.annotation, *get_args(field.annotation))
-                    if isinstance(a, type) and issubclass(a, BaseModel)]
+        sections = [
+            a
+            for a in (field.annotation, *get_args(field.annotation))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         if not sections or i == len(loc) - 1:
             return tuple(loc[: i + 1]), field.annotation
         model = sections[0]
@@ -248,8 +284,14 @@ def _leaf(loc: Sequence[Any]) -> tuple[tuple[Any, ...], Any] | None:
 
 def _accepts(annotation: Any) -> str:
     """What a union-typed key accepts, in YAML words: ``true/false, or one of 'none', 'crop'``."""
-    words = {bool: "true/false", int: "an integer", float: "a number", str: "a string",
-             type(None): "null", dict: "a mapping"}
+    words = {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        type(None): "null",
+        dict: "a mapping",
+    }
     parts: list[str] = []
     for arg in get_args(annotation) or (annotation,):
         if get_origin(arg) is Literal:
@@ -281,9 +323,15 @@ def _format_errors(err: ValidationError, source: str) -> str:
             if leaf[0] not in done:
                 done.add(leaf[0])
                 annotation, got = unions[leaf[0]]
-                lines.append(f"{'.'.join(map(str, leaf[0]))}: expected {_accepts(annotation)}; got {got!r}")
+                lines.append(
+                    f"{'.'.join(map(str, leaf[0]))}: expected {_accepts(annotation)}; got {got!r}"
+                )
             continue
-        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-after", "literal")))]
+        loc = [
+            p
+            for p in e["loc"]
+            if not (isinstance(p, str) and p.startswith(("function-after", "literal")))
+        ]
         key = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
             hint = did_you_mean(str(loc[-1]), _fields_at(loc))
@@ -300,7 +348,9 @@ def config_from_dict(data: Mapping[str, Any] | None, *, source: str = "(dict)") 
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise TypeError(f"invalid config {source}: expected a mapping at the top level; got {type(data).__name__}")
+        raise TypeError(
+            f"invalid config {source}: expected a mapping at the top level; got {type(data).__name__}"
+        )
     from strop.train.recipes import apply_recipe
 
     try:
@@ -334,8 +384,12 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         try:
             node[parts[-1]] = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or type(exc).__name__
-            raise ValueError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it") from None
+            problem = (
+                getattr(exc, "problem", None) or getattr(exc, "reason", None) or type(exc).__name__
+            )
+            raise ValueError(
+                f"--set {item!r}: the value is not valid YAML ({problem}); quote it"
+            ) from None
     return out
 
 
@@ -349,5 +403,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     except yaml.YAMLError as exc:
         raise ValueError(f"invalid config {path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"invalid config {path}: expected a mapping at the top level; got {type(data).__name__}")
+        raise ValueError(
+            f"invalid config {path}: expected a mapping at the top level; got {type(data).__name__}"
+        )
     return config_from_dict(apply_overrides(data, overrides), source=str(path))

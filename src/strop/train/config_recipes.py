@@ -62,13 +62,20 @@ class _Strict(BaseModel):
 class DataRecipeFields(BaseModel):
     """Fields for ``DataConfig`` (inherit: ``class DataConfig(DataRecipeFields, _Strict)``)."""
 
-    augment: bool | AugmentName = Field(False, description="an augmentation preset (strop.data.transforms)")
+    augment: bool | AugmentName = Field(
+        False, description="an augmentation preset (strop.data.transforms)"
+    )
     hflip: bool = Field(True, description="false: presets never flip (digits, text)")
-    color_jitter: float | tuple[float, float, float] | tuple[float, float, float, float] | None = Field(
-        None, description="ColorJitter strength s (brightness = contrast = saturation = s) or (b, c, s[, h])")
+    color_jitter: float | tuple[float, float, float] | tuple[float, float, float, float] | None = (
+        Field(
+            None,
+            description="ColorJitter strength s (brightness = contrast = saturation = s) or (b, c, s[, h])",
+        )
+    )
     random_erasing: float = Field(0.0, ge=0.0, le=1.0, description="RandomErasing probability")
     sampler: Literal["default", "balanced"] = Field(
-        "default", description="balanced: every class drawn equally often (with replacement)")
+        "default", description="balanced: every class drawn equally often (with replacement)"
+    )
 
 
 class MixupConfig(_Strict):
@@ -77,12 +84,16 @@ class MixupConfig(_Strict):
     mixup_alpha: float = Field(0.8, ge=0.0)
     cutmix_alpha: float = Field(0.0, ge=0.0)
     prob: float = Field(1.0, ge=0.0, le=1.0, description="probability that a batch is mixed")
-    switch_prob: float = Field(0.5, ge=0.0, le=1.0, description="CutMix instead of MixUp when both alphas > 0")
+    switch_prob: float = Field(
+        0.5, ge=0.0, le=1.0, description="CutMix instead of MixUp when both alphas > 0"
+    )
 
     @model_validator(mode="after")
     def _something_mixes(self) -> MixupConfig:
         if self.mixup_alpha == 0 and self.cutmix_alpha == 0:
-            raise ValueError("mixup_alpha and cutmix_alpha are both 0; set one (e.g. mixup_alpha: 0.8)")
+            raise ValueError(
+                "mixup_alpha and cutmix_alpha are both 0; set one (e.g. mixup_alpha: 0.8)"
+            )
         return self
 
 
@@ -136,8 +147,10 @@ class OptimizerConfig(BaseModel):
         accepted = [*type(self).model_fields, *optimizer_options(self.name)]
         for key in self.model_extra or {}:
             if key not in accepted and key not in ("foreach", "fused"):
-                raise ValueError(f"unknown key 'optimizer.{key}'{did_you_mean(key, accepted)} "
-                                 f"(options of {self.name!r}: {', '.join(optimizer_options(self.name))})")
+                raise ValueError(
+                    f"unknown key 'optimizer.{key}'{did_you_mean(key, accepted)} "
+                    f"(options of {self.name!r}: {', '.join(optimizer_options(self.name))})"
+                )
         try:
             check_options("optimizer", self.name, dict(self.model_extra or {}))
         except ValueError as exc:
@@ -146,18 +159,24 @@ class OptimizerConfig(BaseModel):
 
     def options(self) -> dict[str, Any]:
         """The optimizer's own options, YAML lists as tuples (``betas: [0.9, 0.99]``)."""
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in (self.model_extra or {}).items()}
+        return {
+            k: tuple(v) if isinstance(v, list) else v for k, v in (self.model_extra or {}).items()
+        }
 
 
 class RecipeFields(BaseModel):
     """Top-level fields for ``Config`` (inherit, and call :func:`check_recipe_config` in its
     ``model_validator(mode="after")``)."""
 
-    label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="cross_entropy's label_smoothing")
+    label_smoothing: float = Field(
+        0.0, ge=0.0, le=1.0, description="cross_entropy's label_smoothing"
+    )
     mixup: MixupConfig | None = None
     ema: EMAConfig | None = None
     swa: SWAConfig | None = None
-    recipe: Literal["fine_tune"] | None = Field(None, description="a preset; keys set in the config win")
+    recipe: Literal["fine_tune"] | None = Field(
+        None, description="a preset; keys set in the config win"
+    )
 
 
 # ------------------------------------------------------------------- loss-spec helpers
@@ -188,7 +207,11 @@ def loss_names(spec: str | Mapping[str, Any]) -> list[str]:
         if "name" in spec:
             return loss_names(spec["name"])
         return [LOSSES.canonical(n) for n in spec]
-    fail("loss_names", f"spec must be a loss name or a mapping; got {type(spec).__name__}", exc=TypeError)
+    fail(
+        "loss_names",
+        f"spec must be a loss name or a mapping; got {type(spec).__name__}",
+        exc=TypeError,
+    )
 
 
 def check_soft_target_loss(spec: str | Mapping[str, Any], *, key: str = "mixup") -> None:
@@ -196,9 +219,12 @@ def check_soft_target_loss(spec: str | Mapping[str, Any], *, key: str = "mixup")
     bad = [n for n in loss_names(spec) if n not in SOFT_TARGET_LOSSES]
     if bad:
         reasons = "; ".join(f"{n}: {_WHY_NOT.get(n, 'it takes class ids')}" for n in bad)
-        fail("config", f"{key} produces soft targets (class probabilities), which loss "
-                       f"{', '.join(map(repr, bad))} cannot take ({reasons})",
-             hint="use loss: cross_entropy with mixup/cutmix")
+        fail(
+            "config",
+            f"{key} produces soft targets (class probabilities), which loss "
+            f"{', '.join(map(repr, bad))} cannot take ({reasons})",
+            hint="use loss: cross_entropy with mixup/cutmix",
+        )
 
 
 def _ce_key(spec: Mapping[str, Any]) -> str | None:
@@ -207,7 +233,9 @@ def _ce_key(spec: Mapping[str, Any]) -> str | None:
     return next((k for k in spec if k in LOSSES and LOSSES.canonical(k) == "cross_entropy"), None)
 
 
-def _set_option(func: str, spec: str | Mapping[str, Any], option: str, value: Any, why: str) -> str | dict[str, Any]:
+def _set_option(
+    func: str, spec: str | Mapping[str, Any], option: str, value: Any, why: str
+) -> str | dict[str, Any]:
     from strop.losses.registry import LOSSES
 
     if isinstance(spec, str):
@@ -223,11 +251,16 @@ def _set_option(func: str, spec: str | Mapping[str, Any], option: str, value: An
         if key is None:
             fail(func, f"{why} needs a cross_entropy loss; got losses {list(spec)}")
         part = spec[key]
-        target = dict(part) if isinstance(part, Mapping) else {"weight": 1.0 if part is None else part}
+        target = (
+            dict(part) if isinstance(part, Mapping) else {"weight": 1.0 if part is None else part}
+        )
         spec[key] = target
     if option in target and target[option] != value and target[option] != "auto":
-        fail(func, f"{why} sets {option}={value!r} but the loss already sets {option}={target[option]!r}",
-             hint="set it in one place")
+        fail(
+            func,
+            f"{why} sets {option}={value!r} but the loss already sets {option}={target[option]!r}",
+            hint="set it in one place",
+        )
     target[option] = value
     return spec
 
@@ -245,7 +278,9 @@ def uses_auto_class_weights(spec: str | Mapping[str, Any]) -> bool:
     return isinstance(spec, Mapping) and "name" in spec and spec.get("weight") == "auto"
 
 
-def resolve_auto_class_weights(spec: str | Mapping[str, Any], weights: list[float]) -> str | Mapping[str, Any]:
+def resolve_auto_class_weights(
+    spec: str | Mapping[str, Any], weights: list[float]
+) -> str | Mapping[str, Any]:
     """Replace ``weight: auto`` by ``weights`` (from :func:`strop.data.samplers.class_weights`,
     over class counts or segmentation pixel counts); other specs are returned unchanged."""
     if not uses_auto_class_weights(spec):
@@ -265,13 +300,22 @@ def check_recipe_config(config: Any) -> None:
         check_soft_target_loss(config.loss)
     if config.label_smoothing:
         if task != "classification":
-            fail("config", f"label_smoothing is a classification key; got task={task!r}",
-                 hint="set loss: {name: cross_entropy, label_smoothing: ...} for segmentation")
+            fail(
+                "config",
+                f"label_smoothing is a classification key; got task={task!r}",
+                hint="set loss: {name: cross_entropy, label_smoothing: ...} for segmentation",
+            )
         apply_label_smoothing(config.loss, config.label_smoothing)
     if getattr(config.data, "sampler", "default") == "balanced" and task != "classification":
-        fail("config", "data.sampler: balanced draws images by class label, so it is for "
-                       f"classification; got task={task!r}",
-             hint="use loss weight: auto (pixel-frequency class weights) for segmentation")
+        fail(
+            "config",
+            "data.sampler: balanced draws images by class label, so it is for "
+            f"classification; got task={task!r}",
+            hint="use loss weight: auto (pixel-frequency class weights) for segmentation",
+        )
     if config.swa is not None and config.swa.start_epoch >= config.epochs:
-        fail("config", f"swa.start_epoch={config.swa.start_epoch} must be < epochs={config.epochs} "
-                       "(0-based), or nothing is averaged")
+        fail(
+            "config",
+            f"swa.start_epoch={config.swa.start_epoch} must be < epochs={config.epochs} "
+            "(0-based), or nothing is averaged",
+        )

@@ -36,10 +36,18 @@ __all__ = ["SUMMARY_METRICS", "DetectionTask", "evaluate_detection", "train_one_
 Batch = tuple[Sequence[Tensor], Sequence[dict[str, Any]]]
 # torchmetrics' keys -> strop's metric names (COCO's summary lines, in its order)
 _SUMMARY = {
-    "map": "val_map", "map_50": "val_map_50", "map_75": "val_map_75", "map_small": "val_map_small",
-    "map_medium": "val_map_medium", "map_large": "val_map_large", "mar_1": "val_mar_1",
-    "mar_10": "val_mar_10", "mar_100": "val_mar_100", "mar_small": "val_mar_small",
-    "mar_medium": "val_mar_medium", "mar_large": "val_mar_large",
+    "map": "val_map",
+    "map_50": "val_map_50",
+    "map_75": "val_map_75",
+    "map_small": "val_map_small",
+    "map_medium": "val_map_medium",
+    "map_large": "val_map_large",
+    "mar_1": "val_mar_1",
+    "mar_10": "val_mar_10",
+    "mar_100": "val_mar_100",
+    "mar_small": "val_mar_small",
+    "mar_medium": "val_mar_medium",
+    "mar_large": "val_mar_large",
 }
 SUMMARY_METRICS = tuple(_SUMMARY.values())  # the COCO summary as strop names, in COCO's order
 
@@ -60,25 +68,37 @@ class DetectionTask:
     def __init__(self, model: nn.Module, classes: Sequence[str]) -> None:
         info = detector_info(model)
         if len(classes) != info.num_classes:
-            fail("DetectionTask", f"classes has {len(classes)} names but the model was built for "
-                                  f"{info.num_classes} classes", hint="build the detector with num_classes=len(classes)")
+            fail(
+                "DetectionTask",
+                f"classes has {len(classes)} names but the model was built for "
+                f"{info.num_classes} classes",
+                hint="build the detector with num_classes=len(classes)",
+            )
         self.classes = list(classes)
         self.label_offset = info.label_offset
         self.metric_names = (*_SUMMARY.values(), *(f"val_ap_{c}" for c in self.classes))
 
     # ---------------------------------------------------------------------------- training
-    def to_device(self, batch: Batch, device: torch.device | str) -> tuple[list[Tensor], list[dict[str, Any]]]:
+    def to_device(
+        self, batch: Batch, device: torch.device | str
+    ) -> tuple[list[Tensor], list[dict[str, Any]]]:
         """Images and targets on ``device``; targets get the model's label offset."""
         images, targets = batch
         non_blocking = torch.device(device).type == "cuda"
         images = [im.to(device, non_blocking=non_blocking) for im in images]
         moved = []
         for t in targets:
-            moved.append({
-                "boxes": t["boxes"].as_subclass(Tensor).to(device, non_blocking=non_blocking),
-                "labels": (t["labels"] + self.label_offset).to(device, non_blocking=non_blocking),
-                "iscrowd": t.get("iscrowd", torch.zeros_like(t["labels"])).to(device, non_blocking=non_blocking),
-            })
+            moved.append(
+                {
+                    "boxes": t["boxes"].as_subclass(Tensor).to(device, non_blocking=non_blocking),
+                    "labels": (t["labels"] + self.label_offset).to(
+                        device, non_blocking=non_blocking
+                    ),
+                    "iscrowd": t.get("iscrowd", torch.zeros_like(t["labels"])).to(
+                        device, non_blocking=non_blocking
+                    ),
+                }
+            )
         return images, moved
 
     @staticmethod
@@ -86,7 +106,9 @@ class DetectionTask:
         return len(batch[0])
 
     @staticmethod
-    def loss(model: nn.Module, images: list[Tensor], targets: list[dict[str, Any]]) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        model: nn.Module, images: list[Tensor], targets: list[dict[str, Any]]
+    ) -> tuple[Tensor, dict[str, float]]:
         """``(sum of torchvision's loss dict, {part: value})`` with the model in train mode.
 
         The sum is float32 even under autocast (each part is upcast before adding). Parts are the
@@ -95,8 +117,11 @@ class DetectionTask:
         (RetinaNet/SSD), ``bbox_ctrness`` (FCOS).
         """
         if not model.training:
-            fail("DetectionTask.loss", "the model is in eval mode; torchvision detectors return losses only in "
-                                       "train mode", hint="call model.train() first")
+            fail(
+                "DetectionTask.loss",
+                "the model is in eval mode; torchvision detectors return losses only in train mode",
+                hint="call model.train() first",
+            )
         losses = model(images, targets)
         total = sum(v.float() for v in losses.values())
         return total, {k: float(v.detach()) for k, v in losses.items()}
@@ -110,20 +135,39 @@ class DetectionTask:
         return more (SSD: 200-300) are not warned about."""
         from torchmetrics.detection import MeanAveragePrecision
 
-        metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
+        metric = MeanAveragePrecision(
+            box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools"
+        )
         metric.warn_on_many_detections = False
         return metric
 
     @torch.no_grad()
-    def update(self, metric: MeanAveragePrecision, model: nn.Module, images: list[Tensor],
-               targets: list[dict[str, Any]]) -> list[dict[str, Tensor]]:
+    def update(
+        self,
+        metric: MeanAveragePrecision,
+        model: nn.Module,
+        images: list[Tensor],
+        targets: list[dict[str, Any]],
+    ) -> list[dict[str, Tensor]]:
         """Predict (model in eval mode) and add the batch to ``metric``; returns the predictions
         with 0-based labels, on the CPU."""
         outputs = model(images)
-        preds = [{"boxes": o["boxes"].float().cpu(), "scores": o["scores"].float().cpu(),
-                  "labels": o["labels"].cpu() - self.label_offset} for o in outputs]
-        truth = [{"boxes": t["boxes"].float().cpu(), "labels": t["labels"].cpu() - self.label_offset,
-                  "iscrowd": t["iscrowd"].cpu()} for t in targets]
+        preds = [
+            {
+                "boxes": o["boxes"].float().cpu(),
+                "scores": o["scores"].float().cpu(),
+                "labels": o["labels"].cpu() - self.label_offset,
+            }
+            for o in outputs
+        ]
+        truth = [
+            {
+                "boxes": t["boxes"].float().cpu(),
+                "labels": t["labels"].cpu() - self.label_offset,
+                "iscrowd": t["iscrowd"].cpu(),
+            }
+            for t in targets
+        ]
         metric.update(preds, truth)
         return preds
 
@@ -181,10 +225,15 @@ def train_one_epoch(
             loss, parts = task.loss(model, images, targets)
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise FloatingPointError(f"train_one_epoch: loss is {value} at batch {batches - 1} ({parts}); stopping")
+            raise FloatingPointError(
+                f"train_one_epoch: loss is {value} at batch {batches - 1} ({parts}); stopping"
+            )
         group = accumulation_steps
         if total is not None:
-            group = min(accumulation_steps, total - ((batches - 1) // accumulation_steps) * accumulation_steps)
+            group = min(
+                accumulation_steps,
+                total - ((batches - 1) // accumulation_steps) * accumulation_steps,
+            )
         amp.backward(loss / group)
         n = len(images)
         count += n
@@ -205,7 +254,11 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate_detection(
-    model: nn.Module, loader: Iterable[Batch], task: DetectionTask, *, device: torch.device | str = "cpu",
+    model: nn.Module,
+    loader: Iterable[Batch],
+    task: DetectionTask,
+    *,
+    device: torch.device | str = "cpu",
     amp: Any = None,
 ) -> dict[str, float]:
     """COCO metrics of ``model`` over ``loader`` (eval mode; the mode is restored after)."""
@@ -224,8 +277,14 @@ def evaluate_detection(
 
 
 @torch.no_grad()
-def update_bn(model: nn.Module, loader: Iterable[Batch], task: DetectionTask, *, device: torch.device | str = "cpu",
-              num_batches: int | None = None) -> int:
+def update_bn(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    task: DetectionTask,
+    *,
+    device: torch.device | str = "cpu",
+    num_batches: int | None = None,
+) -> int:
     """Recompute BatchNorm running statistics as a plain average over ``loader`` (train-mode
     forwards, no gradient, nothing else changes); returns the number of BN layers updated.
 

@@ -21,8 +21,14 @@ from torch import nn
 from strop.train.checkpoint import load_checkpoint
 from strop.train.config import Config, config_from_dict
 
-__all__ = ["coco_table", "draw_detections", "evaluate_detector_run", "load_detector_run",
-           "predict_detections", "write_detections"]
+__all__ = [
+    "coco_table",
+    "draw_detections",
+    "evaluate_detector_run",
+    "load_detector_run",
+    "predict_detections",
+    "write_detections",
+]
 
 _ROWS = [  # (strop name, COCO's summary line)
     ("val_map", "AP @[IoU=0.50:0.95 | area=   all | maxDets=100]"),
@@ -40,7 +46,9 @@ _ROWS = [  # (strop name, COCO's summary line)
 ]
 
 
-def load_detector_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[nn.Module, Config, dict[str, Any]]:
+def load_detector_run(
+    run_dir: str | Path, checkpoint: str = "best"
+) -> tuple[nn.Module, Config, dict[str, Any]]:
     """``(detector in eval mode, config, checkpoint dict)`` of a detection run folder."""
     from strop.finetune.detection import detector_info
     from strop.train.detection_run import build_detector_from
@@ -52,18 +60,23 @@ def load_detector_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[nn
     ck = load_checkpoint(path)
     config = config_from_dict(ck["config"], source=str(path))
     if config.task != "detection":
-        raise ValueError(f"load_detector_run: {run_dir} is a {config.task} run; expected task: detection")
+        raise ValueError(
+            f"load_detector_run: {run_dir} is a {config.task} run; expected task: detection"
+        )
     model = build_detector_from(config, int(ck["num_classes"]), None)
     model.load_state_dict(ck["model"])
     offset = detector_info(model).label_offset
     if ck.get("label_offset", offset) != offset:
-        raise ValueError(f"load_detector_run: {path} says label_offset {ck['label_offset']} but "
-                         f"{config.model.name} uses {offset}; the checkpoint is not from this strop")
+        raise ValueError(
+            f"load_detector_run: {path} says label_offset {ck['label_offset']} but "
+            f"{config.model.name} uses {offset}; the checkpoint is not from this strop"
+        )
     return model.eval(), config, ck
 
 
-def evaluate_detector_run(run_dir: str | Path, *, checkpoint: str = "best",
-                          loaded: tuple[nn.Module, Config] | None = None) -> dict[str, float]:
+def evaluate_detector_run(
+    run_dir: str | Path, *, checkpoint: str = "best", loaded: tuple[nn.Module, Config] | None = None
+) -> dict[str, float]:
     """COCO metrics of the run's checkpoint on the validation split the run used (``loaded``:
     the ``(model, config)`` of :func:`load_detector_run`, when already read)."""
     from strop.data import make_loader
@@ -75,19 +88,27 @@ def evaluate_detector_run(run_dir: str | Path, *, checkpoint: str = "best",
     device = resolve_device(config.device)
     _, val_ds, classes, n = detection_datasets(config)
     task = Detection(n, classes)
-    loader = make_loader(val_ds, batch_size=config.data.batch_size, shuffle=False, seed=config.seed,
-                         num_workers=config.data.num_workers, device=device, collate_fn=task.collate_fn)
+    loader = make_loader(
+        val_ds,
+        batch_size=config.data.batch_size,
+        shuffle=False,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        device=device,
+        collate_fn=task.collate_fn,
+    )
     amp = MixedPrecision(resolve(config.precision, device))
     return task.validate(model.to(device), loader, amp=amp, device=device)
 
 
 def coco_table(metrics: dict[str, float], classes: list[str] | None = None) -> str:
     """pycocotools' summary lines, then one AP line per class (``-`` where undefined)."""
+
     def value(v: float | None) -> str:
         return "    -" if v is None or math.isnan(v) else f"{v:.3f}"
 
     lines = [f"{label} = {value(metrics.get(name))}" for name, label in _ROWS]
-    names = classes or [k[len("val_ap_"):] for k in metrics if k.startswith("val_ap_")]
+    names = classes or [k[len("val_ap_") :] for k in metrics if k.startswith("val_ap_")]
     width = max((len(c) for c in names), default=5)
     lines += ["", f"{'class':<{width}}  AP@[.5:.95]"]
     lines += [f"{c:<{width}}  {value(metrics.get(f'val_ap_{c}'))}" for c in names]
@@ -95,8 +116,9 @@ def coco_table(metrics: dict[str, float], classes: list[str] | None = None) -> s
 
 
 @torch.no_grad()
-def predict_detections(run_dir: str | Path, images: list[str], *, checkpoint: str = "best",
-                       score: float = 0.5) -> list[dict[str, Any]]:
+def predict_detections(
+    run_dir: str | Path, images: list[str], *, checkpoint: str = "best", score: float = 0.5
+) -> list[dict[str, Any]]:
     """Per image ``{"path", "boxes" (xyxy pixels of the image as read), "labels" (class names),
     "scores"}``, keeping detections with score >= ``score``."""
     from strop.finetune.detection import detector_info
@@ -110,12 +132,14 @@ def predict_detections(run_dir: str | Path, images: list[str], *, checkpoint: st
     for path in expand_images(list(images)):
         out = model([_read(path)])[0]
         keep = out["scores"] >= score
-        rows.append({
-            "path": str(path),
-            "boxes": [[round(float(x), 2) for x in b] for b in out["boxes"][keep].tolist()],
-            "labels": [classes[int(k) - offset] for k in out["labels"][keep]],
-            "scores": [round(float(s), 4) for s in out["scores"][keep]],
-        })
+        rows.append(
+            {
+                "path": str(path),
+                "boxes": [[round(float(x), 2) for x in b] for b in out["boxes"][keep].tolist()],
+                "labels": [classes[int(k) - offset] for k in out["labels"][keep]],
+                "scores": [round(float(s), 4) for s in out["scores"][keep]],
+            }
+        )
     return rows
 
 
@@ -160,7 +184,11 @@ def draw_detections(rows: list[dict[str, Any]], out_dir: str | Path) -> list[Pat
         image = _read_uint8(r["path"])
         boxes = torch.tensor(r["boxes"], dtype=torch.float32).reshape(-1, 4)
         captions = [f"{lab} {s:.2f}" for lab, s in zip(r["labels"], r["scores"], strict=True)]
-        drawn = draw_bounding_boxes(image, boxes, labels=captions, colors="red", width=1) if len(boxes) else image
+        drawn = (
+            draw_bounding_boxes(image, boxes, labels=captions, colors="red", width=1)
+            if len(boxes)
+            else image
+        )
         path = out_dir / f"{Path(r['path']).stem}.png"
         to_pil_image(drawn).save(path)
         written.append(path)

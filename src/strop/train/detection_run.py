@@ -38,18 +38,34 @@ __all__ = [
 ]
 
 # data.augment value -> strop.data.detection.detection_transforms(augment=)
-DETECTION_AUGMENT = {False: "none", "none": "none", True: "flip", "standard": "flip", "flip": "flip",
-                     "photometric": "photometric", "ssd": "ssd"}
+DETECTION_AUGMENT = {
+    False: "none",
+    "none": "none",
+    True: "flip",
+    "standard": "flip",
+    "flip": "flip",
+    "photometric": "photometric",
+    "ssd": "ssd",
+}
 # model keys that only a detector has (None/defaults elsewhere)
-_DETECTOR_KEYS = {"trainable_backbone_layers": None, "box_loss": None, "nms_threshold": None,
-                  "nms_denominator": "union", "min_size": None, "max_size": None,
-                  "score_threshold": None, "recalibrate_bn": None}
+_DETECTOR_KEYS = {
+    "trainable_backbone_layers": None,
+    "box_loss": None,
+    "nms_threshold": None,
+    "nms_denominator": "union",
+    "min_size": None,
+    "max_size": None,
+    "score_threshold": None,
+    "recalibrate_bn": None,
+}
 # torchvision's loss-dict keys per family, without the "loss_" prefix (the CSV header needs them
 # before the first forward pass)
-_PARTS = {"fasterrcnn": ("classifier", "box_reg", "objectness", "rpn_box_reg"),
-          "retinanet": ("classification", "bbox_regression"),
-          "fcos": ("classification", "bbox_regression", "bbox_ctrness"),
-          "ssd": ("bbox_regression", "classification")}
+_PARTS = {
+    "fasterrcnn": ("classifier", "box_reg", "objectness", "rpn_box_reg"),
+    "retinanet": ("classification", "bbox_regression"),
+    "fcos": ("classification", "bbox_regression", "bbox_ctrness"),
+    "ssd": ("bbox_regression", "classification"),
+}
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -93,7 +109,11 @@ class Detection(Task):
 
     def __init__(self, num_classes: int, classes: Sequence[str] | None = None) -> None:
         super().__init__(num_classes)
-        self.classes = [str(c) for c in classes] if classes is not None else [str(k) for k in range(num_classes)]
+        self.classes = (
+            [str(c) for c in classes]
+            if classes is not None
+            else [str(k) for k in range(num_classes)]
+        )
         self.calibration: Any = None  # a loader of training images for BatchNorm recalibration
 
     @staticmethod
@@ -116,10 +136,16 @@ class Detection(Task):
         images, targets = batch
         nb = torch.device(device).type == "cuda"
         images = [im.to(device, non_blocking=nb) for im in images]
-        moved = [{"boxes": t["boxes"].as_subclass(Tensor).to(device, non_blocking=nb),
-                  "labels": t["labels"].to(device, non_blocking=nb),
-                  "iscrowd": t.get("iscrowd", torch.zeros_like(t["labels"])).to(device, non_blocking=nb)}
-                 for t in targets]
+        moved = [
+            {
+                "boxes": t["boxes"].as_subclass(Tensor).to(device, non_blocking=nb),
+                "labels": t["labels"].to(device, non_blocking=nb),
+                "iscrowd": t.get("iscrowd", torch.zeros_like(t["labels"])).to(
+                    device, non_blocking=nb
+                ),
+            }
+            for t in targets
+        ]
         return images, moved
 
     def batch_size(self, batch: Any) -> int:
@@ -128,7 +154,9 @@ class Detection(Task):
     def inputs(self, batch: Any) -> Tensor:
         return torch.cat([im.reshape(-1) for im in batch[0]])
 
-    def forward_loss(self, model: nn.Module, loss_fn: Any, batch: Any, aux_weight: float) -> tuple[Tensor, Any]:
+    def forward_loss(
+        self, model: nn.Module, loss_fn: Any, batch: Any, aux_weight: float
+    ) -> tuple[Tensor, Any]:
         """``(sum of torchvision's loss dict in float32, None)``; the parts go to ``loss_fn.parts``."""
         images, targets = batch
         k = _offset(model)
@@ -138,9 +166,13 @@ class Detection(Task):
         return sum(v.float() for v in losses.values()), None
 
     def val_output(self, model: nn.Module, loss_fn: Any, batch: Any) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError("detection validates through Detection.validate (COCO mAP, no val_loss)")
+        raise NotImplementedError(
+            "detection validates through Detection.validate (COCO mAP, no val_loss)"
+        )
 
-    def validate(self, model: nn.Module, loader: Any, *, amp: Any, device: torch.device) -> dict[str, float]:
+    def validate(
+        self, model: nn.Module, loader: Any, *, amp: Any, device: torch.device
+    ) -> dict[str, float]:
         """COCO metrics over ``loader`` (model in eval mode), after BatchNorm recalibration when
         :attr:`calibration` is set. torchmetrics gathers its states across processes itself."""
         from strop.train.detection import DetectionTask, update_bn
@@ -177,8 +209,12 @@ class Detection(Task):
         if not wanted:
             return
         ds = DetectionDataset(train_ds.records, train_ds.classes, detection_transforms(False))
-        self.calibration = DataLoader(ds, batch_size=max(1, run.config.data.batch_size // run.ctx.world_size),
-                                      shuffle=False, collate_fn=self.collate_fn)
+        self.calibration = DataLoader(
+            ds,
+            batch_size=max(1, run.config.data.batch_size // run.ctx.world_size),
+            shuffle=False,
+            collate_fn=self.collate_fn,
+        )
 
     def metadata(self, model: nn.Module) -> dict[str, Any]:
         """What a checkpoint needs to rebuild the detector: its name, class count and offset."""
@@ -196,28 +232,43 @@ def check_detection_config(config: Any) -> None:
     if config.task != "detection":
         given = [k for k, default in _DETECTOR_KEYS.items() if getattr(m, k) != default]
         if given:
-            raise ValueError(f"model.{given[0]} applies to task: detection only; got task: {config.task}")
+            raise ValueError(
+                f"model.{given[0]} applies to task: detection only; got task: {config.task}"
+            )
         if config.loss == "none":
             raise ValueError(f"loss 'none' is for task: detection; got task: {config.task}")
         if config.data.augment in ("photometric", "ssd"):
-            raise ValueError(f"data.augment {config.data.augment!r} is for task: detection; got task: {config.task}")
+            raise ValueError(
+                f"data.augment {config.data.augment!r} is for task: detection; got task: {config.task}"
+            )
         return
     problems = []
     if m.name not in DETECTORS:
         problems.append(f"model.name must be one of {', '.join(sorted(DETECTORS))}; got {m.name!r}")
     if config.loss != "none":
-        problems.append(f"loss: detection models compute their own losses; drop the key (got {config.loss!r})")
+        problems.append(
+            f"loss: detection models compute their own losses; drop the key (got {config.loss!r})"
+        )
     if m.freeze not in (None, "backbone"):
         problems.append(f"model.freeze for detection is null or 'backbone'; got {m.freeze!r}")
     if config.data.augment not in DETECTION_AUGMENT:
-        problems.append(f"data.augment for detection is one of none, flip, photometric, ssd; got {config.data.augment!r}")
+        problems.append(
+            f"data.augment for detection is one of none, flip, photometric, ssd; got {config.data.augment!r}"
+        )
     if m.box_loss is not None and m.box_loss not in BOX_LOSSES:
-        problems.append(f"model.box_loss must be one of {', '.join(BOX_LOSSES)}; got {m.box_loss!r}")
-    for key, value in (("gradual_unfreeze", config.gradual_unfreeze), ("optimizer.layer_decay", config.optimizer.layer_decay)):
+        problems.append(
+            f"model.box_loss must be one of {', '.join(BOX_LOSSES)}; got {m.box_loss!r}"
+        )
+    for key, value in (
+        ("gradual_unfreeze", config.gradual_unfreeze),
+        ("optimizer.layer_decay", config.optimizer.layer_decay),
+    ):
         if value is not None:
             problems.append(f"{key} is not supported for detection; got {value!r}")
     if config.memory_format == "channels_last":
-        problems.append("memory_format: channels_last does not apply to detection (lists of images)")
+        problems.append(
+            "memory_format: channels_last does not apply to detection (lists of images)"
+        )
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -229,7 +280,9 @@ def detection_datasets(config: Any) -> tuple[Any, Any, list[str], int]:
 
     d = config.data
     root = resolve_root(d.root)
-    train, val, classes = detection_folder(root, format=d.format, val_fraction=d.val_fraction, seed=config.seed)
+    train, val, classes = detection_folder(
+        root, format=d.format, val_fraction=d.val_fraction, seed=config.seed
+    )
     augment = DETECTION_AUGMENT[d.augment]
     train_ds = DetectionDataset(train, classes, detection_transforms(True, augment=augment))
     train_ds.deterministic = augment == "none"  # type: ignore[attr-defined]
@@ -241,8 +294,10 @@ def detector_kwargs(config: Any) -> dict[str, Any]:
     """torchvision builder options from the config: the detector resizes to ``data.image_size``
     (``model.min_size`` / ``max_size`` override it); ``model.score_threshold``."""
     m = config.model
-    kwargs: dict[str, Any] = {"min_size": m.min_size or config.data.image_size,
-                              "max_size": m.max_size or m.min_size or config.data.image_size}
+    kwargs: dict[str, Any] = {
+        "min_size": m.min_size or config.data.image_size,
+        "max_size": m.max_size or m.min_size or config.data.image_size,
+    }
     if m.name.startswith("ssd"):
         # SSD's builders fix their own transform sizes (and refuse min_size / max_size);
         # build_detector_from sets them on the built transform instead
@@ -259,10 +314,17 @@ def build_detector_from(config: Any, num_classes: int, weights: Any) -> nn.Modul
 
     m = config.model
     model = build_detector(
-        m.name, num_classes=num_classes, weights=weights, freeze=m.freeze,
-        trainable_backbone_layers=m.trainable_backbone_layers, box_loss=m.box_loss,
-        nms_threshold=m.nms_threshold, nms_denominator=m.nms_denominator, strict=m.strict,
-        sha256=m.sha256 if weights is m.weights else None, trust_pickle=m.trust_pickle,
+        m.name,
+        num_classes=num_classes,
+        weights=weights,
+        freeze=m.freeze,
+        trainable_backbone_layers=m.trainable_backbone_layers,
+        box_loss=m.box_loss,
+        nms_threshold=m.nms_threshold,
+        nms_denominator=m.nms_denominator,
+        strict=m.strict,
+        sha256=m.sha256 if weights is m.weights else None,
+        trust_pickle=m.trust_pickle,
         **detector_kwargs(config),
     )
     transform = getattr(model, "transform", None)
@@ -272,7 +334,9 @@ def build_detector_from(config: Any, num_classes: int, weights: Any) -> nn.Modul
     return model
 
 
-def build_detection_parts(config: Any, num_classes: int) -> tuple[nn.Module, DetectionLoss, torch.optim.Optimizer]:
+def build_detection_parts(
+    config: Any, num_classes: int
+) -> tuple[nn.Module, DetectionLoss, torch.optim.Optimizer]:
     """``(detector, DetectionLoss, optimizer)``: the config's optimizer over ``detector_param_groups``
     (backbone and neck at ``optimizer.lr``, heads at ``lr × head_lr_mult``; no decay on norms and
     biases)."""
@@ -280,12 +344,24 @@ def build_detection_parts(config: Any, num_classes: int) -> tuple[nn.Module, Det
 
     model = build_detector_from(config, num_classes, config.model.weights)
     o = config.optimizer
-    lr = o.lr * (config.data.batch_size * config.accumulation_steps / 256 if config.scale_lr else 1.0)
-    groups = detector_param_groups(model, lr * o.head_lr_mult, backbone_lr_mult=1 / o.head_lr_mult,
-                                   neck_lr_mult=1 / o.head_lr_mult, weight_decay=o.weight_decay)
+    lr = o.lr * (
+        config.data.batch_size * config.accumulation_steps / 256 if config.scale_lr else 1.0
+    )
+    groups = detector_param_groups(
+        model,
+        lr * o.head_lr_mult,
+        backbone_lr_mult=1 / o.head_lr_mult,
+        neck_lr_mult=1 / o.head_lr_mult,
+        weight_decay=o.weight_decay,
+    )
     from strop import optim
 
     optimizer = optim.build_optimizer(
-        o.name, groups, lr=lr, weight_decay=o.weight_decay, implementation=o.implementation, **o.options()
+        o.name,
+        groups,
+        lr=lr,
+        weight_decay=o.weight_decay,
+        implementation=o.implementation,
+        **o.options(),
     )
     return model, DetectionLoss(config.model.name), optimizer

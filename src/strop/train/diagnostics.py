@@ -56,7 +56,10 @@ def _as_numpy(func: str, arg: str, value: Sequence[int] | Tensor | np.ndarray) -
 def _check_names(func: str, class_names: Sequence[str], n: int | None = None) -> list[str]:
     names = [str(c) for c in class_names]
     if not names or (n is not None and len(names) != n):
-        fail(func, f"class_names must name the {n if n is not None else ''} classes; got {len(names)}")
+        fail(
+            func,
+            f"class_names must name the {n if n is not None else ''} classes; got {len(names)}",
+        )
     return names
 
 
@@ -80,7 +83,9 @@ def plot_confusion_matrix(
     names = _check_names(func, class_names)
     t, p = _as_numpy(func, "y_true", y_true), _as_numpy(func, "y_pred", y_pred)
     if t.shape != p.shape:
-        fail(func, f"y_true and y_pred must have the same length; got {t.shape[0]} and {p.shape[0]}")
+        fail(
+            func, f"y_true and y_pred must have the same length; got {t.shape[0]} and {p.shape[0]}"
+        )
     cm = confusion_matrix(t, p, labels=list(range(len(names))), normalize=normalize)
     size = max(4.0, 0.5 * len(names) + 2)
     fig = Figure(figsize=(size, size), layout="constrained")
@@ -94,8 +99,14 @@ def plot_confusion_matrix(
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             text = f"{cm[i, j]:d}" if normalize is None else f"{cm[i, j]:.2f}"
-            ax.text(j, i, text, ha="center", va="center",
-                    color="white" if top and cm[i, j] > top / 2 else "black")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                color="white" if top and cm[i, j] > top / 2 else "black",
+            )
     ax.set_title(f"Confusion matrix ({int(t.size)} samples)")
     _save(fig, path)
     return fig
@@ -112,16 +123,32 @@ def classification_table(
     func = "classification_table"
     names = _check_names(func, class_names)
     t, p = _as_numpy(func, "y_true", y_true), _as_numpy(func, "y_pred", y_pred)
-    report = classification_report(t, p, labels=list(range(len(names))), target_names=names,
-                                   output_dict=True, zero_division=0)
+    report = classification_report(
+        t, p, labels=list(range(len(names))), target_names=names, output_dict=True, zero_division=0
+    )
     rows = []
     for key in [*names, "macro avg", "weighted avg"]:
         r = report[key]
-        rows.append({"class": key, "precision": r["precision"], "recall": r["recall"],
-                     "f1": r["f1-score"], "support": int(r["support"])})
+        rows.append(
+            {
+                "class": key,
+                "precision": r["precision"],
+                "recall": r["recall"],
+                "f1": r["f1-score"],
+                "support": int(r["support"]),
+            }
+        )
     accuracy = report.get("accuracy", report.get("micro avg", {}).get("f1-score"))
-    rows.insert(len(names), {"class": "accuracy", "precision": None, "recall": None,
-                             "f1": accuracy, "support": int(t.size)})
+    rows.insert(
+        len(names),
+        {
+            "class": "accuracy",
+            "precision": None,
+            "recall": None,
+            "f1": accuracy,
+            "support": int(t.size),
+        },
+    )
     return rows
 
 
@@ -158,8 +185,11 @@ def top_losses(logits: Tensor, targets: Tensor, k: int) -> tuple[Tensor, Tensor]
     """
     check_positive("top_losses", "k", k, integer=True)
     if logits.dim() != 2 or targets.shape != logits.shape[:1]:
-        fail("top_losses", f"logits must be (N, C) and targets (N,); got {tuple(logits.shape)} "
-                           f"and {tuple(targets.shape)}")
+        fail(
+            "top_losses",
+            f"logits must be (N, C) and targets (N,); got {tuple(logits.shape)} "
+            f"and {tuple(targets.shape)}",
+        )
     losses = F.cross_entropy(logits.float(), targets.long(), reduction="none")
     values, indices = losses.topk(min(k, losses.numel()))
     return indices, values
@@ -195,7 +225,9 @@ def plot_top_losses(
     func = "plot_top_losses"
     names = _check_names(func, class_names, logits.shape[1] if logits.dim() == 2 else None)
     if images.dim() != 4 or images.shape[0] != logits.shape[0]:
-        fail(func, f"images must be (N, C, H, W) with N={logits.shape[0]}; got {tuple(images.shape)}")
+        fail(
+            func, f"images must be (N, C, H, W) with N={logits.shape[0]}; got {tuple(images.shape)}"
+        )
     idx, losses = top_losses(logits, targets, k)
     probs = logits.float().softmax(1)
     rows = -(-len(idx) // ncols)
@@ -206,15 +238,18 @@ def plot_top_losses(
     for ax, i, loss in zip(axes.flat, idx.tolist(), losses.tolist(), strict=False):
         pred = int(probs[i].argmax())
         ax.imshow(_to_display(images[i], mean, std))
-        ax.set_title(f"{names[pred]} / {names[int(targets[i])]} / {loss:.2f} / {probs[i, pred]:.2f}",
-                     fontsize=9)
+        ax.set_title(
+            f"{names[pred]} / {names[int(targets[i])]} / {loss:.2f} / {probs[i, pred]:.2f}",
+            fontsize=9,
+        )
     fig.suptitle("prediction / actual / loss / probability")
     _save(fig, path)
     return fig
 
 
-def pixel_confusion(pred: Tensor, target: Tensor, num_classes: int, *,
-                    ignore_index: int | None = 255) -> Tensor:
+def pixel_confusion(
+    pred: Tensor, target: Tensor, num_classes: int, *, ignore_index: int | None = 255
+) -> Tensor:
     """The ``(C, C)`` pixel confusion matrix (rows: target, columns: prediction), int64.
 
     Args:
@@ -224,16 +259,25 @@ def pixel_confusion(pred: Tensor, target: Tensor, num_classes: int, *,
     func = "pixel_confusion"
     check_positive(func, "num_classes", num_classes, integer=True)
     if pred.shape != target.shape:
-        fail(func, f"pred and target must have the same shape; got {tuple(pred.shape)} and "
-                   f"{tuple(target.shape)}")
+        fail(
+            func,
+            f"pred and target must have the same shape; got {tuple(pred.shape)} and "
+            f"{tuple(target.shape)}",
+        )
     t, p = target.flatten().long(), pred.flatten().long()
     if ignore_index is not None:
         keep = t != ignore_index
         t, p = t[keep], p[keep]
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes or int(p.min()) < 0
-                      or int(p.max()) >= num_classes):
+    if t.numel() and (
+        int(t.min()) < 0
+        or int(t.max()) >= num_classes
+        or int(p.min()) < 0
+        or int(p.max()) >= num_classes
+    ):
         fail(func, f"class ids must be in [0, {num_classes})")
-    return torch.bincount(t * num_classes + p, minlength=num_classes**2).view(num_classes, num_classes)
+    return torch.bincount(t * num_classes + p, minlength=num_classes**2).view(
+        num_classes, num_classes
+    )
 
 
 def segmentation_table(confusion: Tensor, class_names: Sequence[str]) -> list[dict[str, Any]]:
@@ -256,8 +300,14 @@ def segmentation_table(confusion: Tensor, class_names: Sequence[str]) -> list[di
             ious.append(iou)
             dices.append(dice)
         rows.append({"class": name, "iou": iou, "dice": dice, "pixels": int(cm[c].sum())})
-    rows.append({"class": "mean", "iou": float(np.mean(ious)) if ious else None,
-                 "dice": float(np.mean(dices)) if dices else None, "pixels": int(cm.sum())})
+    rows.append(
+        {
+            "class": "mean",
+            "iou": float(np.mean(ious)) if ious else None,
+            "dice": float(np.mean(dices)) if dices else None,
+            "pixels": int(cm.sum()),
+        }
+    )
     return rows
 
 
@@ -289,22 +339,35 @@ def plot_segmentation_grid(
 
     func = "plot_segmentation_grid"
     names = _check_names(func, class_names)
-    if images.dim() != 4 or targets.shape != preds.shape or targets.shape != (images.shape[0], *images.shape[2:]):
-        fail(func, f"images must be (N, 3, H, W) and targets/preds (N, H, W); got {tuple(images.shape)}, "
-                   f"{tuple(targets.shape)}, {tuple(preds.shape)}")
+    if (
+        images.dim() != 4
+        or targets.shape != preds.shape
+        or targets.shape != (images.shape[0], *images.shape[2:])
+    ):
+        fail(
+            func,
+            f"images must be (N, 3, H, W) and targets/preds (N, H, W); got {tuple(images.shape)}, "
+            f"{tuple(targets.shape)}, {tuple(preds.shape)}",
+        )
     colours = _palette(len(names))
     n = images.shape[0]
     fig = Figure(figsize=(9, 3 * n), layout="constrained")
     axes = fig.subplots(n, 3, squeeze=False)
     for r in range(n):
         base = _to_display(images[r], mean, std)
-        for c, (title, ids) in enumerate([("image", None), ("target", targets[r]), ("prediction", preds[r])]):
+        for c, (title, ids) in enumerate(
+            [("image", None), ("target", targets[r]), ("prediction", preds[r])]
+        ):
             ax = axes[r, c]
             ax.axis("off")
             shown = base
             if ids is not None:
                 m = ids.cpu().long().numpy()
-                valid = (m >= 0) & (m < len(names)) if ignore_index is None else (m != ignore_index) & (m < len(names))
+                valid = (
+                    (m >= 0) & (m < len(names))
+                    if ignore_index is None
+                    else (m != ignore_index) & (m < len(names))
+                )
                 overlay = base.copy()
                 overlay[valid] = (1 - alpha) * base[valid] + alpha * colours[m[valid]]
                 shown = overlay

@@ -143,7 +143,9 @@ def init_from_env(device: torch.device, *, timeout_s: float | None = None) -> Di
             )
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         torch.cuda.set_device(local)
-    kwargs: dict[str, object] = {"device_id": torch.device("cuda", local)} if backend == "nccl" else {}
+    kwargs: dict[str, object] = (
+        {"device_id": torch.device("cuda", local)} if backend == "nccl" else {}
+    )
     store = _restart_store(rank, world, datetime.timedelta(seconds=timeout))
     if store is not None:
         kwargs["store"] = store

@@ -32,8 +32,14 @@ from strop._checks import check_positive, fail
 __all__ = ["ModelEMA", "ema_decay"]
 
 
-def ema_decay(update: int, decay: float, *, warmup: bool = True, warmup_gamma: float = 1.0,
-              warmup_power: float = 2 / 3) -> float:
+def ema_decay(
+    update: int,
+    decay: float,
+    *,
+    warmup: bool = True,
+    warmup_gamma: float = 1.0,
+    warmup_power: float = 2 / 3,
+) -> float:
     """The decay ``d_k`` of update ``k = update`` (1-based; ``d_1 = 0``: the first update copies)."""
     if update <= 1:
         return 0.0
@@ -57,8 +63,15 @@ class ModelEMA:
     an EMA built from the same architecture restores it exactly.
     """
 
-    def __init__(self, model: nn.Module, *, decay: float = 0.999, warmup: bool = True,
-                 warmup_gamma: float = 1.0, warmup_power: float = 2 / 3) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        decay: float = 0.999,
+        warmup: bool = True,
+        warmup_gamma: float = 1.0,
+        warmup_power: float = 2 / 3,
+    ) -> None:
         func = "ModelEMA"
         if not isinstance(model, nn.Module):
             fail(func, f"model must be an nn.Module; got {type(model).__name__}", exc=TypeError)
@@ -82,8 +95,13 @@ class ModelEMA:
 
     def current_decay(self) -> float:
         """The decay the next ``update`` will use."""
-        return ema_decay(self.updates + 1, self.decay, warmup=self.warmup,
-                         warmup_gamma=self.warmup_gamma, warmup_power=self.warmup_power)
+        return ema_decay(
+            self.updates + 1,
+            self.decay,
+            warmup=self.warmup,
+            warmup_gamma=self.warmup_gamma,
+            warmup_power=self.warmup_power,
+        )
 
     def _average(self, ema: list[Tensor], current: list[Tensor], _n: Any) -> None:
         # AveragedModel groups tensors by device and dtype, so a list is all float or all int
@@ -100,13 +118,19 @@ class ModelEMA:
         self.updates += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"averaged": self.averaged.state_dict(), "updates": self.updates,
-                "decay": self.decay, "warmup": self.warmup}
+        return {
+            "averaged": self.averaged.state_dict(),
+            "updates": self.updates,
+            "decay": self.decay,
+            "warmup": self.warmup,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.averaged.load_state_dict(state["averaged"])
         self.updates = int(state["updates"])
 
     def __repr__(self) -> str:
-        return (f"ModelEMA(decay={self.decay}, warmup={self.warmup}, "
-                f"warmup_power={self.warmup_power:.4g}, updates={self.updates})")
+        return (
+            f"ModelEMA(decay={self.decay}, warmup={self.warmup}, "
+            f"warmup_power={self.warmup_power:.4g}, updates={self.updates})"
+        )

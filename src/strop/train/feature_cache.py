@@ -34,7 +34,12 @@ class TensorBatches:
     """
 
     def __init__(
-        self, dataset: TensorDataset, *, batch_size: int, sampler: Any = None, drop_last: bool = False
+        self,
+        dataset: TensorDataset,
+        *,
+        batch_size: int,
+        sampler: Any = None,
+        drop_last: bool = False,
     ):
         self.tensors = dataset.tensors
         self.batch_size = batch_size

@@ -64,13 +64,27 @@ SHARDS_PREFIX = "last-shards-"
 _REFUSED = (
     ("ema", lambda c: c.ema is not None, "the EMA copy would be a sharded module"),
     ("swa", lambda c: c.swa is not None, "the SWA copy would be a sharded module"),
-    ("compile", lambda c: c.compile is not False, "torch.compile of an FSDP2 module is not tested here"),
-    ("gradual_unfreeze", lambda c: c.gradual_unfreeze is not None,
-     "it adds optimizer param groups of sharded parameters mid-run"),
-    ("sync_batchnorm", lambda c: c.sync_batchnorm, "SyncBatchNorm under fully_shard is not tested here"),
+    (
+        "compile",
+        lambda c: c.compile is not False,
+        "torch.compile of an FSDP2 module is not tested here",
+    ),
+    (
+        "gradual_unfreeze",
+        lambda c: c.gradual_unfreeze is not None,
+        "it adds optimizer param groups of sharded parameters mid-run",
+    ),
+    (
+        "sync_batchnorm",
+        lambda c: c.sync_batchnorm,
+        "SyncBatchNorm under fully_shard is not tested here",
+    ),
     ("task", lambda c: c.task == "detection", "detection models are not tested under fully_shard"),
-    ("precision", lambda c: c.precision == "fp16",
-     "fp16's GradScaler would need FSDP's sharded scaler; use bf16 or fp32"),
+    (
+        "precision",
+        lambda c: c.precision == "fp16",
+        "fp16's GradScaler would need FSDP's sharded scaler; use bf16 or fp32",
+    ),
 )
 
 
@@ -80,8 +94,11 @@ def check_fsdp_config(config: Any) -> None:
         return
     for key, bad, why in _REFUSED:
         if bad(config):
-            fail("config", f"{key}={getattr(config, key)!r} does not go with strategy: fsdp ({why})",
-                 hint="use strategy: ddp for this run")
+            fail(
+                "config",
+                f"{key}={getattr(config, key)!r} does not go with strategy: fsdp ({why})",
+                hint="use strategy: ddp for this run",
+            )
 
 
 def shard_model(model: nn.Module, *, min_params: int = MIN_SHARD_PARAMS) -> nn.Module:
@@ -113,8 +130,14 @@ def rebind_optimizer(
     # DTensor has no sharding rule for the fused kernels (aten._fused_sgd_ raised
     # NotImplementedError, torch 2.14): the same maths with the multi-tensor (foreach) kernels
     no_fused = {"fused": False, "foreach": True} if optimizer.defaults.get("fused") else {}
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, **no_fused,
-               "params": [new[names[id(p)]] for p in g["params"]]} for g in optimizer.param_groups]
+    groups = [
+        {
+            **{k: v for k, v in g.items() if k != "params"},
+            **no_fused,
+            "params": [new[names[id(p)]] for p in g["params"]],
+        }
+        for g in optimizer.param_groups
+    ]
     return type(optimizer)(groups, **{**optimizer.defaults, **no_fused})
 
 
@@ -150,8 +173,13 @@ def _broadcast(value: Any) -> Any:
 
 
 def save_sharded(
-    model: nn.Module, optimizer: torch.optim.Optimizer, payload: dict[str, Any], last: Path,
-    *, rank: int, full_model: bool = False,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    payload: dict[str, Any],
+    last: Path,
+    *,
+    rank: int,
+    full_model: bool = False,
 ) -> Path:
     """Every rank writes its shards of ``model`` + ``optimizer``; rank 0 then points ``last``
     (with ``payload``: everything else) at them. See the module doc for why it is atomic.
@@ -161,8 +189,11 @@ def save_sharded(
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     folder = last.parent
-    name = _broadcast(f"{SHARDS_PREFIX}{payload['state']['step']:08d}-{secrets.token_hex(4)}"
-                      if rank == 0 else None)
+    name = _broadcast(
+        f"{SHARDS_PREFIX}{payload['state']['step']:08d}-{secrets.token_hex(4)}"
+        if rank == 0
+        else None
+    )
     tmp = folder / f"{name}.tmp"
     failure: list[Any] = [None]
     if rank == 0:
@@ -173,16 +204,20 @@ def save_sharded(
             failure = [f"{type(exc).__name__}: {exc}"]
     failure = _broadcast(failure)  # every rank stops together, nobody waits in dcp.save
     if failure[0] is not None:
-        raise CheckpointError(f"could not write checkpoint {last}: {failure[0]}; the previous "
-                              "checkpoint there (if any) is kept")
+        raise CheckpointError(
+            f"could not write checkpoint {last}: {failure[0]}; the previous "
+            "checkpoint there (if any) is kept"
+        )
     msd, osd = get_state_dict(model, optimizer)
     try:
         dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=tmp)
     except Exception as exc:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write the shards of checkpoint {last} to {tmp}: "
-                              f"{exc}; the previous checkpoint there (if any) is kept") from exc
+        raise CheckpointError(
+            f"could not write the shards of checkpoint {last} to {tmp}: "
+            f"{exc}; the previous checkpoint there (if any) is kept"
+        ) from exc
     full = full_model_state(model) if full_model else None
     if rank == 0:
         _point_last_at(folder, name, last, {**payload, **({} if full is None else {"model": full})})
@@ -209,8 +244,10 @@ def _point_last_at(folder: Path, name: str, last: Path, payload: dict[str, Any])
         _fsync_folder(folder)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write checkpoint {last}: {exc.strerror or exc}; the "
-                              "previous checkpoint there (if any) is kept") from exc
+        raise CheckpointError(
+            f"could not write checkpoint {last}: {exc.strerror or exc}; the "
+            "previous checkpoint there (if any) is kept"
+        ) from exc
     world = dist.get_world_size() if dist.is_initialized() else 1
     try:
         save_checkpoint({**payload, "sharded": {"folder": name, "world_size": world}}, last)
@@ -243,8 +280,9 @@ def load_sharded(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(target, checkpoint_id=folder, no_dist=not dist.is_initialized())
-    set_state_dict(model, optimizer, model_state_dict=target["model"],
-                   optim_state_dict=target["optimizer"])
+    set_state_dict(
+        model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"]
+    )
 
 
 def require_full_model(checkpoint: dict[str, Any], path: Path | str) -> dict[str, torch.Tensor]:
@@ -263,4 +301,3 @@ def require_full_model(checkpoint: dict[str, Any], path: Path | str) -> dict[str
 def stateful_rest(objects: dict[str, Any]) -> dict[str, Any]:
     """``objects`` without the model and optimizer (DCP saves those)."""
     return {k: v for k, v in objects.items() if k not in ("model", "optimizer")}
-

@@ -15,7 +15,14 @@ from strop.train.fsdp import require_full_model
 from strop.train.setup import build_parts, load_datasets, resolve_device, val_batch_size
 from strop.train.tasks import build_task
 
-__all__ = ["checkpoint_path", "evaluate_run", "export_weights", "load_run_model", "lr_find_config", "predict_images"]
+__all__ = [
+    "checkpoint_path",
+    "evaluate_run",
+    "export_weights",
+    "load_run_model",
+    "lr_find_config",
+    "predict_images",
+]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -90,7 +97,9 @@ def evaluate_run(
     metrics = evaluate(model, loss_fn, loader, task=task, precision=precision, device=device)
     if tta:
         tta_model = TTAModel(model, **tta_views(config, task))
-        with_tta = evaluate(tta_model, loss_fn, loader, task=task, precision=precision, device=device)
+        with_tta = evaluate(
+            tta_model, loss_fn, loader, task=task, precision=precision, device=device
+        )
         for key, value in with_tta.items():
             metrics[f"{key}_tta"] = value
             metrics[f"{key}_tta_gain"] = value - metrics[key]
@@ -98,13 +107,26 @@ def evaluate_run(
         from strop.precision import MixedPrecision
         from strop.train.review import write_diagnostics
 
-        write_diagnostics(model, val_ds, task, classes, diagnostics, device=device,
-                          batch_size=val_batch_size(config), amp=MixedPrecision(precision))
+        write_diagnostics(
+            model,
+            val_ds,
+            task,
+            classes,
+            diagnostics,
+            device=device,
+            batch_size=val_batch_size(config),
+            amp=MixedPrecision(precision),
+        )
     return metrics
 
 
 def _loader(
-    config: Config, dataset: Any, device: torch.device, *, shuffle: bool, batch_size: int | None = None
+    config: Config,
+    dataset: Any,
+    device: torch.device,
+    *,
+    shuffle: bool,
+    batch_size: int | None = None,
 ) -> Any:
     from strop.data import make_loader
 
@@ -146,7 +168,9 @@ def predict_images(
     for path in expand_images(list(images)):
         x = load_image_tensor(path, image_size=config.data.image_size)
         if tta:
-            probs = tta_predict(model, x[None], **tta_views(config, build_task(config.task, len(classes))))[0]
+            probs = tta_predict(
+                model, x[None], **tta_views(config, build_task(config.task, len(classes)))
+            )[0]
         else:
             probs = torch.softmax(model(x[None]).float(), dim=1)[0]
         p, i = probs.max(0)

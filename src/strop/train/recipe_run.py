@@ -58,8 +58,11 @@ def loss_spec(config: Any, train_ds: Any = None) -> Any:
     if not uses_auto_class_weights(spec):
         return spec
     if train_ds is None:
-        fail("config", "loss weight: auto needs the training data to count the classes",
-             hint="build the loss with the training dataset (strop.train.setup.build_parts)")
+        fail(
+            "config",
+            "loss weight: auto needs the training data to count the classes",
+            hint="build the loss with the training dataset (strop.train.setup.build_parts)",
+        )
     return resolve_auto_class_weights(spec, class_weights(_counts(config, train_ds)).tolist())
 
 
@@ -110,7 +113,11 @@ class AveragedWeights:
         return repr(self.ema)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.ema.state_dict(), "best_metric": self.best_metric, "best_epoch": self.best_epoch}
+        return {
+            **self.ema.state_dict(),
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ema.load_state_dict(state)
@@ -146,20 +153,38 @@ def attach(run: Any, log: Callable[[str], None]) -> None:
     config = run.config
     if config.ema is not None:
         e = config.ema
-        run.ema = AveragedWeights(ModelEMA(run.model, decay=e.decay, warmup=e.warmup,
-                                           warmup_gamma=e.warmup_gamma, warmup_power=e.warmup_power))
+        run.ema = AveragedWeights(
+            ModelEMA(
+                run.model,
+                decay=e.decay,
+                warmup=e.warmup,
+                warmup_gamma=e.warmup_gamma,
+                warmup_power=e.warmup_power,
+            )
+        )
     if config.swa is not None:
         s = config.swa
-        run.swa = SWA(run.model, run.optimizer, start_epoch=s.start_epoch, lr=s.lr,
-                      anneal_epochs=s.anneal_epochs, anneal_strategy=s.anneal_strategy)
+        run.swa = SWA(
+            run.model,
+            run.optimizer,
+            start_epoch=s.start_epoch,
+            lr=s.lr,
+            anneal_epochs=s.anneal_epochs,
+            anneal_strategy=s.anneal_strategy,
+        )
         if run.schedule is not None:
             run.schedule = SWAGate(run.schedule, run.swa)
     if config.mixup is not None:
         m = config.mixup
         # each rank mixes its own shard with its own stream
-        run.mixer = BatchMix(run.num_classes, mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha,
-                             prob=m.prob, switch_prob=m.switch_prob,
-                             seed=config.seed * 1_000_003 + 7919 * run.ctx.rank)
+        run.mixer = BatchMix(
+            run.num_classes,
+            mixup_alpha=m.mixup_alpha,
+            cutmix_alpha=m.cutmix_alpha,
+            prob=m.prob,
+            switch_prob=m.switch_prob,
+            seed=config.seed * 1_000_003 + 7919 * run.ctx.rank,
+        )
         run.choices["train_accuracy"] = "against the argmax of the mixed (soft) targets"
     options = getattr(run.loss_fn, "options", {})
     if uses_auto_class_weights(config.loss) and options.get("weight") is not None:
@@ -202,18 +227,28 @@ def _validate(run: Any, model: torch.nn.Module, suffix: str) -> dict[str, float]
     from strop.train.loop import evaluate
 
     ctx = run.ctx
-    logs = evaluate(model, run.loss_fn, run.val_loader, task=run.task, precision=run.amp,
-                    device=run.device, memory_format=run.memory_format,
-                    reduce=functools.partial(all_reduce_sum, ctx=ctx) if ctx.enabled else None)
+    logs = evaluate(
+        model,
+        run.loss_fn,
+        run.val_loader,
+        task=run.task,
+        precision=run.amp,
+        device=run.device,
+        memory_format=run.memory_format,
+        reduce=functools.partial(all_reduce_sum, ctx=ctx) if ctx.enabled else None,
+    )
     return {f"{k}_{suffix}": v for k, v in logs.items()}
 
 
-def _save_weights(run: Any, model: torch.nn.Module, path: Any, epoch: int, logs: dict[str, float]) -> None:
+def _save_weights(
+    run: Any, model: torch.nn.Module, path: Any, epoch: int, logs: dict[str, float]
+) -> None:
     from strop.train.checkpoint import save_checkpoint
 
     if run.ctx.is_main:
-        save_checkpoint({"model": model.state_dict(), **run.metadata(), "epoch": epoch,
-                         "metrics": logs}, path)
+        save_checkpoint(
+            {"model": model.state_dict(), **run.metadata(), "epoch": epoch, "metrics": logs}, path
+        )
 
 
 def after_validation(run: Any, state: Any) -> dict[str, float]:
@@ -230,8 +265,13 @@ def after_validation(run: Any, state: Any) -> dict[str, float]:
     value = logs.get(f"{config.monitor_metric}_ema")
     if is_better(value, run.ema.best_metric, config.monitor_direction):
         run.ema.best_metric, run.ema.best_epoch = float(value), state.epoch + 1
-        _save_weights(run, run.ema.module, run.paths.root / "checkpoints" / "best_ema.pt",
-                      state.epoch + 1, logs)
+        _save_weights(
+            run,
+            run.ema.module,
+            run.paths.root / "checkpoints" / "best_ema.pt",
+            state.epoch + 1,
+            logs,
+        )
     return logs
 
 
@@ -259,9 +299,12 @@ def _choose_weights(run: Any, state: Any, swa_metric: float | None) -> dict[str,
     for cand in candidates[1:]:
         if is_better(cand[2], chosen[2], config.monitor_direction):
             chosen = cand
-    return {"used": chosen[0], "checkpoint": f"checkpoints/{chosen[1]}.pt",
-            "monitor": config.monitor_metric,
-            "candidates": {c[0]: {"metric": c[2], "epoch": c[3]} for c in candidates}}
+    return {
+        "used": chosen[0],
+        "checkpoint": f"checkpoints/{chosen[1]}.pt",
+        "monitor": config.monitor_metric,
+        "candidates": {c[0]: {"metric": c[2], "epoch": c[3]} for c in candidates},
+    }
 
 
 def finish(run: Any, state: Any, log: Callable[[str], None]) -> None:
@@ -277,19 +320,34 @@ def finish(run: Any, state: Any, log: Callable[[str], None]) -> None:
     run.choices["weights"] = weights
     run.paths.choices.write_text(json.dumps(run.choices, indent=2))
     if len(weights["candidates"]) > 1:
-        parts = ", ".join(f"{k} {v['metric']:.4f}" for k, v in weights["candidates"].items()
-                          if v["metric"] is not None)
-        log(f"weights: {weights['used']} ({weights['monitor']}: {parts}) -> {weights['checkpoint']}")
-    if run.val_images is None or run.config.task == "detection":  # detection: `strop eval` has the COCO table
+        parts = ", ".join(
+            f"{k} {v['metric']:.4f}"
+            for k, v in weights["candidates"].items()
+            if v["metric"] is not None
+        )
+        log(
+            f"weights: {weights['used']} ({weights['monitor']}: {parts}) -> {weights['checkpoint']}"
+        )
+    if (
+        run.val_images is None or run.config.task == "detection"
+    ):  # detection: `strop eval` has the COCO table
         return
     from strop.train.checkpoint import load_checkpoint
     from strop.train.review import write_diagnostics
     from strop.train.setup import val_batch_size
 
     model = copy.deepcopy(run.model)
-    model.load_state_dict(load_checkpoint(run.paths.root / weights["checkpoint"],
-                                          map_location=run.device)["model"])
-    files = write_diagnostics(model, run.val_images, run.task, run.classes,
-                              run.paths.root / "diagnostics", device=run.device,
-                              batch_size=val_batch_size(run.config), amp=run.amp)
+    model.load_state_dict(
+        load_checkpoint(run.paths.root / weights["checkpoint"], map_location=run.device)["model"]
+    )
+    files = write_diagnostics(
+        model,
+        run.val_images,
+        run.task,
+        run.classes,
+        run.paths.root / "diagnostics",
+        device=run.device,
+        batch_size=val_batch_size(run.config),
+        amp=run.amp,
+    )
     log("diagnostics: " + ", ".join(str(f) for f in files))

@@ -56,7 +56,9 @@ def apply_recipe(config: Mapping[str, Any]) -> dict[str, Any]:
     Apply it before validation, after ``--set`` overrides.
     """
     if not isinstance(config, Mapping):
-        fail("apply_recipe", f"config must be a mapping; got {type(config).__name__}", exc=TypeError)
+        fail(
+            "apply_recipe", f"config must be a mapping; got {type(config).__name__}", exc=TypeError
+        )
     name = config.get("recipe")
     if name is None:
         return copy.deepcopy(dict(config))

@@ -25,7 +25,12 @@ __all__ = ["collect_outputs", "write_diagnostics"]
 
 @torch.no_grad()
 def collect_outputs(
-    model: nn.Module, dataset: Any, *, device: torch.device, batch_size: int, amp: Any = None,
+    model: nn.Module,
+    dataset: Any,
+    *,
+    device: torch.device,
+    batch_size: int,
+    amp: Any = None,
     keep_images: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(outputs, targets, images)`` of ``model`` (eval mode) over ``dataset`` in order, on the
@@ -54,15 +59,25 @@ def collect_outputs(
 
 
 def write_diagnostics(
-    model: nn.Module, dataset: Any, task: Any, classes: list[str] | None, out_dir: str | Path, *,
-    device: torch.device, batch_size: int = 32, amp: Any = None, k: int = 9,
+    model: nn.Module,
+    dataset: Any,
+    task: Any,
+    classes: list[str] | None,
+    out_dir: str | Path,
+    *,
+    device: torch.device,
+    batch_size: int = 32,
+    amp: Any = None,
+    k: int = 9,
 ) -> list[Path]:
     """Write the task's diagnostics (module docstring) to ``out_dir``; returns the files."""
     out = Path(out_dir)
     # the datasets' normalisation, to show the images; a plain TensorDataset has none (ImageNet's)
     stats = {k: getattr(dataset, k) for k in ("mean", "std") if hasattr(dataset, k)}
     if task.name == "classification":
-        logits, y, images = collect_outputs(model, dataset, device=device, batch_size=batch_size, amp=amp)
+        logits, y, images = collect_outputs(
+            model, dataset, device=device, batch_size=batch_size, amp=amp
+        )
         names = classes or [str(i) for i in range(task.num_classes)]
         pred = logits.argmax(1)
         dg.plot_confusion_matrix(y, pred, names, out / "confusion_matrix.png")
@@ -70,16 +85,22 @@ def write_diagnostics(
         dg.plot_top_losses(images, logits, y, names, out / "top_losses.png", k=k, **stats)
         files = [out / "confusion_matrix.png", out / "top_losses.png"]
     else:
-        logits, y, images = collect_outputs(model, dataset, device=device, batch_size=batch_size,
-                                            amp=amp, keep_images=4)
+        logits, y, images = collect_outputs(
+            model, dataset, device=device, batch_size=batch_size, amp=amp, keep_images=4
+        )
         n = task.num_classes
         pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
         ignore = getattr(dataset, "ignore_index", None)
         names = [str(i) for i in range(n)]
         rows = dg.segmentation_table(dg.pixel_confusion(pred, y, n, ignore_index=ignore), names)
         m = min(4, len(images))
-        dg.plot_segmentation_grid(images[:m], y[:m], pred[:m], names, out / "overlays.png",
-                                  ignore_index=ignore, **stats)
+        dg.plot_segmentation_grid(
+            images[:m], y[:m], pred[:m], names, out / "overlays.png", ignore_index=ignore, **stats
+        )
         files = [out / "overlays.png"]
-    files = [dg.write_table(rows, out / "per_class.csv"), dg.write_table(rows, out / "per_class.md"), *files]
+    files = [
+        dg.write_table(rows, out / "per_class.csv"),
+        dg.write_table(rows, out / "per_class.md"),
+        *files,
+    ]
     return files

@@ -100,7 +100,9 @@ def _candidates(base: Path) -> list[Path]:
     if base.parent.is_dir():
         pattern = re.compile(re.escape(base.name) + r"-(\d+)$")
         numbers = sorted(
-            int(m.group(1)) for p in base.parent.iterdir() if (m := pattern.match(p.name)) and p.is_dir()
+            int(m.group(1))
+            for p in base.parent.iterdir()
+            if (m := pattern.match(p.name)) and p.is_dir()
         )
         found += [_numbered(base, n) for n in numbers if n >= 2]
     return found
@@ -157,8 +159,12 @@ def claim_run_dir(output: str | Path, *, resume: bool = False, exist_ok: bool = 
     if restarts > 0 and run_id is not None and not resume:
         for folder in _candidates(base):
             if _read_lock_info(folder).get("run_id") == run_id:
-                return RunClaim(folder, f"restarted by torchrun (attempt {restarts + 1}): continuing {folder}",
-                                True, _lock(folder, run_id))
+                return RunClaim(
+                    folder,
+                    f"restarted by torchrun (attempt {restarts + 1}): continuing {folder}",
+                    True,
+                    _lock(folder, run_id),
+                )
     if resume or exist_ok or not holds_run(base):
         base.mkdir(parents=True, exist_ok=True)
         return RunClaim(base, None, False, _lock(base, run_id))
@@ -170,6 +176,8 @@ def claim_run_dir(output: str | Path, *, resume: bool = False, exist_ok: bool = 
         except FileExistsError:
             n += 1
             continue
-        note = (f"{base} already holds a run: this run writes to {folder} "
-                "(use --exist-ok to reuse the folder, --resume to continue it)")
+        note = (
+            f"{base} already holds a run: this run writes to {folder} "
+            "(use --exist-ok to reuse the folder, --resume to continue it)"
+        )
         return RunClaim(folder, note, False, _lock(folder, run_id))

@@ -251,7 +251,11 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
         weight_decay=o.weight_decay,
     )
     return optim.build_optimizer(
-        o.name, groups, lr=lr, weight_decay=o.weight_decay, implementation=o.implementation,
+        o.name,
+        groups,
+        lr=lr,
+        weight_decay=o.weight_decay,
+        implementation=o.implementation,
         **o.options(),
     )
 
@@ -415,7 +419,10 @@ def _training_module(
         log(f"feature cache: not used — {why}")
     names = fsdp.param_names(run.model)
     run.module = wrap_model(
-        run.model, run.ctx, device=run.device, sync_batchnorm=config.sync_batchnorm,
+        run.model,
+        run.ctx,
+        device=run.device,
+        sync_batchnorm=config.sync_batchnorm,
         strategy=config.strategy,
     )
     if run.sharded:
@@ -425,8 +432,14 @@ def _training_module(
         run.schedule = build_schedule(config, run.optimizer, run.steps_per_epoch)
     choices["strategy"] = "fsdp" if run.sharded else "ddp" if run.ctx.enabled else "none"
     if config.strategy == "fsdp":
-        log("strategy: fsdp — " + ("model sharded over the processes (FSDP2 fully_shard)"
-                                   if run.sharded else "one process, nothing to shard: plain model"))
+        log(
+            "strategy: fsdp — "
+            + (
+                "model sharded over the processes (FSDP2 fully_shard)"
+                if run.sharded
+                else "one process, nothing to shard: plain model"
+            )
+        )
     if run.sharded and run.val_images is not None:
         run.val_images = None  # diagnostics would run the sharded model on rank 0 alone
         log("diagnostics: not written during fsdp runs; `strop eval RUN_DIR` writes them")
@@ -467,11 +480,15 @@ def _loaders(run: Run, train_ds: Any, val_ds: Any, batch: int) -> None:
         )
     if run.choices["feature_cache"]:
         # cached tensors: sliced batches, no per-item indexing or collation
-        run.loader = TensorBatches(train_ds, batch_size=batch, sampler=run.sampler, drop_last=drop_last)
+        run.loader = TensorBatches(
+            train_ds, batch_size=batch, sampler=run.sampler, drop_last=drop_last
+        )
         run.val_loader = TensorBatches(val_ds, batch_size=val_batch, sampler=val_sampler)
         return
     common = dict(
-        shuffle=False, seed=config.seed, num_workers=config.data.num_workers,
+        shuffle=False,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
         collate_fn=run.task.collate_fn,
     )
     run.loader = make_loader(

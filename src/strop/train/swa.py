@@ -44,9 +44,16 @@ class SWA:
         anneal_strategy: ``"cos"`` or ``"linear"``.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, start_epoch: int,
-                 lr: float | Sequence[float], anneal_epochs: int = 0,
-                 anneal_strategy: str = "cos") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        start_epoch: int,
+        lr: float | Sequence[float],
+        anneal_epochs: int = 0,
+        anneal_strategy: str = "cos",
+    ) -> None:
         func = "SWA"
         check_positive(func, "start_epoch", start_epoch, allow_zero=True, integer=True)
         check_positive(func, "anneal_epochs", anneal_epochs, allow_zero=True, integer=True)
@@ -55,8 +62,11 @@ class SWA:
         for value in lrs:
             check_positive(func, "lr", value)
         if len(lrs) not in (1, len(optimizer.param_groups)):
-            fail(func, f"lr must be one number or one per param group ({len(optimizer.param_groups)}); "
-                       f"got {len(lrs)}")
+            fail(
+                func,
+                f"lr must be one number or one per param group ({len(optimizer.param_groups)}); "
+                f"got {len(lrs)}",
+            )
         self.start_epoch, self.lr = start_epoch, lr
         self.anneal_epochs, self.anneal_strategy = anneal_epochs, anneal_strategy
         self.optimizer = optimizer
@@ -78,8 +88,12 @@ class SWA:
         return epoch >= self.start_epoch
 
     def _make_scheduler(self) -> SWALR:
-        return SWALR(self.optimizer, swa_lr=self.lr, anneal_epochs=self.anneal_epochs,  # type: ignore[arg-type]
-                     anneal_strategy=self.anneal_strategy)  # type: ignore[arg-type]
+        return SWALR(
+            self.optimizer,
+            swa_lr=self.lr,
+            anneal_epochs=self.anneal_epochs,  # type: ignore[arg-type]
+            anneal_strategy=self.anneal_strategy,
+        )  # type: ignore[arg-type]
 
     def on_epoch_start(self, epoch: int) -> None:
         """At the first SWA epoch, hand the LR to ``SWALR``."""
@@ -91,7 +105,10 @@ class SWA:
         if not self.active(epoch):
             return
         if self.scheduler is None:
-            fail("SWA.on_epoch_end", f"epoch {epoch} is an SWA epoch but on_epoch_start was not called")
+            fail(
+                "SWA.on_epoch_end",
+                f"epoch {epoch} is an SWA epoch but on_epoch_start was not called",
+            )
         self.averaged.update_parameters(model)
         self.scheduler.step()
 
@@ -99,13 +116,18 @@ class SWA:
     def finalize(self, loader: Iterable[Any], device: torch.device | str | None = None) -> None:
         """Recompute the averaged model's BatchNorm statistics over ``loader`` (``update_bn``)."""
         if self.n_averaged == 0:
-            fail("SWA.finalize", f"nothing was averaged (start_epoch={self.start_epoch})",
-                 hint="start_epoch must be smaller than the number of epochs")
+            fail(
+                "SWA.finalize",
+                f"nothing was averaged (start_epoch={self.start_epoch})",
+                hint="start_epoch must be smaller than the number of epochs",
+            )
         update_bn(loader, self.averaged, device=device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"averaged": self.averaged.state_dict(),
-                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
+        return {
+            "averaged": self.averaged.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.averaged.load_state_dict(state["averaged"])

@@ -167,9 +167,15 @@ def claim_folder(
     if restarted:
         has_last = RunDir(Path(folder)).last.is_file()
         resume = resume or has_last
-        log(f"restarted by torchrun (TORCHELASTIC_RESTART_COUNT={elastic_restart()[1]}): "
-            + ("resuming from checkpoints/last.pt" if has_last else "no checkpoint yet, starting again")
-            + f" in {folder}")
+        log(
+            f"restarted by torchrun (TORCHELASTIC_RESTART_COUNT={elastic_restart()[1]}): "
+            + (
+                "resuming from checkpoints/last.pt"
+                if has_last
+                else "no checkpoint yet, starting again"
+            )
+            + f" in {folder}"
+        )
     if folder != config.output:
         config = config.model_copy(update={"output": folder})
     return claim, config, resume
@@ -250,7 +256,12 @@ def end_epoch(
         reduce=functools.partial(all_reduce_sum, ctx=ctx) if ctx.enabled else None,
     )
     val_logs.update(recipe_run.after_validation(run, state))  # EMA metrics; SWA averaging
-    logs = {**train_logs, **val_logs, "lr": current_lr(run.optimizer), "lr_min": lowest_lr(run.optimizer)}
+    logs = {
+        **train_logs,
+        **val_logs,
+        "lr": current_lr(run.optimizer),
+        "lr_min": lowest_lr(run.optimizer),
+    }
     if run.schedule is not None:
         run.schedule.on_epoch_end(logs.get(config.monitor_metric))
     logs["epoch_seconds"] = time.perf_counter() - t0
@@ -301,8 +312,14 @@ def save_last(run: Run, state: TrainState, *, full_model: bool = False) -> None:
     if run.sharded:
         payload = {**dump_state(fsdp.stateful_rest(run.stateful(state))), **run.metadata()}
         payload["state"]["epoch_sums"] = dict(sums)
-        fsdp.save_sharded(run.model, run.optimizer, payload, run.paths.last, rank=run.ctx.rank,
-                          full_model=full_model)
+        fsdp.save_sharded(
+            run.model,
+            run.optimizer,
+            payload,
+            run.paths.last,
+            rank=run.ctx.rank,
+            full_model=full_model,
+        )
     elif run.ctx.is_main:
         payload = {**dump_state(run.stateful(state)), **run.metadata()}
         payload["state"]["epoch_sums"] = dict(sums)
@@ -397,9 +414,11 @@ def _run_callbacks(run: Run) -> list[Any]:
     paths.config.write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
     paths.choices.write_text(json.dumps(run.choices, indent=2))
     # a combined loss ({dice: 1, bce: 1}) logs each part per step: loss_dice, loss_bce
-    names = run.task.metric_names() + [
-        f"loss_{name}" for name in getattr(run.loss_fn, "losses", {})
-    ] + recipe_run.extra_metric_names(run)
+    names = (
+        run.task.metric_names()
+        + [f"loss_{name}" for name in getattr(run.loss_fn, "losses", {})]
+        + recipe_run.extra_metric_names(run)
+    )
     out: list[Any] = [
         cb.CSVLogger(paths.metrics, names),
         cb.ProgressBar(run.config.epochs, run.batches_per_epoch, enabled=run.config.progress),
@@ -462,7 +481,9 @@ def _finite(run: Run) -> bool:
     if run.sharded:  # each rank checks its shards; all agree
         return fsdp.sharded_finite(run.model, functools.partial(all_reduce_sum, ctx=run.ctx))
     return all(
-        bool(torch.isfinite(t).all()) for t in run.model.state_dict().values() if t.is_floating_point()
+        bool(torch.isfinite(t).all())
+        for t in run.model.state_dict().values()
+        if t.is_floating_point()
     )
 
 

@@ -66,18 +66,33 @@ def tta_predict(
         fail(func, f"x must be a batch (N, C, H, W); got {getattr(x, 'shape', type(x).__name__)}")
     for f in flips:
         check_choice(func, "flips", f, tuple(FLIPS))
-    if not scales or any(isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0 for s in scales):
+    if not scales or any(
+        isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0 for s in scales
+    ):
         fail(func, f"scales must be positive numbers; got {list(scales)!r}")
     size = x.shape[-2:]
     dims = [None, *(FLIPS[f] for f in flips)]
     plain = _logits(model, x)
     if plain.dim() != 4 and any(s != 1 for s in scales):
-        fail(func, f"scales={list(scales)!r} need a dense (N, C, H, W) output; the model "
-                   f"returned {tuple(plain.shape)}", hint="multi-scale TTA is for segmentation")
+        fail(
+            func,
+            f"scales={list(scales)!r} need a dense (N, C, H, W) output; the model "
+            f"returned {tuple(plain.shape)}",
+            hint="multi-scale TTA is for segmentation",
+        )
     total: Tensor | None = None
     for scale in scales:
-        xs = x if scale == 1 else F.interpolate(x, scale_factor=float(scale), mode="bilinear",
-                                                align_corners=False, antialias=scale < 1)
+        xs = (
+            x
+            if scale == 1
+            else F.interpolate(
+                x,
+                scale_factor=float(scale),
+                mode="bilinear",
+                align_corners=False,
+                antialias=scale < 1,
+            )
+        )
         for dim in dims:
             if dim is None and scale == 1:
                 out = plain

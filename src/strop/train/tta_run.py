@@ -22,9 +22,12 @@ def tta_views(config: Any, task: Any) -> dict[str, Any]:
     """``tta_predict`` options for a run: a horizontal flip (classification), and flip + scales
     ``SEGMENTATION_SCALES`` (segmentation); sigmoid for a one-channel binary output."""
     if not config.data.hflip and task.name == "classification":
-        fail("--tta", "the run was trained with data.hflip: false (mirroring changes the class), "
-                      "so flip TTA would score images the model never learned",
-             hint="evaluate without --tta")
+        fail(
+            "--tta",
+            "the run was trained with data.hflip: false (mirroring changes the class), "
+            "so flip TTA would score images the model never learned",
+            hint="evaluate without --tta",
+        )
     flips = ("horizontal",) if config.data.hflip else ()
     scales = SEGMENTATION_SCALES if task.name == "segmentation" else (1.0,)
     activation = "sigmoid" if task.out_channels == 1 else "softmax"
