@@ -774,6 +774,7 @@ def plot_accuracy_vs_shots(s: Summary, path: Path) -> Path:
         title="Handwritten digits: accuracy vs labelled images",
     )
     ax.set_xticks(s.sizes, [str(x) for x in s.sizes])
+    ax.set_xticks([], minor=True)  # no "6x10^0" labels between the sizes
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(path, dpi=110)
