@@ -82,6 +82,7 @@ def test_auto_on_a_long_run_compiles_and_a_failing_compile_falls_back_unchanged(
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setattr(ac, "_probe", slow_probe)
+    monkeypatch.setattr(ac, "expected_speedup", lambda device: (1.15, "as on an AMX CPU"))
     monkeypatch.setattr(torch, "compile", broken_compiler)
     lines = []
     out = tmp_path / "auto"
@@ -134,3 +135,25 @@ def test_compile_true_compiles_at_once_and_times_it(
     choices = json.loads((out / "run.json").read_text())
     assert len(calls) == 1 and choices["compile"] is True
     assert choices["compile_numbers"]["compile_s"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("device", "flags", "speedup"),
+    [
+        ("cuda", frozenset(), ac.EXPECTED_SPEEDUP),
+        ("cpu", frozenset({"avx2", "avx512_bf16", "amx_bf16"}), ac.EXPECTED_SPEEDUP),
+        ("cpu", frozenset({"avx2", "avx512_bf16"}), 1.0),
+        ("cpu", frozenset({"avx2"}), 1.0),
+    ],
+)
+def test_the_speedup_prior_follows_the_device(monkeypatch, device, flags, speedup):
+    import strop.precision as precision
+
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
+    assert ac.expected_speedup(torch.device(device))[0] == speedup
+
+
+def test_auto_never_compiles_where_the_prior_is_no_speedup():
+    # a run of a million 1-second steps saves nothing at 1.0x: eager, whatever the length
+    d = ac.decide(1.0, 1_000_000, 30.0, speedup=1.0)
+    assert d.compile is False and d.numbers["estimated_saving_s"] == 0.0

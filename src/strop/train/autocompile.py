@@ -30,7 +30,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CompileDecision", "cache_dir", "decide", "estimate_compile_seconds", "maybe_compile"]
+__all__ = [
+    "CompileDecision",
+    "cache_dir",
+    "decide",
+    "estimate_compile_seconds",
+    "expected_speedup",
+    "maybe_compile",
+]
 
 COLD_SECONDS_PER_MODULE = 0.6
 WARM_FRACTION = 0.25
@@ -139,6 +146,19 @@ def _probe(run: Any, batch: Any, steps: int = PROBE_STEPS) -> float:
     return _restoring(run, timed)
 
 
+def expected_speedup(device: torch.device) -> tuple[float, str]:
+    """The prior ``auto`` uses on ``device``, and why: ``EXPECTED_SPEEDUP`` on CUDA and on CPUs
+    with AMX (where compiled bf16 steps were measured faster), 1.0 — never compile — on other
+    CPUs, where a compiled resnet18 step was measured no faster than eager (docs/config.md)."""
+    if device.type == "cuda":
+        return EXPECTED_SPEEDUP, "CUDA"
+    from strop.precision import cpu_flags
+
+    if "amx_bf16" in cpu_flags():
+        return EXPECTED_SPEEDUP, "CPU with AMX"
+    return 1.0, "CPU without AMX: compiled steps measured no faster than eager there"
+
+
 def maybe_compile(
     run: Any,
     log: Callable[[str], None],
@@ -160,7 +180,12 @@ def maybe_compile(
     if mode == "auto":
         eager = (probe or _probe)(run, batch)
         planned = run.config.epochs * run.batches_per_epoch  # forward+backward passes
-        decision = decide(eager, planned, estimate_compile_seconds(run.model, warm=warm))
+        speedup, basis = expected_speedup(run.device)
+        cost = estimate_compile_seconds(run.model, warm=warm)
+        decision = decide(eager, planned, cost, speedup=speedup)
+        decision.numbers["speedup_basis"] = basis
+        if speedup <= 1.0:
+            decision.reason += f" ({basis})"
     else:
         decision = CompileDecision(True, "compile: true", {})
     decision.numbers["cache_dir"], decision.numbers["cache_warm"] = str(folder), warm
