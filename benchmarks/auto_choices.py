@@ -24,13 +24,20 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import in_memory, load_average, machine, markdown_table, median, run_fit
+from common import (
+    StepCPUTimer,
+    in_memory,
+    load_average,
+    machine,
+    markdown_table,
+    median,
+    run_fit,
+)
 
 __all__ = ["Choice", "Outcome", "candidates", "main", "picked", "run", "summarize"]
 
@@ -153,23 +160,6 @@ def _config(choice: Choice, size: int, out: Path) -> dict[str, Any]:
     }
 
 
-class _CpuTimer:
-    """Main-thread CPU time per step (``time.thread_time``): with one torch thread, the whole
-    step's compute, and much less moved by other processes than wall time."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._last = 0.0
-
-    def on_epoch_start(self, state: Any) -> None:
-        self._last = time.thread_time()
-
-    def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:
-        now = time.thread_time()
-        self.times.append(now - self._last)
-        self._last = now
-
-
 def run(
     *,
     size: int = 64,
@@ -193,7 +183,7 @@ def run(
             k = r % len(outcomes)
             for o in outcomes[k:] + outcomes[:k]:
                 progress(f"  auto choices round {r + 1}/{rounds}: {o.choice.label}")
-                cpu = _CpuTimer()
+                cpu = StepCPUTimer()
                 result, times, _ = run_fit(
                     _config(o.choice, size, tmp / "run"), data=data, callbacks=[cpu]
                 )

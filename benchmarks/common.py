@@ -25,6 +25,7 @@ import torch
 from strop._interrupt import check_fit
 
 __all__ = [
+    "StepCPUTimer",
     "Timer",
     "digits_folder",
     "in_memory",
@@ -110,6 +111,24 @@ class Timer:
         now = time.perf_counter()
         if self._last is not None:
             self.times.append(now - self._last)
+        self._last = now
+
+
+class StepCPUTimer:
+    """A fit callback: main-thread CPU time per training batch (``time.thread_time``). With one
+    torch thread that is the whole step's compute, and much less moved by other processes than
+    wall time."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last = 0.0
+
+    def on_epoch_start(self, state: Any) -> None:
+        self._last = time.thread_time()
+
+    def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:
+        now = time.thread_time()
+        self.times.append(now - self._last)
         self._last = now
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import digits_folder, in_memory, median, run_fit
+from common import StepCPUTimer, digits_folder, in_memory, median, run_fit
 from training import BATCH, _loader, hand_setup, hand_step
 
 __all__ = ["main", "measure"]
@@ -48,25 +48,11 @@ def hand_steps(data: tuple[Any, Any, int], on_step: Any = None) -> list[float]:
     return times
 
 
-class _CPUTimer:
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self.last = 0.0
-
-    def on_epoch_start(self, state: Any) -> None:
-        self.last = time.thread_time()
-
-    def on_batch_end(self, state: Any, logs: dict[str, float]) -> None:
-        now = time.thread_time()
-        self.times.append(now - self.last)
-        self.last = now
-
-
 def strop_steps(
     data: tuple[Any, Any, int], size: int, out: Path, extra: Sequence[Any] = ()
 ) -> list[float]:
     """CPU seconds of each step of ``strop.train.fit`` (one epoch over ``data``)."""
-    timer = _CPUTimer()
+    timer = StepCPUTimer()
     run_fit(
         {
             "data": {
