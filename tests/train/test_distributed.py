@@ -363,14 +363,10 @@ def test_nan_loss_on_one_rank_makes_every_rank_skip_that_step_together(
     )  # the skip mattered
 
 
-@pytest.mark.slow
-def test_sigkill_of_one_rank_under_max_restarts_completes_unattended_with_equal_weights(
-    data_root, two_process, tmp_path
-):
-    run = tmp_path / "run"
-    cfg = _config(data_root, run, checkpoint_every_steps=1)
+def _launch_with_rank1_killed(cfg: dict[str, Any], tmp_path: Path, *, step: int) -> tuple[int, str]:
+    """``torchrun --max-restarts=1`` of 2 workers training ``cfg``; rank 1 SIGKILLs itself at
+    optimizer step ``step``. Returns ``(exit code, output)``; reports go to ``tmp_path/r.json.rank*``."""
     spec = tmp_path / "spec.json"
-    # rank 1 dies at step 4 (mid-epoch 2); last.pt holds step 3; torchrun restarts both workers once
     spec.write_text(
         json.dumps(
             [
@@ -379,7 +375,7 @@ def test_sigkill_of_one_rank_under_max_restarts_completes_unattended_with_equal_
                     "report": str(tmp_path / "r.json"),
                     "action": "sigkill_self",
                     "rank": 1,
-                    "step": 4,
+                    "step": step,
                 }
             ]
         )
@@ -395,6 +391,17 @@ def test_sigkill_of_one_rank_under_max_restarts_completes_unattended_with_equal_
         str(spec),
     ]
     rc, out, _ = _launch(cmd, timeout=2 * LAUNCH_TIMEOUT_S, env={"STROP_DIST_TIMEOUT": "60"})
+    return rc, out
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_rank_under_max_restarts_completes_unattended_with_equal_weights(
+    data_root, two_process, tmp_path
+):
+    run = tmp_path / "run"
+    cfg = _config(data_root, run, checkpoint_every_steps=1)
+    # rank 1 dies at step 4 (mid-epoch 2); last.pt holds step 3; torchrun restarts both workers once
+    rc, out = _launch_with_rank1_killed(cfg, tmp_path, step=4)
     assert rc == 0, out[-4000:]
     assert "failed (exitcode: -9) local_rank: 1" in out, out[-3000:]  # torchrun saw the SIGKILL
     assert (

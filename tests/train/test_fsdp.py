@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -253,31 +252,7 @@ def test_sigkill_under_max_restarts_resumes_fsdp_from_its_shards_with_equal_weig
 ):
     run = tmp_path / "run"
     cfg = td._config(launched["root"], run, **FSDP, checkpoint_every_steps=1)
-    spec = tmp_path / "spec.json"
-    spec.write_text(
-        json.dumps(
-            [
-                {
-                    "config": cfg,
-                    "report": str(tmp_path / "r.json"),
-                    "action": "sigkill_self",
-                    "rank": 1,
-                    "step": 4,
-                }
-            ]
-        )
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "--max-restarts=1",
-        str(Path(td.__file__)),
-        str(spec),
-    ]
-    rc, out, _ = td._launch(cmd, timeout=2 * td.LAUNCH_TIMEOUT_S, env={"STROP_DIST_TIMEOUT": "60"})
+    rc, out = td._launch_with_rank1_killed(cfg, tmp_path, step=4)
     assert rc == 0, out[-4000:]
     assert (
         "restarted by torchrun (TORCHELASTIC_RESTART_COUNT=1): resuming from checkpoints/last.pt"

@@ -30,7 +30,8 @@ class TensorBatches:
 
     A ``DataLoader`` would index the cached features one item at a time and collate them; for a
     head that trains in microseconds that bookkeeping is the whole cost of an epoch. The batches
-    are exactly the ones a ``DataLoader(dataset, batch_size, sampler=sampler)`` yields.
+    are exactly the ones a ``DataLoader(dataset, batch_size, sampler=sampler, drop_last=...)``
+    yields (``drop_last``: leave out a short last batch).
     """
 
     def __init__(
