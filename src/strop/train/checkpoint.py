@@ -27,6 +27,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "capture_rng",
+    "inline_frozen",
     "load_checkpoint",
     "restore_rng",
     "save_checkpoint",
@@ -212,3 +213,25 @@ def load_checkpoint(
     if "model_shared" in data:
         _merge_shared(data, path, map_location)
     return data
+
+
+def inline_frozen(path: str | Path) -> bool:
+    """Rewrite the checkpoint at ``path`` with its frozen tensors inside it, when it references a
+    ``frozen-<sha256>.pt`` file (``save_checkpoint(..., shared_model_keys=...)``); returns whether
+    it did. The result is self-contained: ``torch.load`` reads the whole model from it alone.
+    Atomic as :func:`save_checkpoint`; a missing file or one that holds every tensor is left as is."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:  # mmap: only the small metadata is read to see whether there is anything to do
+        shared = "model_shared" in torch.load(
+            path, map_location="cpu", weights_only=True, mmap=True
+        )
+    except Exception:  # not a zip checkpoint (or unreadable): load_checkpoint reports it
+        shared = "model_shared" in load_checkpoint(path)
+    if not shared:
+        return False
+    data = load_checkpoint(path)  # the frozen tensors merged back, their sha256 checked
+    data.pop("format_version")
+    save_checkpoint(data, path)
+    return True

@@ -340,14 +340,21 @@ def finish(run: Any, state: Any, log: Callable[[str], None]) -> None:
     model.load_state_dict(
         load_checkpoint(run.paths.root / weights["checkpoint"], map_location=run.device)["model"]
     )
+    data, shown = run.val_images, None
+    if run.val_features is not None and weights["used"] == "raw":
+        # the head on its cached inputs: the frozen backbone's features do not change
+        from strop.finetune import head_module
+
+        model, data, shown = head_module(model), run.val_features, run.val_images
     files = write_diagnostics(
         model,
-        run.val_images,
+        data,
         run.task,
         run.classes,
         run.paths.root / "diagnostics",
         device=run.device,
         batch_size=val_batch_size(run.config),
         amp=run.amp,
+        shown=shown,
     )
     log("diagnostics: " + ", ".join(str(f) for f in files))

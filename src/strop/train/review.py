@@ -55,7 +55,7 @@ def collect_outputs(
                 kept += len(x)
     finally:
         model.train(was)
-    return torch.cat(outs), torch.cat(ys), torch.cat(xs)
+    return torch.cat(outs), torch.cat(ys), torch.cat(xs) if xs else torch.empty(0)
 
 
 def write_diagnostics(
@@ -69,20 +69,31 @@ def write_diagnostics(
     batch_size: int = 32,
     amp: Any = None,
     k: int = 9,
+    shown: Any = None,
 ) -> list[Path]:
-    """Write the task's diagnostics (module docstring) to ``out_dir``; returns the files."""
+    """Write the task's diagnostics (module docstring) to ``out_dir``; returns the files.
+
+    ``shown``: the dataset whose images the figures show, item for item the same samples as
+    ``dataset`` (default: ``dataset`` itself). The feature cache passes the head as ``model``,
+    its cached inputs as ``dataset`` and the validation images as ``shown``: the frozen backbone
+    does not run again.
+    """
     out = Path(out_dir)
+    shown = dataset if shown is None else shown
     # the datasets' normalisation, to show the images; a plain TensorDataset has none (ImageNet's)
-    stats = {k: getattr(dataset, k) for k in ("mean", "std") if hasattr(dataset, k)}
+    stats = {k: getattr(shown, k) for k in ("mean", "std") if hasattr(shown, k)}
     if task.name == "classification":
-        logits, y, images = collect_outputs(
-            model, dataset, device=device, batch_size=batch_size, amp=amp
+        logits, y, _ = collect_outputs(
+            model, dataset, device=device, batch_size=batch_size, amp=amp, keep_images=0
         )
         names = classes or [str(i) for i in range(task.num_classes)]
         pred = logits.argmax(1)
         dg.plot_confusion_matrix(y, pred, names, out / "confusion_matrix.png")
         rows = dg.classification_table(y, pred, names)
-        dg.plot_top_losses(images, logits, y, names, out / "top_losses.png", k=k, **stats)
+        # only the k images shown are read back (not every validation image kept in memory)
+        idx, _ = dg.top_losses(logits, y, k)
+        images = torch.stack([torch.as_tensor(shown[i][0]) for i in idx.tolist()])
+        dg.plot_top_losses(images, logits[idx], y[idx], names, out / "top_losses.png", k=k, **stats)
         files = [out / "confusion_matrix.png", out / "top_losses.png"]
     else:
         logits, y, images = collect_outputs(

@@ -77,6 +77,9 @@ class Run:
     swa: Any | None = None  # strop.train.swa.SWA
     mixer: Any | None = None  # strop.data.mixing.BatchMix
     val_images: Any | None = None  # the validation images (diagnostics), also with cached features
+    # the feature cache's validation features (TensorDataset of the head's inputs): the end-of-fit
+    # diagnostics run the head on them instead of the frozen backbone again
+    val_features: Any | None = None
 
     @property
     def num_classes(self) -> int:
@@ -392,17 +395,20 @@ def _training_module(
     if use_cache:
         t0 = time.perf_counter()
         head = finetune.head_module(run.model)
+        # a forward pass without autograd: the validation batch (at 16 px resnet18 extracts 1.7x
+        # faster at 64 than at 32; the features are per image, whatever the batch)
         train_ds, val_ds = (
             extract_features(
                 run.model,
                 head,
                 ds,
-                batch_size=batch,
+                batch_size=val_batch_size(config),
                 to_device=run.to_device,
                 autocast=run.amp.autocast,
             )
             for ds in (train_ds, val_ds)
         )
+        run.val_features = val_ds
         run.sampler = build_train_sampler(config, train_ds, run.ctx, batch)
         run.module = head
         head_tensors = {id(t) for t in head.state_dict(keep_vars=True).values()}

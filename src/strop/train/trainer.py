@@ -29,7 +29,7 @@ from torch import nn
 from strop.data.roots import resolve_root as bundled_root
 from strop.train import callbacks as cb
 from strop.train import fsdp, recipe_run
-from strop.train.checkpoint import load_checkpoint, save_checkpoint
+from strop.train.checkpoint import inline_frozen, load_checkpoint, save_checkpoint
 from strop.train.config import Config
 from strop.train.distributed import DistContext, all_reduce_sum, init_from_env
 from strop.train.loop import TrainState, current_lr, lowest_lr, train_one_epoch
@@ -292,7 +292,10 @@ def end_epoch(
                 "epoch": state.epoch,
                 "metrics": logs,
             },
-            run.paths.best,  # self-contained: best.pt is what users copy and load elsewhere
+            run.paths.best,
+            # under the feature cache best.pt references the frozen backbone while training
+            # (an improving epoch writes the head, not 45 MB); finish() makes it self-contained
+            shared_model_keys=run.frozen_keys,
         )
     # the last epoch's last.pt of an fsdp run holds the full model too: eval/predict/export read it
     save_last(run, state, full_model=state.epoch >= config.epochs or state.should_stop)
@@ -389,7 +392,11 @@ def read_history(run: Run, state: TrainState) -> list[dict[str, float]]:
 def finish(
     run: Run, state: TrainState, history: list[dict[str, float]], log: Callable[[str], None]
 ) -> None:
-    """Plots, and one line for each thing the user should know about the run's end."""
+    """best.pt self-contained, plots, and one line for each thing the user should know about
+    the run's end."""
+    if run.frozen_keys and run.ctx.is_main:
+        # best.pt is what users copy and load elsewhere: the whole model in the one file
+        inline_frozen(run.paths.best)
     recipe_run.finish(run, state, log)  # SWA batchnorm, the weights to use, diagnostics
     if run.ctx.is_main and history:
         from strop.train.report import plot_run
