@@ -163,3 +163,24 @@ def test_a_failing_item_leaves_normalisation_on(tmp_path):
         train.__getitems__([0, 1])
     assert not train._normalize.deferred
     assert train[0][0].dtype == torch.float32
+
+
+def test_make_loader_takes_the_stacked_batch_as_it_is(tmp_path):
+    """strop's loaders collate a folder batch without stacking its views again: the same tensors
+    as torch's default_collate of the items read one by one (and the formula test above)."""
+    from torch.utils.data import default_collate
+
+    from strop.data import make_loader
+    from strop.data.loaders import collate_batch
+
+    train, _, _ = image_folder(_folder(tmp_path), image_size=(12, 10), val_fraction=0.2)
+    x, y = next(iter(make_loader(train, batch_size=5, shuffle=False, seed=0, num_workers=0)))
+    want_x, want_y = default_collate([train[i] for i in range(5)])
+    assert torch.equal(x, want_x) and torch.equal(y, want_y) and y.dtype == torch.int64
+    items = train.__getitems__([4, 1, 3])
+    got = collate_batch(items)
+    assert got[0] is items.images  # no copy
+    assert torch.equal(got[0], torch.stack([train[i][0] for i in (4, 1, 3)]))
+    assert got[1].tolist() == [train.targets[i] for i in (4, 1, 3)]
+    plain = collate_batch([(torch.ones(2), 1), (torch.zeros(2), 0)])  # anything else: default
+    assert torch.equal(plain[0], torch.tensor([[1.0, 1.0], [0.0, 0.0]]))

@@ -29,7 +29,15 @@ from strop.data.transforms import (
     resolve_size,
 )
 
-__all__ = ["FolderArgs", "FolderDataset", "check_folder_args", "make_cache"]
+__all__ = ["FolderArgs", "FolderDataset", "StackedItems", "check_folder_args", "make_cache"]
+
+
+class StackedItems(list):  # type: ignore[type-arg]
+    """The items of one batch (a list, as ``__getitems__`` must return) whose images are already
+    one tensor, ``images``: :func:`strop.data.collate` takes it as the batch instead of stacking
+    the per-item views of it into a copy."""
+
+    images: torch.Tensor
 
 
 def make_cache(
@@ -182,5 +190,7 @@ class FolderDataset(Dataset[Any]):
             for x in images
         ):
             batch = norm.apply(torch.stack([x.as_subclass(torch.Tensor) for x in images]))
-            return [(batch[k], *item[1:]) for k, item in enumerate(items)]
+            out = StackedItems((batch[k], *item[1:]) for k, item in enumerate(items))
+            out.images = batch
+            return out
         return [(norm.apply(x), *item[1:]) for x, item in zip(images, items, strict=True)]

@@ -13,7 +13,22 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from strop._checks import check_positive, fail
 
-__all__ = ["auto_num_workers", "make_loader", "materialize", "seed_worker"]
+__all__ = ["auto_num_workers", "collate_batch", "make_loader", "materialize", "seed_worker"]
+
+
+def collate_batch(items: list[Any]) -> Any:
+    """torch's ``default_collate``, except for a batch a folder dataset already stacked
+    (:class:`strop.data._dataset.StackedItems`): its image tensor is the batch's first entry as
+    it is — the same values ``default_collate`` would stack from the per-item views, one copy of
+    the batch fewer — and the rest of each item is collated by ``default_collate``."""
+    from torch.utils.data import default_collate
+
+    from strop.data._dataset import StackedItems
+
+    if isinstance(items, StackedItems) and items and isinstance(items[0], tuple):
+        return [items.images, *default_collate([item[1:] for item in items])]
+    return default_collate(items)
+
 
 # With the uint8 cache or small images the main process keeps up, and a worker only steals a
 # core from the model; below ~4 batches the worker start-up costs more than the epoch
@@ -123,7 +138,7 @@ def make_loader(
         else (persistent_workers and workers > 0),
         worker_init_fn=seed_worker if workers > 0 else None,
         generator=generator,
-        collate_fn=collate_fn,
+        collate_fn=collate_fn or collate_batch,
     )
 
 
