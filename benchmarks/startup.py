@@ -8,8 +8,10 @@ by round and the table gives medians of the wall time and of the process's CPU t
 system, all its threads; less moved than wall time by other processes on a shared machine). Timed:
 
 - ``python -c pass``: the interpreter alone (the floor of every line below);
-- ``strop --help`` (as ``python -m strop --help``) and ``python -c "import strop.train"``;
-- ``python -c "import torch, torchvision"``: what any torchvision fine-tuning script pays first;
+- ``strop --help`` (as ``python -m strop --help``), the whole process;
+- ``python -c "import strop.train"`` and ``python -c "import torch, torchvision"`` (what any
+  torchvision fine-tuning script pays first), each to the end of its import (the interpreter's
+  shutdown after it, about a second once torch is loaded, is not counted);
 - ``strop train configs/digits-finetune.yaml`` with ``--set epochs=1 --set data.image_size=32``
   (resnet18, random init, the bundled digits as 32×32 PNGs, batch 32, everything else the
   config's and ``auto``'s own choices), up to the end of its first optimizer step. The child runs
@@ -106,11 +108,17 @@ with open(out, "w") as f:
     json.dump({"wall": stamps, "cpu": cpu}, f)
 """
 
+# an import is timed to its end (the child prints time.time() and its CPU time there): the
+# interpreter's shutdown after it (about a second once torch is loaded) is not start-up
+_STAMP = "; import time; print(time.time(), time.process_time())"
 SIMPLE = {
     "python": ("python -c pass", ["-c", "pass"]),
     "help": ("strop --help", ["-m", "strop", "--help"]),
-    "import_train": ('python -c "import strop.train"', ["-c", "import strop.train"]),
-    "import_torch": ('python -c "import torch, torchvision"', ["-c", "import torch, torchvision"]),
+    "import_train": ('python -c "import strop.train"', ["-c", "import strop.train" + _STAMP]),
+    "import_torch": (
+        'python -c "import torch, torchvision"',
+        ["-c", "import torch, torchvision" + _STAMP],
+    ),
 }
 PHASES = ("imported", "built", "first_step")
 
@@ -132,12 +140,16 @@ def _children_cpu() -> float:
 
 def _timed(args: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
     """``(wall, cpu)`` seconds of ``python *args`` (a failure raises, with the child's stderr);
-    cpu: the child's user + system time."""
-    cpu0, t0 = _children_cpu(), time.perf_counter()
+    cpu: the child's user + system time. A child whose ``args`` end with ``_STAMP`` is timed to
+    the moment it prints ``time.time() time.process_time()``."""
+    cpu0, t0, t0_clock = _children_cpu(), time.perf_counter(), time.time()
     proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"python {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    if args[-1].endswith(_STAMP):
+        end, cpu = (float(v) for v in proc.stdout.split()[-2:])
+        wall = end - t0_clock
     return wall, cpu
 
 
