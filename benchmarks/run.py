@@ -1,6 +1,6 @@
 """Run every benchmark, print the tables and write ``BENCHMARKS.md``.
 
-``python benchmarks/run.py [--quick] [--only training,cache,data,losses,roof] [--output PATH]``
+``python benchmarks/run.py [--quick] [--only training,cache,data,losses,roof,startup] [--output PATH]``
 
 Full run: about 10-15 minutes on 2 idle cores (much longer when the machine is shared); ``--quick``: about 3 minutes (64×64 only, one round,
 fewer steps and epochs). Everything runs in this one process. The machine (CPU model, usable cores,
@@ -29,10 +29,11 @@ import common  # noqa: E402
 import data_pipeline  # noqa: E402
 import feature_cache  # noqa: E402
 import roofline  # noqa: E402
+import startup  # noqa: E402
 import training  # noqa: E402
 
 MARKER = "<!-- hand-written analysis below -->"
-PARTS = ("roof", "training", "cache", "data", "losses")
+PARTS = ("roof", "training", "cache", "data", "losses", "startup")
 
 
 def _goals(
@@ -197,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> str:
             "## Losses (forward + backward, from benchmarks/losses.py)\n\n"
             + losses.main(["--quick"] if args.quick or not args.full_losses else [])
         )
+    if "startup" in parts:
+        progress("start-up")
+        md, _ = startup.run(rounds=2 if args.quick else 5, progress=progress)
+        sections.append("## Start-up (fresh processes, to the first optimizer step)\n\n" + md)
     load_end = common.load_average()
     minutes = (time.perf_counter() - t0) / 60
     head = [

@@ -166,3 +166,35 @@ def test_gpu_peak_table_matches_device_names():
         and gpu.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     )
     assert gpu.peak_tflops("NVIDIA L4") == 121.0 and gpu.peak_tflops("Some NPU") is None
+
+
+def test_startup_benchmark_measures_every_process_and_its_ratios():
+    import startup
+
+    md, fig = startup.run(rounds=1)
+    for key in (*startup.SIMPLE, "strop", "hand"):
+        assert len(fig[key]["wall"]) == 1 and fig[key]["median"] > 0, key
+        assert fig[key]["median_cpu"] > 0, key
+    for who in ("strop", "hand"):  # phases in order, each after the process started
+        wall = fig[who]["phases"]["wall"]
+        assert 0 < wall["imported"] <= wall["built"] <= wall["first_step"] == fig[who]["median"]
+    # an import of strop.train includes torch's: never faster than python alone
+    assert fig["import_train"]["median"] > fig["python"]["median"]
+    assert fig["ratio_first_step"] == fig["strop"]["median"] / fig["hand"]["median"]
+    assert fig["ratio_import"] == fig["import_train"]["median"] / fig["import_torch"]["median"]
+    top = fig["importtime"]["top"]
+    assert top and top[0]["module"] == "torch" and top[0]["by"].startswith("strop")
+    assert 0 < top[0]["seconds"] <= fig["importtime"]["total"]
+    assert "strop / hand to the first step" in md and fig["cpu features"] in md
+
+
+def test_run_has_a_startup_part(monkeypatch):
+    import run
+    import startup
+
+    calls = []
+    monkeypatch.setattr(
+        startup, "run", lambda rounds, progress: (calls.append(rounds), ("startup table", {}))[1]
+    )
+    report = run.main(["--only", "startup", "--quick", "--output", ""])
+    assert calls == [2] and "## Start-up" in report and "startup table" in report

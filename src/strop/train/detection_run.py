@@ -226,8 +226,6 @@ class Detection(Task):
 
 def check_detection_config(config: Any) -> None:
     """Refuse keys that do not apply to ``config.task`` (detection or not), naming them."""
-    from strop.finetune.detection import BOX_LOSSES, DETECTORS
-
     m = config.model
     if config.task != "detection":
         given = [k for k, default in _DETECTOR_KEYS.items() if getattr(m, k) != default]
@@ -242,6 +240,9 @@ def check_detection_config(config: Any) -> None:
                 f"data.augment {config.data.augment!r} is for task: detection; got task: {config.task}"
             )
         return
+    # imported for detection configs only: a classification run never loads the detectors
+    from strop.finetune.detection import BOX_LOSSES, DETECTORS
+
     problems = []
     if m.name not in DETECTORS:
         problems.append(f"model.name must be one of {', '.join(sorted(DETECTORS))}; got {m.name!r}")
