@@ -43,6 +43,25 @@ def run(
         tmp = Path(tmp_name)
         root = folder or digits_folder(data_root or tmp / "data", size=size, total=total)
         heads = {}
+        # a warm-up fit first (1 epoch, cached): the one-time costs of a process (torch's first
+        # kernels, matplotlib's and scikit-learn's imports, the font cache) are then in neither
+        # timed run, whichever runs first
+        progress("  feature cache: warm-up fit")
+        run_fit(
+            {
+                "data": {
+                    "root": str(root),
+                    "image_size": size,
+                    "batch_size": 32,
+                    "val_fraction": 0.1,
+                    "num_workers": 0,
+                },
+                "model": {"name": "resnet18", "freeze": "backbone"},
+                "epochs": 1,
+                "output": str(tmp / "warmup"),
+                "seed": 0,
+            }
+        )
         for mode in ("auto", "off"):
             progress(f"  feature cache {mode}: {epochs} epochs")
             result, _, stamps = run_fit(

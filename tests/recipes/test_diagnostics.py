@@ -82,7 +82,7 @@ def test_top_losses_grid_titles_name_prediction_actual_loss_probability(tmp_path
     logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [2.0, 0.0, 0.0]])
     targets = torch.tensor([0, 2, 2, 1])
     fig = plot_top_losses(images, logits, targets, NAMES, tmp_path / "top.png", k=2, ncols=2)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    titles = [t.get_text() for ax in fig.axes for t in ax.texts]  # one caption per tile
     p = torch.tensor([3.0, 0, 0]).softmax(0)[0].item()
     loss_dog = -torch.log_softmax(torch.tensor([0.0, 3.0, 0.0]), 0)[2].item()
     assert titles[0] == f"dog / fox / {loss_dog:.2f} / {p:.2f}"  # sample 1, the largest loss

@@ -239,22 +239,32 @@ def plot_top_losses(
     idx, losses = top_losses(logits, targets, k)
     probs = logits.float().softmax(1)
     rows = -(-len(idx) // ncols)
-    # fixed spacing: an image grid needs no layout solver ("constrained" tripled the cost)
+    # one axes showing torchvision's make_grid of the images, a caption above each tile: a
+    # figure of k axes cost twice as much (each Axes builds its own ticks, spines and layout)
+    from torchvision.utils import make_grid
+
+    h, w = images.shape[-2:]
+    pad = max(2, round(0.06 * max(h, w)))
+    shown = torch.stack([torch.from_numpy(_to_display(images[i], mean, std)) for i in idx.tolist()])
+    grid = make_grid(shown.permute(0, 3, 1, 2), nrow=ncols, padding=pad, pad_value=1.0)
     fig = Figure(figsize=(3 * ncols, 3.2 * rows))
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / (3.2 * rows), hspace=0.25)
-    axes = fig.subplots(rows, ncols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, i, loss in zip(axes.flat, idx.tolist(), losses.tolist(), strict=False):
+    ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 0.6 / (3.2 * rows)))
+    ax.axis("off")
+    # an image smaller than its 3-inch tile is shown pixel for pixel ("nearest"; matplotlib's
+    # resampling filter cost half the figure on 16-px images), a larger one is filtered
+    small = max(h, w) <= 3 * 120
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest" if small else "antialiased")
+    for n, (i, loss) in enumerate(zip(idx.tolist(), losses.tolist(), strict=True)):
         pred = int(probs[i].argmax())
-        # an image smaller than its 3-inch cell is shown pixel for pixel ("nearest"; matplotlib's
-        # resampling filter cost half the figure on 16-px images), a larger one is filtered
-        small = max(images.shape[-2:]) <= 3 * 120
-        ax.imshow(
-            _to_display(images[i], mean, std), interpolation="nearest" if small else "antialiased"
-        )
-        ax.set_title(
+        r, c = divmod(n, ncols)
+        # pixel centres are at integers: a tile's top edge is half a pixel above its first row
+        ax.annotate(
             f"{names[pred]} / {names[int(targets[i])]} / {loss:.2f} / {probs[i, pred]:.2f}",
+            (pad + c * (w + pad) + (w - 1) / 2, pad + r * (h + pad) - 0.5),
+            xytext=(0, 1.5),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
             fontsize=9,
         )
     fig.suptitle("prediction / actual / loss / probability")
