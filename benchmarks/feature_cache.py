@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import digits_folder, markdown_table, run_fit
+from common import digits_folder, markdown_table, median, run_fit
 
 __all__ = ["main", "run"]
 
@@ -30,6 +30,7 @@ def run(
     size: int = 16,
     total: int | None = 2250,
     epochs: int = 10,
+    rounds: int = 2,
     data_root: Path | None = None,
     folder: Path | None = None,
     progress: Callable[[str], None] = lambda msg: None,
@@ -58,12 +59,20 @@ def run(
                 },
                 "model": {"name": "resnet18", "freeze": "backbone"},
                 "epochs": 1,
+                "feature_cache": "auto",
                 "output": str(tmp / "warmup"),
                 "seed": 0,
             }
         )
-        for mode in ("auto", "off"):
-            progress(f"  feature cache {mode}: {epochs} epochs")
+        # rounds interleaved, the order alternating (auto off, off auto, ...): a load that
+        # changes during the script weighs on both modes alike; medians are reported
+        order = [
+            m for r in range(rounds) for m in (("auto", "off") if r % 2 == 0 else ("off", "auto"))
+        ]
+        runs: dict[str, list[dict[str, Any]]] = {"auto": [], "off": []}
+        for n, mode in enumerate(order):
+            progress(f"  feature cache {mode}: {epochs} epochs (run {n + 1}/{len(order)})")
+            folder_name = f"run_{mode}_{n}"
             result, _, stamps = run_fit(
                 {
                     "data": {
@@ -78,23 +87,32 @@ def run(
                     "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
                     "epochs": epochs,
                     "feature_cache": mode,
-                    "output": str(tmp / f"run_{mode}"),
+                    "output": str(tmp / folder_name),
                     "seed": 0,
                 }
             )
             ck = torch.load(
-                tmp / f"run_{mode}" / "checkpoints" / "last.pt",
+                tmp / folder_name / "checkpoints" / "last.pt",
                 map_location="cpu",
                 weights_only=False,
             )
             heads[mode] = torch.cat([ck["model"]["fc.weight"].flatten(), ck["model"]["fc.bias"]])
+            runs[mode].append(
+                {
+                    "seconds": result.seconds,
+                    "epoch_seconds": sum(h["epoch_seconds"] for h in result.history),
+                    "val_accuracy": result.final.get("val_accuracy", float("nan")),
+                    "cached": bool(result.choices.get("feature_cache")),
+                    "reason": result.choices.get("feature_cache_reason", ""),
+                    "log": [m for _, m in stamps if m.startswith("feature cache")],
+                }
+            )
+        for mode, rs in runs.items():
             out[mode] = {
-                "seconds": result.seconds,
-                "epoch_seconds": sum(h["epoch_seconds"] for h in result.history),
-                "val_accuracy": result.final.get("val_accuracy", float("nan")),
-                "cached": bool(result.choices.get("feature_cache")),
-                "reason": result.choices.get("feature_cache_reason", ""),
-                "log": [m for _, m in stamps if m.startswith("feature cache")],
+                **rs[-1],
+                "seconds": median([r["seconds"] for r in rs]),
+                "epoch_seconds": median([r["epoch_seconds"] for r in rs]),
+                "seconds_each": [r["seconds"] for r in rs],
             }
         n_images = sum(1 for p in root.rglob("*.png"))
     out["epochs"] = epochs
@@ -121,7 +139,9 @@ def run(
         ["run", "cache used", "fit wall s", "Σ epoch s", "final val accuracy"], rows
     )
     md += (
-        f"\n\n- {n_images} images at {size}×{size}, {epochs} epochs, batch 32; speed-up "
+        f"\n\n- {n_images} images at {size}×{size}, {epochs} epochs, batch 32; medians of {rounds} "
+        f"interleaved runs each (fit wall s: off {_each(out['off'])}, cached {_each(out['auto'])}), "
+        "after a warm-up fit; speed-up "
         f"{out['speedup']:.1f}× on the whole fit, {out['speedup_epochs']:.1f}× on the epochs "
         f"(the cached run's first epoch includes no extraction: it happens before epoch 1 and is "
         f"in the fit time only); final head weights differ by at most {out['head_max_abs_diff']:.2e} "
@@ -133,11 +153,15 @@ def run(
     return md, out
 
 
+def _each(r: dict[str, Any]) -> str:
+    return " / ".join(f"{x:.1f}" for x in r["seconds_each"])
+
+
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,797 images, 3 epochs")
     args = parser.parse_args(argv)
-    kw = {"total": None, "epochs": 3} if args.quick else {}
+    kw = {"total": None, "epochs": 3, "rounds": 1} if args.quick else {}
     md, _ = run(progress=lambda m: print(m, file=sys.stderr), **kw)
     return md
 

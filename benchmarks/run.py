@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         sections.append("## Training throughput (resnet18, batch 32)\n\n" + md)
     if "cache" in parts:
         progress("feature cache")
-        kw = {"total": None, "epochs": 3} if args.quick else {}
+        kw = {"total": None, "epochs": 3, "rounds": 1} if args.quick else {}
         md, cache_res = feature_cache.run(progress=progress, **kw)
         sections.append("## Feature cache (frozen backbone)\n\n" + md)
     if "data" in parts:

@@ -104,7 +104,7 @@ def test_training_table_has_every_candidate(tiny_digits, tmp_path, monkeypatch):
 def test_feature_cache_benchmark_gives_the_same_heads_within_rounding(tiny_digits):
     import feature_cache
 
-    md, out = feature_cache.run(size=16, epochs=1, folder=tiny_digits)
+    md, out = feature_cache.run(size=16, epochs=1, rounds=1, folder=tiny_digits)
     assert out["auto"]["cached"] and not out["off"]["cached"]
     # Not bit-identity: the cached features come from the extraction pass's batches, the uncached
     # run's from the training batches, and a CPU's convolution kernels may round differently per

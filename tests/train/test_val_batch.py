@@ -89,3 +89,49 @@ def test_the_training_loader_drops_only_a_single_image_batch(tiny_config, digits
     )  # 45 = 6 × 7 + 3: kept
     run = build_run(config, ctx, device, log=lambda msg: None)
     assert [len(batch[1]) for batch in run.loader] == [7] * 6 + [3] and run.batches_per_epoch == 7
+
+
+@pytest.mark.parametrize(
+    ("image_size", "batch", "val_batch", "expected"),
+    [
+        (16, 32, None, 256),  # small images: capped at 256
+        (112, 32, None, 256),  # 64 * 224**2 / 112**2 = 256
+        (160, 32, None, 125),  # 64 * 224**2 // 160**2
+        (224, 32, None, 64),  # the validation default
+        (512, 32, None, 64),  # never below it
+        (224, 128, None, 128),  # a training batch above 64 is the validation default
+        (16, 32, 8, 8),  # data.val_batch_size set: taken as it is (memory is the user's call)
+    ],
+)
+def test_extraction_batch_holds_the_pixels_of_64_images_of_224(
+    image_size, batch, val_batch, expected
+):
+    from types import SimpleNamespace
+
+    from strop.train.setup import extraction_batch_size
+
+    data = SimpleNamespace(image_size=image_size, batch_size=batch, val_batch_size=val_batch)
+    assert extraction_batch_size(SimpleNamespace(task="classification", data=data)) == expected
+
+
+def test_the_feature_cache_extracts_at_the_extraction_batch(
+    tiny_config, digits_root, tmp_path, monkeypatch
+):
+    from strop.train import setup
+
+    sizes = []
+    real = setup.extract_features
+
+    def spy(*args, batch_size, **kw):
+        sizes.append(batch_size)
+        return real(*args, batch_size=batch_size, **kw)
+
+    monkeypatch.setattr(setup, "extract_features", spy)
+    config = tiny_config(
+        digits_root,
+        tmp_path / "run",
+        model={"name": "resnet18", "freeze": "backbone"},
+        data={"batch_size": 4},
+    )  # 32 px: 64 * 224**2 // 32**2 = 3136 -> 256
+    assert _val_batch_sizes(config) == [15]
+    assert sizes == [256, 256]  # the training and the validation images

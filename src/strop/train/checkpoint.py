@@ -178,14 +178,17 @@ def _os_error(exc: BaseException) -> OSError | None:
 
 
 def load_checkpoint(
-    path: str | Path, *, map_location: str | torch.device = "cpu"
+    path: str | Path, *, map_location: str | torch.device = "cpu", mmap: bool = False
 ) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    ``mmap``: map the file instead of reading it (``torch.load(mmap=True)``): the tensors are
+    read from the page cache when used — for a state dict about to be copied into a model."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         refused = re.search(
             r"(?i)unsupported (?:global: )?GLOBAL [\w.]+|unsupported operand \d+", str(exc)

@@ -338,7 +338,9 @@ def finish(run: Any, state: Any, log: Callable[[str], None]) -> None:
 
     model = copy.deepcopy(run.model)
     model.load_state_dict(
-        load_checkpoint(run.paths.root / weights["checkpoint"], map_location=run.device)["model"]
+        load_checkpoint(run.paths.root / weights["checkpoint"], map_location=run.device, mmap=True)[
+            "model"
+        ]
     )
     data, shown = run.val_images, None
     if run.val_features is not None and weights["used"] == "raw":
