@@ -115,3 +115,29 @@ def test_a_crashed_cached_run_leaves_a_best_pt_strop_reads_whole(
     assert best.keys() == last.keys() and len(best) > 100
     for k in best:  # after one epoch best and last hold the same weights
         assert torch.equal(best[k], last[k]), k
+
+
+def test_inline_frozen_takes_unchanged_live_tensors_from_memory(tmp_path):
+    from strop.train.checkpoint import CheckpointError
+
+    body = torch.nn.Linear(32, 32)
+    state = {"body.weight": body.weight, "body.bias": body.bias, "head.weight": torch.randn(2, 32)}
+    want = {k: t.detach().clone() for k, t in state.items()}
+    path = tmp_path / "best.pt"
+    frozen_keys = {"body.weight", "body.bias"}
+    save_checkpoint({"model": dict(state)}, path, shared_model_keys=frozen_keys)
+    (frozen_file,) = tmp_path.glob("frozen-*.pt")
+    frozen_file.unlink()  # only memory can supply the tensors now
+    assert inline_frozen(path, state) is True
+    whole = torch.load(path, weights_only=True)["model"]
+    assert list(whole) == list(state)
+    for k in want:
+        assert torch.equal(whole[k], want[k]), k
+    # a tensor changed in place since it was stored: memory is not trusted, the file is needed
+    save_checkpoint({"model": dict(state)}, path, shared_model_keys=frozen_keys)
+    with torch.no_grad():
+        body.weight.add_(1.0)
+    (frozen_file,) = tmp_path.glob("frozen-*.pt")
+    frozen_file.unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        inline_frozen(path, state)

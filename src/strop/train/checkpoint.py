@@ -218,23 +218,42 @@ def load_checkpoint(
     return data
 
 
-def inline_frozen(path: str | Path) -> bool:
+def inline_frozen(path: str | Path, model_state: dict[str, torch.Tensor] | None = None) -> bool:
     """Rewrite the checkpoint at ``path`` with its frozen tensors inside it, when it references a
     ``frozen-<sha256>.pt`` file (``save_checkpoint(..., shared_model_keys=...)``); returns whether
     it did. The result is self-contained: ``torch.load`` reads the whole model from it alone.
-    Atomic as :func:`save_checkpoint`; a missing file or one that holds every tensor is left as is."""
+    Atomic as :func:`save_checkpoint`; a missing file or one that holds every tensor is left as is.
+
+    ``model_state``: the live model's state dict. When its frozen tensors are the very ones this
+    process last stored in that file (same storage, same version counters: never modified
+    since), they are taken from memory instead of reading and hashing the file again."""
     path = Path(path)
     if not path.is_file():
         return False
     try:  # mmap: only the small metadata is read to see whether there is anything to do
-        shared = "model_shared" in torch.load(
-            path, map_location="cpu", weights_only=True, mmap=True
-        )
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a zip checkpoint (or unreadable): load_checkpoint reports it
-        shared = "model_shared" in load_checkpoint(path)
-    if not shared:
+        data = load_checkpoint(path)
+    ref = data.get("model_shared")
+    if ref is None:
         return False
-    data = load_checkpoint(path)  # the frozen tensors merged back, their sha256 checked
+    memo = _SHARED_MEMO.get(path.parent)
+    frozen = None
+    if model_state is not None and memo is not None and memo[1] == ref["file"]:
+        keys = [k for k in ref["order"] if k not in data["model"]]
+        if all(k in model_state for k in keys):
+            live = {k: model_state[k] for k in keys}
+            signature = tuple(
+                (k, t.data_ptr(), t._version, tuple(t.shape)) for k, t in live.items()
+            )
+            if signature == memo[0] and memo[2] == ref["sha256"]:
+                frozen = {k: t.detach().cpu() for k, t in live.items()}
+    if frozen is None:
+        data = load_checkpoint(path)  # the frozen tensors merged back, their sha256 checked
+    else:
+        del data["model_shared"]
+        model = {**data["model"], **frozen}
+        data["model"] = {k: model[k] for k in ref["order"]}
     data.pop("format_version")
     save_checkpoint(data, path)
     return True

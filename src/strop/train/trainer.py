@@ -396,7 +396,7 @@ def finish(
     the run's end."""
     if run.frozen_keys and run.ctx.is_main:
         # best.pt is what users copy and load elsewhere: the whole model in the one file
-        inline_frozen(run.paths.best)
+        inline_frozen(run.paths.best, run.model.state_dict(keep_vars=True))
     recipe_run.finish(run, state, log)  # SWA batchnorm, the weights to use, diagnostics
     if run.ctx.is_main and history:
         from strop.train.report import plot_run
