@@ -116,14 +116,16 @@ def _goals(
         ref = common.median(data["memory_tensors"]["epoch2"])
         for v in ("none", "memory", "disk"):
             r = ref / common.median(data[v]["epoch2"])
+            # issue 16 raised the uncached folder's goal from 0.90x to 0.95x
+            goal = 0.95 if v == "none" else 0.90
             rows.append(
                 [
-                    f"data: folder ({v} cache) within 10% of in-memory",
+                    f"data: folder ({v} cache) ≥ {goal:.2f}× in-memory",
                     f"{r:.2f}×",
-                    verdict(r >= 0.90),
+                    verdict(r >= goal),
                 ]
             )
-    return common.markdown_table(["goal (issue 6)", "measured", "verdict"], rows)
+    return common.markdown_table(["goal (issues 6, 16)", "measured", "verdict"], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
