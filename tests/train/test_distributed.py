@@ -363,9 +363,12 @@ def test_nan_loss_on_one_rank_makes_every_rank_skip_that_step_together(
     )  # the skip mattered
 
 
-def _launch_with_rank1_killed(cfg: dict[str, Any], tmp_path: Path, *, step: int) -> tuple[int, str]:
-    """``torchrun --max-restarts=1`` of 2 workers training ``cfg``; rank 1 SIGKILLs itself at
-    optimizer step ``step``. Returns ``(exit code, output)``; reports go to ``tmp_path/r.json.rank*``."""
+def _launch_with_rank1_killed(
+    cfg: dict[str, Any], tmp_path: Path, *, step: int, max_restarts: int = 1
+) -> tuple[int, str]:
+    """``torchrun --max-restarts=N`` of 2 workers training ``cfg``; rank 1 SIGKILLs itself at
+    optimizer step ``step`` (of the first attempt only). Returns ``(exit code, output)``; reports
+    go to ``tmp_path/r.json.rank*``."""
     spec = tmp_path / "spec.json"
     spec.write_text(
         json.dumps(
@@ -386,7 +389,7 @@ def _launch_with_rank1_killed(cfg: dict[str, Any], tmp_path: Path, *, step: int)
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node=2",
-        "--max-restarts=1",
+        f"--max-restarts={max_restarts}",
         __file__,
         str(spec),
     ]

@@ -252,8 +252,13 @@ def test_sigkill_under_max_restarts_resumes_fsdp_from_its_shards_with_equal_weig
 ):
     run = tmp_path / "run"
     cfg = td._config(launched["root"], run, **FSDP, checkpoint_every_steps=1)
-    rc, out = td._launch_with_rank1_killed(cfg, tmp_path, step=4)
+    # one spare restart: once in a full-suite run (1 of 6 runs of this test seen, 2026-12-02) a
+    # restarted gloo worker aborted on its own ("terminate called without an active exception",
+    # SIGABRT, in torch's C++ after resuming), a known class of gloo failures; a user runs
+    # torchrun with restarts to survive exactly that, and the weights must still come out equal
+    rc, out = td._launch_with_rank1_killed(cfg, tmp_path, step=4, max_restarts=2)
     assert rc == 0, out[-4000:]
+    assert "failed (exitcode: -9) local_rank: 1" in out, out[-3000:]  # the SIGKILL happened
     assert (
         "restarted by torchrun (TORCHELASTIC_RESTART_COUNT=1): resuming from checkpoints/last.pt"
         in out
