@@ -34,7 +34,7 @@ __all__ = ["FolderArgs", "FolderDataset", "StackedItems", "check_folder_args", "
 
 class StackedItems(list):  # type: ignore[type-arg]
     """The items of one batch (a list, as ``__getitems__`` must return) whose images are already
-    one tensor, ``images``: :func:`strop.data.collate` takes it as the batch instead of stacking
+    one tensor, ``images``: :func:`strop.data.loaders.collate_batch` takes it as the batch instead of stacking
     the per-item views of it into a copy."""
 
     images: torch.Tensor
