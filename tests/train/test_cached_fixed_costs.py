@@ -141,3 +141,66 @@ def test_inline_frozen_takes_unchanged_live_tensors_from_memory(tmp_path):
     frozen_file.unlink()
     with pytest.raises(CheckpointError, match="missing"):
         inline_frozen(path, state)
+
+
+def test_forget_shared_stops_a_stale_memory_standing_for_new_tensors(tmp_path):
+    """Same storage, same version counter, other values (what a freed model's memory reused by
+    the next one looks like; ``.data`` writes do not bump the counter): once the folder's memory
+    is dropped, as every run does at its start, the new values are stored."""
+    from strop.train.checkpoint import forget_shared
+
+    w = torch.zeros(8, 8)
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": w, "h": torch.ones(2)}}, path, shared_model_keys={"w"})
+    w.data.fill_(7.0)  # invisible to the version counter
+    forget_shared(tmp_path)
+    save_checkpoint({"model": {"w": w, "h": torch.ones(2)}}, path, shared_model_keys={"w"})
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((8, 8), 7.0))
+
+
+def test_a_referencing_checkpoint_is_refused_as_model_weights(tmp_path):
+    from strop.finetune.weights import read_state_dict
+
+    path = tmp_path / "best.pt"
+    state = {"body.weight": torch.randn(4, 4), "head.weight": torch.randn(2, 4)}
+    save_checkpoint({"model": state}, path, shared_model_keys={"body.weight"})
+    (frozen,) = tmp_path.glob("frozen-*.pt")
+    with pytest.raises(ValueError, match=frozen.name):
+        read_state_dict(path)
+    inline_frozen(path)
+    assert read_state_dict(path).keys() == state.keys()  # whole again: loads as any state dict
+
+
+@pytest.mark.slow
+def test_an_interrupted_cached_run_is_made_whole_by_its_resumed_end(
+    tiny_config, digits_root, tmp_path
+):
+    class SigintAfterEpoch1:
+        def on_batch_end(self, state, logs):
+            if state.epoch == 1 and state.batch_in_epoch == 1:
+                state.should_stop, state.interrupted = True, "SIGINT"
+
+    cfg = tiny_config(digits_root, tmp_path / "run", epochs=2, **FROZEN)
+    assert fit(cfg, callbacks=[SigintAfterEpoch1()]).interrupted == "SIGINT"
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    assert "model_shared" in torch.load(best, weights_only=True)  # left for the resumed run
+    fit(cfg, resume=True)
+    assert "model_shared" not in torch.load(best, weights_only=True)
+
+
+@pytest.mark.slow
+def test_a_failed_inline_is_logged_and_the_run_ends_normally(
+    tiny_config, digits_root, tmp_path, monkeypatch
+):
+    from strop.train import trainer
+    from strop.train.checkpoint import CheckpointError
+
+    def refuse(path, state=None):
+        raise CheckpointError(f"could not write checkpoint {path}: the disk is full")
+
+    monkeypatch.setattr(trainer, "inline_frozen", refuse)
+    lines = []
+    res = fit(tiny_config(digits_root, tmp_path / "run", epochs=1, **FROZEN), log=lines.append)
+    assert any(m.startswith("best.pt: left referencing") and "disk is full" in m for m in lines)
+    assert (res.run_dir / "diagnostics" / "per_class.csv").is_file()  # the end still ran
+    assert load_checkpoint(res.run_dir / "checkpoints" / "best.pt")["model"].keys()

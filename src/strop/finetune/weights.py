@@ -263,7 +263,19 @@ def read_state_dict(
                 func,
                 f"cannot read '{path}': the file is corrupt or truncated (SafetensorError: {exc})",
             )
-    return _unwrap(func, _torch_load(func, path, trust_pickle), f"'{path}'")
+    obj = _torch_load(func, path, trust_pickle)
+    if isinstance(obj, Mapping) and isinstance(obj.get("model_shared"), Mapping):
+        # a strop checkpoint whose frozen backbone lives in another file (a feature-cache run
+        # stopped before its end made best.pt whole): its "model" alone is the head
+        fail(
+            func,
+            f"'{path}' holds only the trained part of the model; its frozen tensors are in "
+            f"'{path.parent / str(obj['model_shared'].get('file'))}' (a strop run with the feature "
+            "cache that did not finish)",
+            hint="resume the run to its end (best.pt is then written whole), or read it with "
+            "strop.train.load_checkpoint, which merges the two files",
+        )
+    return _unwrap(func, obj, f"'{path}'")
 
 
 def _weights_state_dict(

@@ -27,6 +27,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "capture_rng",
+    "forget_shared",
     "inline_frozen",
     "load_checkpoint",
     "restore_rng",
@@ -54,6 +55,13 @@ def _fsync_dir(folder: Path) -> None:
 # folder -> (signature of the frozen tensors, file name, sha256): a frozen part unchanged since
 # the last save (same tensors, same version counters) is neither serialised nor hashed again
 _SHARED_MEMO: dict[Path, tuple[tuple[Any, ...], str, str]] = {}
+
+
+def forget_shared(folder: str | Path) -> None:
+    """Drop what this process remembers of the frozen part last stored in ``folder``. A run calls
+    it when it starts: the memory of an earlier model (freed, its memory reused by the new one at
+    the same addresses and version counters) must never stand for the new model's tensors."""
+    _SHARED_MEMO.pop(Path(folder), None)
 
 
 def _write_atomic(path: Path, write: Any) -> None:

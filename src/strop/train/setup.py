@@ -21,6 +21,7 @@ from torch.utils.data import DistributedSampler
 from strop import __version__
 from strop.train import callbacks as cb
 from strop.train import fsdp
+from strop.train.checkpoint import forget_shared
 from strop.train.config import Config
 from strop.train.distributed import DistContext, barrier, wrap_model
 from strop.train.feature_cache import TensorBatches, cache_decision, extract_features
@@ -410,6 +411,8 @@ def _training_module(
         run.sampler = build_train_sampler(config, train_ds, run.ctx, batch)
         run.module = head
         head_tensors = {id(t) for t in head.state_dict(keep_vars=True).values()}
+        # what an earlier run in this process stored in this folder says nothing about this model
+        forget_shared(run.paths.last.parent)
         run.frozen_keys = frozenset(
             k for k, t in run.model.state_dict(keep_vars=True).items() if id(t) not in head_tensors
         )

@@ -29,7 +29,12 @@ from torch import nn
 from strop.data.roots import resolve_root as bundled_root
 from strop.train import callbacks as cb
 from strop.train import fsdp, recipe_run
-from strop.train.checkpoint import inline_frozen, load_checkpoint, save_checkpoint
+from strop.train.checkpoint import (
+    CheckpointError,
+    inline_frozen,
+    load_checkpoint,
+    save_checkpoint,
+)
 from strop.train.config import Config
 from strop.train.distributed import DistContext, all_reduce_sum, init_from_env
 from strop.train.loop import TrainState, current_lr, lowest_lr, train_one_epoch
@@ -394,9 +399,14 @@ def finish(
 ) -> None:
     """best.pt self-contained, plots, and one line for each thing the user should know about
     the run's end."""
-    if run.frozen_keys and run.ctx.is_main:
-        # best.pt is what users copy and load elsewhere: the whole model in the one file
-        inline_frozen(run.paths.best, run.model.state_dict(keep_vars=True))
+    if run.ctx.is_main and not state.interrupted:
+        # best.pt is what users copy and load elsewhere: the whole model in the one file (also
+        # when this run did not cache but resumed one that did). Not on a signal: the grace
+        # period is for last.pt, and the resumed run makes best.pt whole at its end
+        try:
+            inline_frozen(run.paths.best, run.model.state_dict(keep_vars=True))
+        except CheckpointError as exc:  # the trained checkpoints are intact: say so, go on
+            log(f"best.pt: left referencing its frozen tensors ({exc}); load_checkpoint reads it")
     recipe_run.finish(run, state, log)  # SWA batchnorm, the weights to use, diagnostics
     if run.ctx.is_main and history:
         from strop.train.report import plot_run
