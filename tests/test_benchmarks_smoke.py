@@ -183,7 +183,12 @@ def test_startup_benchmark_measures_every_process_and_its_ratios():
     assert fig["ratio_first_step"] == fig["strop"]["median"] / fig["hand"]["median"]
     assert fig["ratio_import"] == fig["import_train"]["median"] / fig["import_torch"]["median"]
     top = fig["importtime"]["top"]
-    assert top and top[0]["module"] == "torch" and top[0]["by"].startswith("strop")
+    # torch and torchvision's folder module (which pulls in torch._dynamo) cost about the same
+    # (1.4 s each in one CI run): which one comes first depends on the run, so the test asks
+    # for torch among the largest, in descending order, each imported by a strop module
+    assert top and "torch" in [t["module"] for t in top[:3]]
+    assert all(t["by"].startswith("strop") for t in top)
+    assert [t["seconds"] for t in top] == sorted((t["seconds"] for t in top), reverse=True)
     assert 0 < top[0]["seconds"] <= fig["importtime"]["total"]
     assert "strop / hand to the first step" in md and fig["cpu features"] in md
 
