@@ -64,6 +64,12 @@ def forget_shared(folder: str | Path) -> None:
     _SHARED_MEMO.pop(Path(folder), None)
 
 
+def _signature(tensors: dict[str, torch.Tensor]) -> tuple[Any, ...]:
+    """Names, storage addresses, version counters and shapes: equal while none was replaced or
+    modified in place."""
+    return tuple((k, t.data_ptr(), t._version, tuple(t.shape)) for k, t in tensors.items())
+
+
 def _write_atomic(path: Path, write: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -85,7 +91,7 @@ def _split_shared(payload: dict[str, Any], folder: Path, keys: Collection[str]) 
     its sha256 beside the checkpoint, written once; the checkpoint records the name and hash."""
     model = payload["model"]
     frozen = {k: model[k] for k in model if k in keys}
-    signature = tuple((k, t.data_ptr(), t._version, tuple(t.shape)) for k, t in frozen.items())
+    signature = _signature(frozen)
     memo = _SHARED_MEMO.get(folder)
     if memo is not None and memo[0] == signature and (folder / memo[1]).is_file():
         name, digest = memo[1], memo[2]
@@ -129,6 +135,11 @@ def _merge_shared(data: dict[str, Any], path: Path, map_location: Any) -> None:
             f"recorded ({ref['sha256'][:16]}…); it was altered or replaced"
         )
     frozen = torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)["tensors"]
+    _put_back(data, ref, frozen)
+
+
+def _put_back(data: dict[str, Any], ref: dict[str, Any], frozen: dict[str, torch.Tensor]) -> None:
+    """``frozen`` back into ``data["model"]``, in the order the reference ``ref`` recorded."""
     model = {**data["model"], **frozen}
     data["model"] = {k: model[k] for k in ref["order"]}
 
@@ -251,17 +262,13 @@ def inline_frozen(path: str | Path, model_state: dict[str, torch.Tensor] | None 
         keys = [k for k in ref["order"] if k not in data["model"]]
         if all(k in model_state for k in keys):
             live = {k: model_state[k] for k in keys}
-            signature = tuple(
-                (k, t.data_ptr(), t._version, tuple(t.shape)) for k, t in live.items()
-            )
-            if signature == memo[0] and memo[2] == ref["sha256"]:
+            if _signature(live) == memo[0] and memo[2] == ref["sha256"]:
                 frozen = {k: t.detach().cpu() for k, t in live.items()}
     if frozen is None:
         data = load_checkpoint(path)  # the frozen tensors merged back, their sha256 checked
     else:
         del data["model_shared"]
-        model = {**data["model"], **frozen}
-        data["model"] = {k: model[k] for k in ref["order"]}
+        _put_back(data, ref, frozen)
     data.pop("format_version")
     save_checkpoint(data, path)
     return True
