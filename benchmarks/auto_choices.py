@@ -1,9 +1,9 @@
 """What ``auto`` picks against every fixed choice: precision × memory format (× compile).
 
-Run ``python benchmarks/auto_choices.py [--compile] [--rounds N] [--steps N] [--threads N]``.
+Run ``python benchmarks/auto_choices.py [--compile] [--frozen] [--rounds N] [--steps N] [--threads N]``.
 ``strop.train.fit`` trains resnet18 (random init, full fine-tuning, 10 classes, batch 32, SGD
 momentum 0.9) for one epoch of ``--steps`` steps on the same in-memory tensors (the bundled digits
-at 64×64) with each fixed choice:
+at 64×64; ``--frozen``: the backbone frozen, ``feature_cache: off``) with each fixed choice:
 
 - ``precision``: ``fp32``, ``bf16``;
 - ``memory_format``: ``contiguous``, ``channels_last``;
@@ -142,7 +142,7 @@ def summarize(outcomes: Sequence[Outcome]) -> tuple[list[list[str]], dict[str, A
     return rows, verdict
 
 
-def _config(choice: Choice, size: int, out: Path) -> dict[str, Any]:
+def _config(choice: Choice, size: int, out: Path, frozen: bool = False) -> dict[str, Any]:
     return {
         "data": {
             "root": "(in-memory tensors)",
@@ -150,8 +150,10 @@ def _config(choice: Choice, size: int, out: Path) -> dict[str, Any]:
             "batch_size": BATCH,
             "num_workers": 0,
         },
-        "model": {"name": "resnet18"},
+        "model": {"name": "resnet18", "freeze": "backbone" if frozen else None},
         "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+        # frozen: the backbone runs every step (the cache would take it out of the step)
+        "feature_cache": "off",
         "precision": choice.precision,
         "memory_format": choice.memory_format,
         "compile": choice.compile,
@@ -166,11 +168,14 @@ def run(
     steps: int = 10,
     rounds: int = 3,
     compile: bool = False,
+    frozen: bool = False,
     data: tuple[Any, Any, int] | None = None,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> tuple[str, list[Outcome], dict[str, Any]]:
     """Returns ``(markdown, outcomes, verdict)`` (see :func:`summarize`). ``data``: ``(train,
-    val, num_classes)`` to train on instead of the bundled digits (``steps × batch`` images)."""
+    val, num_classes)`` to train on instead of the bundled digits (``steps × batch`` images).
+    ``frozen``: the backbone frozen (``freeze: backbone``, ``feature_cache: off``) instead of
+    full fine-tuning."""
     from strop.data import write_digits
 
     outcomes = [Outcome(c) for c in candidates(compile)]
@@ -185,7 +190,7 @@ def run(
                 progress(f"  auto choices round {r + 1}/{rounds}: {o.choice.label}")
                 cpu = StepCPUTimer()
                 result, times, _ = run_fit(
-                    _config(o.choice, size, tmp / "run"), data=data, callbacks=[cpu]
+                    _config(o.choice, size, tmp / "run", frozen), data=data, callbacks=[cpu]
                 )
                 o.cpu_times += cpu.times[WARMUP:]
                 kept = times.get(0, [])[WARMUP:]
@@ -218,7 +223,7 @@ def run(
         f"auto / best = **{verdict['ratio']:.2f}** (goal ≥ {GOAL:.2f}: "
         f"{'met' if verdict['met'] else '**missed**'}); auto / the same fixed choice = {noise} "
         "(identical computations: the measurement's noise)"
-        f"\n- resnet18 full fine-tuning at {size}×{size}, batch {BATCH}, {steps} steps per run "
+        f"\n- resnet18 {'frozen backbone (feature_cache: off)' if frozen else 'full fine-tuning'} at {size}×{size}, batch {BATCH}, {steps} steps per run "
         f"({WARMUP} dropped), {rounds} rounds interleaved; precision reason: "
         f"{outcomes[-1].choices.get('precision_reason', 'n/a')}"
     )
@@ -234,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--steps", type=int, default=10, help="training steps per run")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--frozen", action="store_true", help="frozen backbone (feature_cache: off) instead of full"
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -243,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         steps=args.steps,
         rounds=args.rounds,
         compile=args.compile,
+        frozen=args.frozen,
         progress=lambda m: print(m, file=sys.stderr),
     )
     info = ", ".join(f"{k}: {v}" for k, v in machine().items())

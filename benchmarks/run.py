@@ -91,7 +91,7 @@ def _goals(
                 frac = flops / common.median(like.times) / 1e9 / roof
                 rows.append(
                     [
-                        f"{tag}: ≥ 40% of the bf16 matmul roof",
+                        f"{tag}: ≥ 40% of the {'bf16' if training.NATIVE_BF16 else 'fp32'} matmul roof",
                         f"{100 * frac:.0f}%",
                         verdict(frac >= 0.40),
                     ]
@@ -166,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     if "roof" in parts or "training" in parts:
         progress("roofline")
         roofs = roofline.roofs(quick=args.quick)
-        roof = roofs["bf16 matmul"]
+        # the roof of the precision strop's auto and the best hand loop use on this CPU
+        roof = roofs["bf16 matmul" if training.NATIVE_BF16 else "fp32 matmul"]
         sections.append(
             "## Roof: dense kernels on this machine\n\n"
             + common.markdown_table(

@@ -6,12 +6,17 @@ on the same in-memory tensors (a ``TensorDataset`` of the bundled digits, resize
 read through a ``DataLoader`` with ``num_workers=0``):
 
 - ``tutorial loop``: the tutorial's loop — fp32, NCHW, ``model.train()`` throughout;
-- ``best hand loop``: bf16 autocast + channels_last model and inputs (frozen BN in eval mode);
+- ``best hand loop``: the fastest fixed setting on this CPU, with frozen BN in eval mode: bf16
+  autocast + channels_last model and inputs where the CPU has native bf16 (AVX512-BF16 or AMX);
+  elsewhere fp32, NCHW for full training and channels_last for a frozen backbone (on an AVX2-only
+  CPU bf16 is emulated and 10-25× slower; fp32 channels_last was 0.94× NCHW for full training and
+  1.2-1.6× for a frozen backbone: ``benchmarks/auto_choices.py [--frozen]`` measures every fixed
+  choice);
 - ``strop fit``: ``strop.train.fit`` with ``precision: auto``, ``memory_format: auto`` (and for
   the frozen backbone ``feature_cache: auto``, i.e. cached, and ``off``);
-- ``Lightning``: ``lightning.Trainer(precision="bf16-mixed")``, once as a user gets it (NCHW) and
-  once with the model and inputs in channels_last (the same arithmetic as the best loop, so the
-  difference is the framework).
+- ``Lightning``: ``lightning.Trainer(precision="bf16-mixed")`` (``"32-true"`` on a CPU without
+  native bf16), once as a user gets it (NCHW) and once with the model and inputs in channels_last
+  (on a bf16 CPU the same arithmetic as the best loop, so the difference is the framework).
 
 What is timed: the wall time of each training step, data loading included, from one batch's end to
 the next (strop: its ``on_batch_end`` callback hook; Lightning: ``on_train_batch_end``); start-up,
@@ -42,17 +47,24 @@ from roofline import step_flops
 from torch import nn
 from torch.utils.data import DataLoader
 
+from strop.precision import cpu_flags
+
 __all__ = ["Result", "main", "run"]
 
 BATCH = 32
+#: the CPU computes bf16 natively (AVX512-BF16 or AMX): the best hand loop and Lightning use bf16
+NATIVE_BF16 = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+PL_PRECISION = "bf16-mixed" if NATIVE_BF16 else "32-true"
 CANDIDATES = ("tutorial", "best", "strop", "strop_nocache", "lightning", "lightning_cl")
 LABELS = {
     "tutorial": "tutorial loop (fp32, NCHW)",
-    "best": "best hand loop (bf16 + channels_last)",
+    "best": "best hand loop (bf16 + channels_last)"
+    if NATIVE_BF16
+    else "best hand loop (fp32; channels_last when frozen)",
     "strop": "strop fit (auto)",
     "strop_nocache": "strop fit (auto, feature_cache: off)",
-    "lightning": "Lightning (bf16-mixed)",
-    "lightning_cl": "Lightning (bf16-mixed + channels_last)",
+    "lightning": f"Lightning ({PL_PRECISION})",
+    "lightning_cl": f"Lightning ({PL_PRECISION} + channels_last)",
 }
 
 
@@ -98,11 +110,17 @@ def _loader(ds: Any) -> DataLoader:
     )
 
 
+def hand_format(frozen: bool) -> torch.memory_format:
+    """The best hand loop's memory format: channels_last with native bf16 or a frozen backbone
+    (fp32 NHWC convolutions are the faster forward on a CPU), NCHW for full fp32 training."""
+    return torch.channels_last if NATIVE_BF16 or frozen else torch.contiguous_format
+
+
 def hand_setup(data: tuple[Any, Any, int], *, fast: bool, frozen: bool) -> tuple[nn.Module, Any]:
-    """The hand loop's model and optimizer. ``fast``: channels_last (and frozen BN in eval mode)."""
+    """The hand loop's model and optimizer. ``fast``: ``hand_format`` (and frozen BN in eval mode)."""
     _, _, ncls = data
     model = _resnet18(ncls, frozen)
-    model = model.to(memory_format=torch.channels_last if fast else torch.contiguous_format)
+    model = model.to(memory_format=hand_format(frozen) if fast else torch.contiguous_format)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     model.train()
     if frozen and fast:
@@ -111,12 +129,19 @@ def hand_setup(data: tuple[Any, Any, int], *, fast: bool, frozen: bool) -> tuple
 
 
 def hand_step(
-    model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor, *, fast: bool
+    model: nn.Module,
+    opt: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    fast: bool,
+    frozen: bool = False,
 ) -> tuple[float, int]:
-    """One step of the hand loop (``fast``: bf16 autocast + channels_last inputs) and the tutorial's
-    bookkeeping, which strop logs too: ``(summed loss, correct predictions)``."""
-    x = x.contiguous(memory_format=torch.channels_last if fast else torch.contiguous_format)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+    """One step of the hand loop (``fast``: bf16 autocast + channels_last inputs where the CPU has
+    native bf16) and the tutorial's bookkeeping, which strop logs too: ``(summed loss, correct
+    predictions)``."""
+    x = x.contiguous(memory_format=hand_format(frozen) if fast else torch.contiguous_format)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast and NATIVE_BF16):
         out = model(x)
         loss = F.cross_entropy(out, y)
     opt.zero_grad(set_to_none=True)
@@ -126,12 +151,13 @@ def hand_step(
 
 
 def hand_loop(data: tuple[Any, Any, int], *, fast: bool, frozen: bool) -> Result:
-    """One epoch of a hand-written loop. ``fast``: bf16 autocast + channels_last; else fp32 NCHW."""
+    """One epoch of a hand-written loop. ``fast``: the best fixed setting (``hand_step``); else
+    the tutorial's fp32 NCHW."""
     model, opt = hand_setup(data, fast=fast, frozen=frozen)
     timer = Timer()
     timer.start()
     for x, y in _loader(data[0]):
-        hand_step(model, opt, x, y, fast=fast)
+        hand_step(model, opt, x, y, fast=fast, frozen=frozen)
         timer.tick()
     return Result("best" if fast else "tutorial", timer.times)
 
@@ -171,7 +197,7 @@ def strop_fit(
 def lightning_fit(
     data: tuple[Any, Any, int], *, frozen: bool, channels_last: bool, out: Path
 ) -> Result:
-    """One epoch of ``lightning.Trainer(precision="bf16-mixed")`` on ``data``."""
+    """One epoch of ``lightning.Trainer(precision=PL_PRECISION)`` on ``data``."""
     import lightning as L
 
     train, _, ncls = data
@@ -210,7 +236,7 @@ def lightning_fit(
         trainer = L.Trainer(
             accelerator="cpu",
             devices=1,
-            precision="bf16-mixed",
+            precision=PL_PRECISION,
             max_epochs=1,
             logger=False,
             enable_checkpointing=False,
@@ -275,8 +301,9 @@ def run(
 ) -> tuple[str, dict[tuple[int, str], dict[str, Result]]]:
     """Measure every candidate at every size and mode; returns ``(markdown, results)``.
 
-    ``steps[size]`` timed steps per run (after ``warmup``); ``roof_gflops`` (the bf16 matmul roof)
-    adds the achieved fraction of it.
+    ``steps[size]`` timed steps per run (after ``warmup``); ``roof_gflops`` (the matmul roof of
+    the precision ``auto`` picks here: bf16 with native bf16, else fp32) adds the achieved
+    fraction of it.
     """
     steps = steps or {64: 16, 224: 4}
     results: dict[tuple[int, str], dict[str, Result]] = {}
@@ -327,7 +354,7 @@ def _table(
         "× best loop",
         "× Lightning",
         "GFLOP/s",
-        "% of bf16 roof",
+        f"% of {'bf16' if NATIVE_BF16 else 'fp32'} roof",
     ]
     rows = []
     for (size, mode), res in results.items():

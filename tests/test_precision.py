@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from strop import precision as P
-from strop.precision import MixedPrecision, Precision, resolve, resolve_memory_format
+from strop.precision import (
+    MixedPrecision,
+    Precision,
+    convolutions_frozen,
+    resolve,
+    resolve_memory_format,
+)
 
 
 @pytest.fixture
@@ -98,23 +104,47 @@ def test_resolve_reports_this_machine():
         ) and "neither AMX-BF16 nor AVX512-BF16" in p.reason
 
 
+CL, NCHW = torch.channels_last, torch.contiguous_format
+
+
 @pytest.mark.parametrize(
-    ("fmt", "device", "cpu_flags", "cuda", "prec", "expected"),
+    ("fmt", "device", "cpu_flags", "cuda", "prec", "forward_only", "expected"),
     [
-        ("auto", "cpu", ("avx512_bf16",), None, "bf16", torch.channels_last),
-        ("auto", "cpu", ("avx512_bf16",), None, "fp32", torch.contiguous_format),
-        ("auto", "cpu", (), None, "bf16", torch.contiguous_format),  # emulated bf16
-        ("auto", "cpu", ("amx_bf16",), None, "auto", torch.channels_last),
-        ("auto", "cuda", (), (8, 6), "auto", torch.channels_last),
-        ("auto", "cuda", (), (7, 0), "fp16", torch.channels_last),
-        ("auto", "cuda", (), (8, 6), "fp32", torch.contiguous_format),
-        ("channels_last", "cpu", (), None, "fp32", torch.channels_last),
-        ("contiguous", "cpu", ("amx_bf16",), None, "bf16", torch.contiguous_format),
+        ("auto", "cpu", ("avx512_bf16",), None, "bf16", False, CL),
+        ("auto", "cpu", ("avx512_bf16",), None, "fp32", False, NCHW),
+        # emulated bf16 (AVX2 only): 2.5x faster in NHWC, measured (benchmarks/auto_choices.py)
+        ("auto", "cpu", (), None, "bf16", False, CL),
+        ("auto", "cpu", ("amx_bf16",), None, "auto", False, CL),
+        ("auto", "cpu", ("avx2",), None, "auto", False, NCHW),  # auto -> fp32 on this CPU
+        # frozen convolutions: oneDNN's fp32 NHWC forward is the faster one on a CPU
+        ("auto", "cpu", ("avx2",), None, "auto", True, CL),
+        ("auto", "cpu", ("avx512_bf16",), None, "fp32", True, CL),
+        ("auto", "cuda", (), (8, 6), "auto", False, CL),
+        ("auto", "cuda", (), (7, 0), "fp16", False, CL),
+        ("auto", "cuda", (), (8, 6), "fp32", False, NCHW),
+        ("auto", "cuda", (), (8, 6), "fp32", True, NCHW),  # measured on CPUs only
+        ("channels_last", "cpu", (), None, "fp32", False, CL),
+        ("contiguous", "cpu", ("amx_bf16",), None, "bf16", False, NCHW),
+        ("contiguous", "cpu", ("avx2",), None, "fp32", True, NCHW),
     ],
 )
-def test_resolve_memory_format(fake_hw, fmt, device, cpu_flags, cuda, prec, expected):
+def test_resolve_memory_format(fake_hw, fmt, device, cpu_flags, cuda, prec, forward_only, expected):
     fake_hw(cpu_flags=cpu_flags, cuda=cuda)
-    assert resolve_memory_format(fmt, device, prec) == expected
+    assert resolve_memory_format(fmt, device, prec, forward_only=forward_only) == expected
+
+
+def test_convolutions_frozen():
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=3)
+    assert not convolutions_frozen(model)  # everything trains
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("fc."))  # the chapter's frozen backbone + new head
+    assert convolutions_frozen(model)
+    model.layer4[1].conv2.weight.requires_grad_(True)  # one conv trains: its backward runs
+    assert not convolutions_frozen(model)
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 4)).requires_grad_(False)
+    assert not convolutions_frozen(mlp)  # no convolution at all: nothing to say
 
 
 def test_resolve_memory_format_error():

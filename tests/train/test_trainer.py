@@ -357,3 +357,25 @@ def test_feature_cache_checkpoints_hold_the_head_and_resume_exactly(
     a, b = _weights(full.run_dir), _weights(resumed.run_dir)
     assert len(a) == len(b) > 100  # the whole resnet18 state comes back, not the head alone
     _assert_same_weights(a, b)
+
+
+@pytest.mark.parametrize(
+    ("over", "expected"),
+    [
+        # the chapter's frozen backbone: its convolutions only run forward -> NHWC on a CPU
+        ({"model": {"freeze": "backbone"}, "feature_cache": "off"}, "channels_last"),
+        # the feature cache runs the same frozen backbone once, forward only
+        ({"model": {"freeze": "backbone"}}, "channels_last"),
+        # unfrozen after one epoch: the convolutions run backward too -> fp32 NCHW
+        (
+            {"model": {"freeze": "backbone"}, "gradual_unfreeze": {"head_epochs": 1}},
+            "contiguous_format",
+        ),
+        ({}, "contiguous_format"),  # full fine-tuning in fp32
+    ],
+)
+def test_auto_memory_format_follows_what_trains(tiny_config, digits_root, tmp_path, over, expected):
+    res = fit(tiny_config(digits_root, tmp_path / "run", memory_format="auto", epochs=1, **over))
+    choices = json.loads((res.run_dir / "run.json").read_text())
+    assert choices["precision"] == "fp32"
+    assert choices["memory_format"] == expected

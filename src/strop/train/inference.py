@@ -222,16 +222,19 @@ def lr_find_config(
 ) -> tuple[Any, Path]:
     """Run :func:`strop.schedules.lr_find` on the model, data, loss and optimizer of ``config``."""
     from strop.plots import plot_lr_find
-    from strop.precision import resolve, resolve_memory_format
+    from strop.precision import convolutions_frozen, resolve, resolve_memory_format
     from strop.schedules import lr_find
 
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     precision = resolve(config.precision, device)
-    memory_format = resolve_memory_format(config.memory_format, device, precision)
     train_ds, _, _, n = load_datasets(config)
     task = build_task(config.task, n)
     model, loss_fn, optimizer = build_parts(config, n, train_ds)
+    # as fit() chooses it (setup.build_run): the range test trains what the first epoch trains
+    memory_format = resolve_memory_format(
+        config.memory_format, device, precision, forward_only=convolutions_frozen(model)
+    )
     model = model.to(device, memory_format=memory_format)
     loader = _loader(config, train_ds, device, shuffle=True)
 

@@ -337,13 +337,15 @@ def build_run(
 ) -> Run:
     """Build every part of the run ``config`` describes, for this process (see the module doc)."""
     from strop.finetune.build import load_summary
-    from strop.precision import MixedPrecision, resolve, resolve_memory_format
+    from strop.precision import (
+        MixedPrecision,
+        convolutions_frozen,
+        resolve,
+        resolve_memory_format,
+    )
     from strop.train.autocompile import maybe_compile
 
     precision = resolve(config.precision, device)
-    memory_format = resolve_memory_format(config.memory_format, device, precision)
-    if config.task == "detection":  # lists of differently sized images: no memory format
-        memory_format = torch.contiguous_format
     train_ds, val_ds, classes, task = _data(config, ctx)
     per_rank_batch = config.data.batch_size // ctx.world_size
     sampler = build_train_sampler(config, train_ds, ctx, per_rank_batch)
@@ -353,8 +355,15 @@ def build_run(
     loaded = load_summary(model)
     if loaded:
         log(loaded)
-    model = model.to(device, memory_format=memory_format)
     plan = unfreeze_plan(config)
+    # a backbone frozen for the whole run (no gradual unfreezing) only runs its convolutions forward
+    forward_only = plan is None and convolutions_frozen(model)
+    memory_format = resolve_memory_format(
+        config.memory_format, device, precision, forward_only=forward_only
+    )
+    if config.task == "detection":  # lists of differently sized images: no memory format
+        memory_format = torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
     early = None
     if config.early_stopping is not None:
         es = config.early_stopping
