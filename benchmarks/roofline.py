@@ -70,23 +70,33 @@ def conv_gflops(
 
 
 def roofs(*, quick: bool = False) -> dict[str, float]:
-    """``{"fp32 matmul": GFLOP/s, "bf16 matmul": ..., "fp32 conv NCHW": ..., ...}``."""
+    """``{"fp32 matmul": GFLOP/s, "bf16 matmul": ..., "fp32 conv NCHW": ..., ...}``.
+
+    On a CPU without native bf16 (no AVX512-BF16 or AMX) bf16 is emulated at a few GFLOP/s, on one
+    thread: its kernels are measured at the quick sizes only (the full ones take minutes there).
+    """
+    from strop.precision import cpu_flags
+
+    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
     sizes = (1024,) if quick else (1024, 2048)
     reps = 3 if quick else 5
+    batch = 8 if quick else 32
+    bf16_sizes, bf16_reps, bf16_batch = (sizes, reps, batch) if native_bf16 else ((1024,), 2, 4)
     out = {
         "fp32 matmul": max(matmul_gflops(n, torch.float32, repeats=reps) for n in sizes),
-        "bf16 matmul": max(matmul_gflops(n, torch.bfloat16, repeats=reps) for n in sizes),
+        "bf16 matmul": max(
+            matmul_gflops(n, torch.bfloat16, repeats=bf16_reps) for n in bf16_sizes
+        ),
     }
-    batch = 8 if quick else 32
-    out["fp32 conv3x3 NCHW"] = conv_gflops(
-        torch.float32, torch.contiguous_format, batch=batch, repeats=reps
-    )
-    out["bf16 conv3x3 NCHW"] = conv_gflops(
-        torch.bfloat16, torch.contiguous_format, batch=batch, repeats=reps
-    )
-    out["bf16 conv3x3 channels_last"] = conv_gflops(
-        torch.bfloat16, torch.channels_last, batch=batch, repeats=reps
-    )
+    for dtype, fmt, b, r in (
+        (torch.float32, torch.contiguous_format, batch, reps),
+        (torch.float32, torch.channels_last, batch, reps),
+        (torch.bfloat16, torch.contiguous_format, bf16_batch, bf16_reps),
+        (torch.bfloat16, torch.channels_last, bf16_batch, bf16_reps),
+    ):
+        name = "fp32" if dtype == torch.float32 else "bf16"
+        layout = "NCHW" if fmt == torch.contiguous_format else "channels_last"
+        out[f"{name} conv3x3 {layout}"] = conv_gflops(dtype, fmt, batch=b, repeats=r)
     return out
 
 

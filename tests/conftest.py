@@ -3,12 +3,18 @@
 The ``ci`` profile (the default) derandomizes hypothesis, so a failure in CI reproduces on any
 machine with the same code; ``HYPOTHESIS_PROFILE=explore`` draws fresh random examples locally
 (hypothesis then prints the ``@reproduce_failure`` blob of a failing example).
+
+strop's user cache (compiled graphs, the demo's model, verified-file verdicts) goes to a folder of
+this session's own unless ``STROP_CACHE`` is set: the suite never reads or writes the user's.
 """
 
 import os
+import tempfile
 
 from hypothesis import settings
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+os.environ.setdefault("STROP_CACHE", tempfile.mkdtemp(prefix="strop-test-cache-"))

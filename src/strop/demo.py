@@ -180,10 +180,9 @@ class DemoInterrupted(Exception):
 def cache_dir() -> Path:
     """Where the demo keeps its source model: ``$STROP_CACHE/demo``, else
     ``$XDG_CACHE_HOME/strop/demo``, else ``~/.cache/strop/demo``."""
-    if os.environ.get("STROP_CACHE"):
-        return Path(os.environ["STROP_CACHE"]) / "demo"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "strop" / "demo"
+    from strop._cache import user_cache_dir
+
+    return user_cache_dir("demo")
 
 
 def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

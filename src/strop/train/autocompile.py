@@ -48,15 +48,9 @@ PROBE_STEPS = 3
 def cache_dir(environ: dict[str, str] | None = None) -> Path:
     """Where compiled graphs are kept: ``$STROP_CACHE/inductor``, else
     ``$XDG_CACHE_HOME/strop/inductor``, else ``~/.cache/strop/inductor``."""
-    env = os.environ if environ is None else environ
-    if env.get("STROP_CACHE"):
-        return Path(env["STROP_CACHE"]).expanduser() / "inductor"
-    base = (
-        Path(env["XDG_CACHE_HOME"]).expanduser()
-        if env.get("XDG_CACHE_HOME")
-        else (Path.home() / ".cache")
-    )
-    return base / "strop" / "inductor"
+    from strop._cache import user_cache_dir
+
+    return user_cache_dir("inductor", environ)
 
 
 @dataclass
