@@ -84,9 +84,7 @@ def roofs(*, quick: bool = False) -> dict[str, float]:
     bf16_sizes, bf16_reps, bf16_batch = (sizes, reps, batch) if native_bf16 else ((1024,), 2, 4)
     out = {
         "fp32 matmul": max(matmul_gflops(n, torch.float32, repeats=reps) for n in sizes),
-        "bf16 matmul": max(
-            matmul_gflops(n, torch.bfloat16, repeats=bf16_reps) for n in bf16_sizes
-        ),
+        "bf16 matmul": max(matmul_gflops(n, torch.bfloat16, repeats=bf16_reps) for n in bf16_sizes),
     }
     for dtype, fmt, b, r in (
         (torch.float32, torch.contiguous_format, batch, reps),

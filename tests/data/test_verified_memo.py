@@ -9,8 +9,7 @@ import os
 import pytest
 from PIL import Image
 
-from strop.data import BadFilesWarning, image_folder
-from strop.data import _scan
+from strop.data import BadFilesWarning, _scan, image_folder
 
 
 def _folder(root, n=3):
