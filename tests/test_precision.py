@@ -141,6 +141,9 @@ def test_convolutions_frozen():
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("fc."))  # the chapter's frozen backbone + new head
     assert convolutions_frozen(model)
+    model.layer4[1].bn2.weight.requires_grad_(True)  # train_bn: backward runs through convs
+    assert not convolutions_frozen(model)
+    model.layer4[1].bn2.weight.requires_grad_(False)
     model.layer4[1].conv2.weight.requires_grad_(True)  # one conv trains: its backward runs
     assert not convolutions_frozen(model)
     mlp = torch.nn.Sequential(torch.nn.Linear(4, 4)).requires_grad_(False)

@@ -295,14 +295,24 @@ def resolve_memory_format(
 
 
 def convolutions_frozen(model: torch.nn.Module) -> bool:
-    """True when ``model`` has convolutions and none of their weights requires a gradient: its
-    convolutions then run forward only in training (``resolve_memory_format(forward_only=)``)."""
+    """True when ``model`` has convolutions and no convolution or normalization layer trains
+    (none of their parameters requires a gradient): its convolutions then run forward only in
+    training (``resolve_memory_format(forward_only=)``). A trainable BatchNorm inside a frozen
+    backbone (``train_bn``) makes the backward pass run through the convolutions above it, so it
+    counts as training them."""
     convs = [
         m
         for m in model.modules()
         if isinstance(m, torch.nn.modules.conv._ConvNd) and m.weight is not None
     ]
-    return bool(convs) and not any(m.weight.requires_grad for m in convs)
+    norms = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm)
+    trains = (
+        p.requires_grad
+        for m in model.modules()
+        if isinstance(m, (torch.nn.modules.conv._ConvNd, *norms))
+        for p in m.parameters(recurse=False)
+    )
+    return bool(convs) and not any(trains)
 
 
 @dataclass(frozen=True)

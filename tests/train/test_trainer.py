@@ -371,6 +371,8 @@ def test_feature_cache_checkpoints_hold_the_head_and_resume_exactly(
             {"model": {"freeze": "backbone"}, "gradual_unfreeze": {"head_epochs": 1}},
             "contiguous_format",
         ),
+        # fastai's train_bn: the frozen stages' BatchNorm trains, so backward crosses the convs
+        ({"model": {"freeze": "backbone", "train_bn": True}}, "contiguous_format"),
         ({}, "contiguous_format"),  # full fine-tuning in fp32
     ],
 )
