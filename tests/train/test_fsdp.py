@@ -8,7 +8,12 @@ gradients in float32, DDP as ``(g0 + g1) / 2`` (all-reduce), FSDP as the reduce-
 ``g0 + g1`` divided by 2 (or each halved first); with 2 ranks these are the same number, since a
 float sum of two terms is commutative and halving is exact (no subnormals here). The optimizer
 then runs the same SGD formula on each element (FSDP on its shard; fused and foreach kernels gave
-the same numbers here). Measured: largest difference 0.0.
+the same numbers here). Measured: largest difference 0.0 on an AVX512-BF16 CPU. On an AVX2-only
+CPU (2026-12-03) every tensor but one was equal too; one element of the last convolution's bias
+differed by 1 ulp (2.3e-10 on 3.0e-3): the batch sum that is that bias's gradient is vectorised
+in an order that depends on the buffer's alignment there, and FSDP's flat shards move it. So FSDP
+and DDP weights are compared to 2 ulp (``_within_ulps``); an averaging fault (a missing halving, a
+rank's shard lost) differs by ~50% or more. Runs of one strategy are compared exactly.
 """
 
 from __future__ import annotations
@@ -38,6 +43,21 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def _within_ulps(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], ulps: int = 2) -> None:
+    """Equal tensors, floats to ``ulps`` units in the last place (see the module doc)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        x, y = a[k], b[k]
+        assert x.shape == y.shape and x.dtype == y.dtype, k
+        if not x.is_floating_point():
+            assert torch.equal(x, y), k
+            continue
+        info = torch.finfo(x.dtype)
+        scale = torch.maximum(x.abs(), y.abs()).clamp_min(info.tiny)
+        worst = ((x.double() - y.double()).abs() / (scale.double() * info.eps)).max().item()
+        assert worst <= ulps, f"{k}: {worst:.1f} ulp apart"
 
 
 # ----------------------------------------------------------------------------- config
@@ -207,9 +227,9 @@ def test_fsdp_on_two_processes_reaches_the_ddp_weights_and_reads_like_any_run(la
     ddp = td._weights(base / "ddp")
     last = load_checkpoint(base / "fsdp" / "checkpoints" / "last.pt")
     assert last["state"]["step"] == td.STEPS and "sharded" in last
-    _equal(last["model"], ddp)  # see the module doc for why equal
+    _within_ulps(last["model"], ddp)  # see the module doc for why (nearly) equal
     # best.pt is the gathered model, as under ddp (best is epoch 2 in both)
-    _equal(
+    _within_ulps(
         load_checkpoint(base / "fsdp" / "checkpoints" / "best.pt")["model"],
         load_checkpoint(base / "ddp" / "checkpoints" / "best.pt")["model"],
     )
@@ -222,7 +242,7 @@ def test_fsdp_on_two_processes_reaches_the_ddp_weights_and_reads_like_any_run(la
 
     from strop.train.inference import export_weights
 
-    _equal(
+    _within_ulps(
         load_file(export_weights(base / "fsdp", checkpoint="last", out=base / "w.safetensors")), ddp
     )
 
