@@ -75,9 +75,9 @@ def roofs(*, quick: bool = False) -> dict[str, float]:
     On a CPU without native bf16 (no AVX512-BF16 or AMX) bf16 is emulated at a few GFLOP/s, on one
     thread: its kernels are measured at the quick sizes only (the full ones take minutes there).
     """
-    from strop.precision import cpu_flags
+    from strop.precision import resolve
 
-    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    native_bf16 = resolve("auto", "cpu").name == "bf16"  # auto picks bf16 where it is native
     sizes = (1024,) if quick else (1024, 2048)
     reps = 3 if quick else 5
     batch = 8 if quick else 32

@@ -47,13 +47,14 @@ from roofline import step_flops
 from torch import nn
 from torch.utils.data import DataLoader
 
-from strop.precision import cpu_flags
+from strop.precision import resolve
 
 __all__ = ["Result", "main", "run"]
 
 BATCH = 32
-#: the CPU computes bf16 natively (AVX512-BF16 or AMX): the best hand loop and Lightning use bf16
-NATIVE_BF16 = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+#: the CPU computes bf16 natively (AVX512-BF16 or AMX), which is where strop's ``precision: auto``
+#: picks it: the best hand loop and Lightning use bf16 there (auto_choices.py checks the choice)
+NATIVE_BF16 = resolve("auto", "cpu").name == "bf16"
 PL_PRECISION = "bf16-mixed" if NATIVE_BF16 else "32-true"
 CANDIDATES = ("tutorial", "best", "strop", "strop_nocache", "lightning", "lightning_cl")
 LABELS = {

@@ -272,7 +272,7 @@ def resolve_memory_format(
         fmt: ``"auto"`` (default), ``"channels_last"`` or ``"contiguous"``.
         device: as for :func:`resolve`.
         precision: a precision string (resolved with :func:`resolve`) or a :class:`Precision`.
-        forward_only: no convolution weight is trained (see :func:`convolutions_frozen`).
+        forward_only: the convolutions never run backward (:func:`convolutions_frozen`).
     """
     func = "resolve_memory_format"
     choices = ("auto", "channels_last", "contiguous")
@@ -300,19 +300,12 @@ def convolutions_frozen(model: torch.nn.Module) -> bool:
     training (``resolve_memory_format(forward_only=)``). A trainable BatchNorm inside a frozen
     backbone (``train_bn``) makes the backward pass run through the convolutions above it, so it
     counts as training them."""
-    convs = [
-        m
-        for m in model.modules()
-        if isinstance(m, torch.nn.modules.conv._ConvNd) and m.weight is not None
-    ]
-    norms = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm)
-    trains = (
-        p.requires_grad
-        for m in model.modules()
-        if isinstance(m, (torch.nn.modules.conv._ConvNd, *norms))
-        for p in m.parameters(recurse=False)
+    conv = torch.nn.modules.conv._ConvNd
+    layers = (conv, torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm)
+    found = [m for m in model.modules() if isinstance(m, layers)]
+    return any(isinstance(m, conv) for m in found) and not any(
+        p.requires_grad for m in found for p in m.parameters(recurse=False)
     )
-    return bool(convs) and not any(trains)
 
 
 @dataclass(frozen=True)

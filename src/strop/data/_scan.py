@@ -128,9 +128,8 @@ _VERDICT_VERSION = 1
 def _verdict_memo(paths: Sequence[Path]) -> tuple[Path, str] | None:
     """``(memo file, stamp)`` for this list of files: the file is named by the list of paths, the
     stamp hashes each file's size, modification time and inode (and PIL's version and bomb
-    limit), so a file that
-    changes, appears or goes makes the stored verdicts stale. ``None`` when a file cannot be
-    stat'ed (``check_image_file`` names it) or there are no files."""
+    limit), so a file that changes, appears or goes makes the stored verdicts stale. ``None``
+    when a file cannot be stat'ed (``check_image_file`` names it) or there are no files."""
     import hashlib
 
     from strop._cache import user_cache_dir
