@@ -8,7 +8,9 @@ strop's user cache (compiled graphs, the demo's model, verified-file verdicts) g
 this session's own unless ``STROP_CACHE`` is set: the suite never reads or writes the user's.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 from hypothesis import settings
@@ -17,4 +19,8 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-os.environ.setdefault("STROP_CACHE", tempfile.mkdtemp(prefix="strop-test-cache-"))
+if "STROP_CACHE" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="strop-test-cache-")
+    os.environ["STROP_CACHE"] = _cache
+    # removed when the session's process ends (subprocesses of tests have ended by then)
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
