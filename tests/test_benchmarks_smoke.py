@@ -115,6 +115,9 @@ def test_feature_cache_benchmark_gives_the_same_heads_within_rounding(tiny_digit
     assert out["head_max_abs_diff"] <= 1e-5 * out["head_max_abs"]
     assert out["head_max_abs"] > 0
     assert "feature_cache: auto (cached)" in md
+    # the headline is the round's own ratio: uncached seconds over cached, from the same round
+    (off,), (auto,) = out["off"]["seconds_each"], out["auto"]["seconds_each"]
+    assert out["speedup_per_round"] == [off / auto] and out["speedup"] == off / auto
 
 
 def test_data_pipeline_benchmark_runs_every_variant(tmp_path):
