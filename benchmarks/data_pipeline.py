@@ -14,7 +14,9 @@ with ``feature_cache: off`` — a cheap step, where data loading weighs most —
 Each run trains 2 epochs; the table gives the steady-state throughput (median step of epoch 2,
 data loading included), the same ratio at the 10th-percentile step (robust to a host whose speed
 changes during the script), and epoch 1's (which fills the caches). Runs are interleaved round
-by round.
+by round. The loaders are then timed alone, without the model (folder against in-memory
+tensors): the folder's extra milliseconds per batch, over the in-memory step, predict the ratio
+the fits measure, with far less of the host's noise.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import argparse
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from common import in_memory, markdown_table, median, run_fit
+import torch
+from common import in_memory, markdown_table, median, quiet, run_fit
 
 __all__ = ["main", "run"]
 
@@ -56,7 +60,8 @@ def run(
     data_root: Path | None = None,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> tuple[str, dict[str, dict[str, list[float]]]]:
-    """Returns ``(markdown, {variant: {"epoch1": step times, "epoch2": step times}})``."""
+    """Returns ``(markdown, {variant: {"epoch1": step times, "epoch2": step times}})``, and under
+    ``"loaders_ms"`` the loaders' median batch alone: ``{"none": [ms], "memory_tensors": [ms]}``."""
     res: dict[str, dict[str, list[float]]] = {v: {"epoch1": [], "epoch2": []} for v in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -91,6 +96,7 @@ def run(
                     1:
                 ]  # the first step also builds the iterator
                 res[variant]["epoch2"] += times.get(1, [])[1:]
+        loaders = _loaders_alone(root, size, tensors[0])
     ref = BATCH / median(res["memory_tensors"]["epoch2"])
     fast_ref = BATCH / _fastest_tenth(res["memory_tensors"]["epoch2"])
     rows = []
@@ -116,7 +122,43 @@ def run(
         "frozen backbone without feature cache; goal: folder within 5% of in-memory (≥ 0.95×, "
         "issue 16); PNGs decoded by TorchCodec, normalised once per batch"
     )
+    # the data work alone, which the host's slow and fast spells hardly touch: the folder's
+    # extra milliseconds per batch over the in-memory step predict the ratio the fits measure
+    extra = loaders["none"] - loaders["memory_tensors"]
+    step = 1e3 * median(res["memory_tensors"]["epoch2"])
+    md += (
+        f"\n- the loaders alone (no model; {LOADER_EPOCHS} epochs each, interleaved; median batch, "
+        f"moved to channels_last as a step does): folder {loaders['none']:.2f} ms, in-memory "
+        f"{loaders['memory_tensors']:.2f} ms a batch. The folder's {extra:.2f} ms more, on the "
+        f"in-memory median step of {step:.1f} ms, predicts {step / (step + extra):.2f}× in-memory"
+    )
+    res["loaders_ms"] = {k: [v] for k, v in loaders.items()}
     return md, res
+
+
+LOADER_EPOCHS = 4
+
+
+def _loaders_alone(root: Path, size: int, tensors: Any) -> dict[str, float]:
+    """Median milliseconds per training batch of the folder (``cache: none``) and the in-memory
+    tensors through ``strop.data.make_loader`` with no model, epochs alternating between them."""
+    from strop.data import image_folder, make_loader
+
+    with quiet():
+        folder, _, _ = image_folder(root, image_size=size, val_fraction=0.1, seed=0)
+    sources = {"none": folder, "memory_tensors": tensors}
+    times: dict[str, list[float]] = {k: [] for k in sources}
+    for _ in range(LOADER_EPOCHS):
+        for name, ds in sources.items():
+            loader = make_loader(ds, batch_size=BATCH, shuffle=True, seed=0, num_workers=0)
+            it = iter(loader)
+            tic = time.perf_counter()
+            for x, _y in it:
+                x.contiguous(memory_format=torch.channels_last)
+                now = time.perf_counter()
+                times[name].append(now - tic)
+                tic = now
+    return {k: 1e3 * median(v[1:]) for k, v in times.items()}
 
 
 def _fastest_tenth(times: Sequence[float]) -> float:

@@ -127,6 +127,10 @@ def test_data_pipeline_benchmark_runs_every_variant(tmp_path):
     for v in data_pipeline.VARIANTS:
         assert res[v]["epoch2"], v  # epoch 2 was timed
         assert data_pipeline.LABELS[v] in md
+    # the loaders alone: decoding 32 PNGs a batch costs more than slicing decoded tensors
+    (folder,), (tensors,) = res["loaders_ms"]["none"], res["loaders_ms"]["memory_tensors"]
+    assert folder > tensors > 0
+    assert "the loaders alone" in md
 
 
 def test_run_writes_markdown_and_keeps_the_analysis(tmp_path, monkeypatch):
