@@ -2,8 +2,9 @@
 of a training step counted by ``torch.utils.flop_counter.FlopCounterMode``.
 
 Run ``python benchmarks/roofline.py [--quick]``. The roof is the best median over a few square
-matmul sizes (``2·n³`` FLOPs each), measured on this process's torch threads. The training
-benchmark divides its achieved FLOP/s by the bf16 matmul roof measured here.
+matmul sizes (``2·n³`` FLOPs each), measured on this process's torch threads. ``run.py`` divides
+the training benchmark's achieved FLOP/s by the fastest kernel measured here in the precision
+``auto`` trains in (bf16 with native bf16, else fp32).
 """
 
 from __future__ import annotations

@@ -36,6 +36,17 @@ MARKER = "<!-- hand-written analysis below -->"
 PARTS = ("roof", "training", "cache", "data", "losses", "startup")
 
 
+#: the precision that strop's auto and the best hand loop use on this CPU
+ROOF_DTYPE = "bf16" if training.NATIVE_BF16 else "fp32"
+
+
+def roof_of(roofs: dict[str, float]) -> float:
+    """The roof of ``ROOF_DTYPE``: its fastest dense kernel measured (matmul or 3×3 convolution,
+    either layout). A convolution can outrun the matmul (fp32 on an AVX2 CPU: 191 against 87
+    GFLOP/s in one run), and a percentage of the roof above 100% would be no roof at all."""
+    return max(v for k, v in roofs.items() if k.split()[0] == ROOF_DTYPE)
+
+
 def _goals(
     train_res: dict[tuple[int, str], dict[str, Any]] | None,
     roof: float | None,
@@ -91,7 +102,7 @@ def _goals(
                 frac = flops / common.median(like.times) / 1e9 / roof
                 rows.append(
                     [
-                        f"{tag}: ≥ 40% of the {'bf16' if training.NATIVE_BF16 else 'fp32'} matmul roof",
+                        f"{tag}: ≥ 40% of the {ROOF_DTYPE} roof (its fastest dense kernel)",
                         f"{100 * frac:.0f}%",
                         verdict(frac >= 0.40),
                     ]
@@ -166,8 +177,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     if "roof" in parts or "training" in parts:
         progress("roofline")
         roofs = roofline.roofs(quick=args.quick)
-        # the roof of the precision strop's auto and the best hand loop use on this CPU
-        roof = roofs["bf16 matmul" if training.NATIVE_BF16 else "fp32 matmul"]
+        roof = roof_of(roofs)
         sections.append(
             "## Roof: dense kernels on this machine\n\n"
             + common.markdown_table(

@@ -2,13 +2,14 @@
 
 Run ``python benchmarks/step_overhead.py [--size 64] [--steps 12] [--rounds 3] [--profile]``.
 
-resnet18 (10 classes, batch 32, SGD momentum 0.9, bf16 autocast + channels_last) trains on the
-same in-memory tensors in two candidates, interleaved round by round in one process:
+resnet18 (10 classes, batch 32, SGD momentum 0.9) trains on the same in-memory tensors in two
+candidates, interleaved round by round in one process, both in the best hand loop's setting for
+the CPU (``training.py``: bf16 autocast + channels_last where bf16 is native, else fp32 NCHW):
 
 - ``hand``: the best hand loop of ``training.py`` (its bookkeeping: ``loss.item()``, argmax
   accuracy);
-- ``strop``: ``strop.train.fit`` (``precision: bf16``, ``memory_format: channels_last``,
-  ``nonfinite: skip``, metrics rows, progress off).
+- ``strop``: ``strop.train.fit`` with the same ``precision`` and ``memory_format``
+  (``nonfinite: skip``, metrics rows, progress off).
 
 Each step is timed with ``time.thread_time()`` of the main thread under ``torch.set_num_threads(1)``
 (``num_workers: 0``, so loading is in that thread too): CPU time is the work done, which a loaded
@@ -29,9 +30,15 @@ from typing import Any
 
 import torch
 from common import StepCPUTimer, digits_folder, in_memory, median, run_fit
-from training import BATCH, _loader, hand_setup, hand_step
+from training import BATCH, NATIVE_BF16, _loader, hand_format, hand_setup, hand_step
 
 __all__ = ["main", "measure"]
+
+#: the best hand loop's fixed setting on this CPU (training.py), which strop is given too
+PRECISION = "bf16" if NATIVE_BF16 else "fp32"
+MEMORY_FORMAT = (
+    "channels_last" if hand_format(frozen=False) == torch.channels_last else "contiguous"
+)
 
 
 def hand_steps(data: tuple[Any, Any, int], on_step: Any = None) -> list[float]:
@@ -62,8 +69,8 @@ def strop_steps(
                 "num_workers": 0,
             },
             "model": {"name": "resnet18"},
-            "precision": "bf16",
-            "memory_format": "channels_last",
+            "precision": PRECISION,
+            "memory_format": MEMORY_FORMAT,
             "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
             "nonfinite": "skip",
             "epochs": 1,
@@ -152,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = parser.parse_args(argv)
     m = measure(size=args.size, steps=args.steps, rounds=args.rounds)
     out = (
-        f"resnet18 {args.size}px bf16 channels_last, batch {BATCH}, 1 thread, CPU time per step "
+        f"resnet18 {args.size}px {PRECISION} {MEMORY_FORMAT}, batch {BATCH}, 1 thread, CPU time per step "
         f"(median of {len(m['hand'])}): hand {1e3 * median(m['hand']):.1f} ms, strop "
         f"{1e3 * median(m['strop']):.1f} ms; strop's overhead {100 * m['overhead']:+.1f}%"
     )

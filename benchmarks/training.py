@@ -302,8 +302,8 @@ def run(
 ) -> tuple[str, dict[tuple[int, str], dict[str, Result]]]:
     """Measure every candidate at every size and mode; returns ``(markdown, results)``.
 
-    ``steps[size]`` timed steps per run (after ``warmup``); ``roof_gflops`` (the matmul roof of
-    the precision ``auto`` picks here: bf16 with native bf16, else fp32) adds the achieved
+    ``steps[size]`` timed steps per run (after ``warmup``); ``roof_gflops`` (the roof of the
+    precision ``auto`` picks here, bf16 with native bf16, else fp32: its fastest dense kernel) adds the achieved
     fraction of it.
     """
     steps = steps or {64: 16, 224: 4}

@@ -150,6 +150,22 @@ def test_run_writes_markdown_and_keeps_the_analysis(tmp_path, monkeypatch):
         run.main(["--only", "trainig", "--output", ""])
 
 
+def test_the_roof_is_the_fastest_kernel_of_the_precision_auto_trains_in(monkeypatch):
+    import run
+
+    roofs = {
+        "fp32 matmul": 87.0,
+        "bf16 matmul": 900.0,
+        "fp32 conv3x3 NCHW": 167.0,
+        "fp32 conv3x3 channels_last": 191.0,
+        "bf16 conv3x3 channels_last": 20.0,
+    }
+    monkeypatch.setattr(run, "ROOF_DTYPE", "fp32")
+    assert run.roof_of(roofs) == 191.0  # the convolution outran the matmul
+    monkeypatch.setattr(run, "ROOF_DTYPE", "bf16")
+    assert run.roof_of(roofs) == 900.0
+
+
 def test_gpu_script_smoke_runs_on_cpu_and_prints_every_candidate():
     import gpu
 
