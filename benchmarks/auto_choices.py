@@ -1,6 +1,7 @@
 """What ``auto`` picks against every fixed choice: precision × memory format (× compile).
 
-Run ``python benchmarks/auto_choices.py [--compile] [--frozen] [--rounds N] [--steps N] [--threads N]``.
+Run ``python benchmarks/auto_choices.py [--compile] [--frozen] [--size N] [--precisions fp32,bf16]
+[--rounds N] [--steps N] [--threads N]``.
 ``strop.train.fit`` trains resnet18 (random init, full fine-tuning, 10 classes, batch 32, SGD
 momentum 0.9) for one epoch of ``--steps`` steps on the same in-memory tensors (the bundled digits
 at 64×64; ``--frozen``: the backbone frozen, ``feature_cache: off``) with each fixed choice:
@@ -81,13 +82,23 @@ class Outcome:
         return BATCH / median(self.times)
 
 
-def candidates(compile: bool = False) -> list[Choice]:
-    """Every fixed choice (fp32/bf16 × contiguous/channels_last × compile false[/true]), then auto."""
+PRECISIONS = ("fp32", "bf16")
+
+
+def candidates(compile: bool = False, precisions: Sequence[str] = PRECISIONS) -> list[Choice]:
+    """Every fixed choice (``precisions`` × contiguous/channels_last × compile false[/true]),
+    then auto."""
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown or not precisions:
+        raise ValueError(
+            f"candidates: precisions must be some of {', '.join(PRECISIONS)}; got {list(precisions)}"
+        )
     compiles: tuple[bool, ...] = (False, True) if compile else (False,)
     fixed = [
         Choice(p, f, c)
         for c in compiles
-        for p in ("fp32", "bf16")
+        for p in PRECISIONS
+        if p in precisions
         for f in ("contiguous", "channels_last")
     ]
     return [*fixed, Choice("auto", "auto", "auto" if compile else False)]
@@ -169,16 +180,18 @@ def run(
     rounds: int = 3,
     compile: bool = False,
     frozen: bool = False,
+    precisions: Sequence[str] = PRECISIONS,
     data: tuple[Any, Any, int] | None = None,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> tuple[str, list[Outcome], dict[str, Any]]:
     """Returns ``(markdown, outcomes, verdict)`` (see :func:`summarize`). ``data``: ``(train,
     val, num_classes)`` to train on instead of the bundled digits (``steps × batch`` images).
     ``frozen``: the backbone frozen (``freeze: backbone``, ``feature_cache: off``) instead of
-    full fine-tuning."""
+    full fine-tuning. ``precisions``: the fixed precisions tried (``auto`` may pick one left
+    out, e.g. emulated bf16 at 224 px, minutes a step on an AVX2 CPU; the verdict then says so)."""
     from strop.data import write_digits
 
-    outcomes = [Outcome(c) for c in candidates(compile)]
+    outcomes = [Outcome(c) for c in candidates(compile, precisions)]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if data is None:
@@ -242,6 +255,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument(
         "--frozen", action="store_true", help="frozen backbone (feature_cache: off) instead of full"
     )
+    parser.add_argument(
+        "--precisions",
+        default=",".join(PRECISIONS),
+        help="fixed precisions to try, comma-separated (default: fp32,bf16)",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -252,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         rounds=args.rounds,
         compile=args.compile,
         frozen=args.frozen,
+        precisions=[p for p in args.precisions.split(",") if p],
         progress=lambda m: print(m, file=sys.stderr),
     )
     info = ", ".join(f"{k}: {v}" for k, v in machine().items())

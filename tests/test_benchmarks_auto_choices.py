@@ -35,6 +35,14 @@ def test_candidates_cover_every_fixed_choice_then_auto(ac):
     assert len(with_compile) == 9 and len(set(with_compile)) == 9
     assert with_compile[-1] == ac.Choice("auto", "auto", "auto")
     assert sum(c.compile is True for c in with_compile) == 4
+    fp32 = ac.candidates(precisions=["fp32"])
+    assert [c.label for c in fp32] == [
+        "fp32, contiguous, compile false",
+        "fp32, channels_last, compile false",
+        "auto",
+    ]
+    with pytest.raises(ValueError, match=r"precisions must be some of fp32, bf16; got \['fp16'\]"):
+        ac.candidates(precisions=["fp16"])
 
 
 def test_picked_maps_the_fit_choices(ac):
