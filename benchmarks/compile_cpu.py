@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
     prec = resolve(args.precision, "cpu")
-    fmt = resolve_memory_format(args.memory_format, "cpu", prec)
+    fmt = resolve_memory_format(args.memory_format, "cpu", prec, image_size=args.size)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     flags = sorted(f for f in cpu_flags() if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))

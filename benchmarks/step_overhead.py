@@ -36,9 +36,11 @@ __all__ = ["main", "measure"]
 
 #: the best hand loop's fixed setting on this CPU (training.py), which strop is given too
 PRECISION = "bf16" if NATIVE_BF16 else "fp32"
-MEMORY_FORMAT = (
-    "channels_last" if hand_format(frozen=False) == torch.channels_last else "contiguous"
-)
+
+
+def _format(size: int) -> str:
+    """The best hand loop's memory format at ``size`` px (full training), as a config value."""
+    return "channels_last" if hand_format(False, size) == torch.channels_last else "contiguous"
 
 
 def hand_steps(data: tuple[Any, Any, int], on_step: Any = None) -> list[float]:
@@ -70,7 +72,7 @@ def strop_steps(
             },
             "model": {"name": "resnet18"},
             "precision": PRECISION,
-            "memory_format": MEMORY_FORMAT,
+            "memory_format": _format(size),
             "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
             "nonfinite": "skip",
             "epochs": 1,
@@ -159,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = parser.parse_args(argv)
     m = measure(size=args.size, steps=args.steps, rounds=args.rounds)
     out = (
-        f"resnet18 {args.size}px {PRECISION} {MEMORY_FORMAT}, batch {BATCH}, 1 thread, CPU time per step "
+        f"resnet18 {args.size}px {PRECISION} {_format(args.size)}, batch {BATCH}, 1 thread, CPU time per step "
         f"(median of {len(m['hand'])}): hand {1e3 * median(m['hand']):.1f} ms, strop "
         f"{1e3 * median(m['strop']):.1f} ms; strop's overhead {100 * m['overhead']:+.1f}%"
     )

@@ -47,7 +47,7 @@ from roofline import step_flops
 from torch import nn
 from torch.utils.data import DataLoader
 
-from strop.precision import resolve
+from strop.precision import FP32_CHANNELS_LAST_MIN_SIZE, resolve
 
 __all__ = ["Result", "main", "run"]
 
@@ -61,7 +61,7 @@ LABELS = {
     "tutorial": "tutorial loop (fp32, NCHW)",
     "best": "best hand loop (bf16 + channels_last)"
     if NATIVE_BF16
-    else "best hand loop (fp32; channels_last when frozen)",
+    else f"best hand loop (fp32; channels_last when frozen or from {FP32_CHANNELS_LAST_MIN_SIZE} px)",
     "strop": "strop fit (auto)",
     "strop_nocache": "strop fit (auto, feature_cache: off)",
     "lightning": f"Lightning ({PL_PRECISION})",
@@ -111,17 +111,21 @@ def _loader(ds: Any) -> DataLoader:
     )
 
 
-def hand_format(frozen: bool) -> torch.memory_format:
-    """The best hand loop's memory format: channels_last with native bf16 or a frozen backbone
-    (fp32 NHWC convolutions are the faster forward on a CPU), NCHW for full fp32 training."""
-    return torch.channels_last if NATIVE_BF16 or frozen else torch.contiguous_format
+def hand_format(frozen: bool, size: int | None = None) -> torch.memory_format:
+    """The best hand loop's memory format: channels_last with native bf16, a frozen backbone
+    (fp32 NHWC convolutions are the faster forward on a CPU), or images of ``size`` from
+    ``FP32_CHANNELS_LAST_MIN_SIZE`` up (full fp32 training measured 1.16-1.19x faster in NHWC
+    at 128-224 px on an AVX2 CPU, ``auto_choices.py --precisions fp32 --size N``); NCHW for full
+    fp32 training of smaller images."""
+    large = size is not None and size >= FP32_CHANNELS_LAST_MIN_SIZE
+    return torch.channels_last if NATIVE_BF16 or frozen or large else torch.contiguous_format
 
 
 def hand_setup(data: tuple[Any, Any, int], *, fast: bool, frozen: bool) -> tuple[nn.Module, Any]:
     """The hand loop's model and optimizer. ``fast``: ``hand_format`` (and frozen BN in eval mode)."""
-    _, _, ncls = data
-    model = _resnet18(ncls, frozen)
-    model = model.to(memory_format=hand_format(frozen) if fast else torch.contiguous_format)
+    train, _, ncls = data
+    fmt = hand_format(frozen, train.tensors[0].shape[-1]) if fast else torch.contiguous_format
+    model = _resnet18(ncls, frozen).to(memory_format=fmt)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     model.train()
     if frozen and fast:
@@ -141,7 +145,8 @@ def hand_step(
     """One step of the hand loop (``fast``: bf16 autocast + channels_last inputs where the CPU has
     native bf16) and the tutorial's bookkeeping, which strop logs too: ``(summed loss, correct
     predictions)``."""
-    x = x.contiguous(memory_format=hand_format(frozen) if fast else torch.contiguous_format)
+    fmt = hand_format(frozen, x.shape[-1]) if fast else torch.contiguous_format
+    x = x.contiguous(memory_format=fmt)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast and NATIVE_BF16):
         out = model(x)
         loss = F.cross_entropy(out, y)

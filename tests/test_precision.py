@@ -5,6 +5,7 @@ import torch
 
 from strop import precision as P
 from strop.precision import (
+    FP32_CHANNELS_LAST_MIN_SIZE,
     MixedPrecision,
     Precision,
     convolutions_frozen,
@@ -131,6 +132,36 @@ CL, NCHW = torch.channels_last, torch.contiguous_format
 def test_resolve_memory_format(fake_hw, fmt, device, cpu_flags, cuda, prec, forward_only, expected):
     fake_hw(cpu_flags=cpu_flags, cuda=cuda)
     assert resolve_memory_format(fmt, device, prec, forward_only=forward_only) == expected
+
+
+@pytest.mark.parametrize(
+    ("device", "cpu_flags", "cuda", "prec", "fmt", "image_size", "expected"),
+    [
+        # fp32 training on a CPU: NHWC from 128 px (1.19x at 224 px on AVX2), NCHW below it
+        ("cpu", ("avx2",), None, "auto", "auto", 224, CL),
+        ("cpu", ("avx2",), None, "auto", "auto", 128, CL),
+        ("cpu", ("avx2",), None, "auto", "auto", 127, NCHW),
+        ("cpu", ("avx2",), None, "auto", "auto", 64, NCHW),
+        ("cpu", ("avx2",), None, "auto", "auto", None, NCHW),  # size unknown: as before
+        ("cpu", ("avx512_bf16",), None, "fp32", "auto", 224, CL),
+        ("cpu", ("avx512_bf16",), None, "auto", "auto", 32, CL),  # bf16: NHWC at any size
+        ("cuda", (), (8, 6), "fp32", "auto", 224, NCHW),  # measured on CPUs only
+        ("cpu", ("avx2",), None, "auto", "contiguous", 224, NCHW),  # a forced format wins
+    ],
+)
+def test_fp32_training_on_a_cpu_goes_channels_last_for_large_images(
+    fake_hw, device, cpu_flags, cuda, prec, fmt, image_size, expected
+):
+    fake_hw(cpu_flags=cpu_flags, cuda=cuda)
+    assert resolve_memory_format(fmt, device, prec, image_size=image_size) == expected
+    assert FP32_CHANNELS_LAST_MIN_SIZE == 128
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_resolve_memory_format_names_a_bad_image_size(fake_hw, bad):
+    fake_hw(cpu_flags=("avx2",), cuda=None)
+    with pytest.raises((ValueError, TypeError), match=r"resolve_memory_format: image_size must"):
+        resolve_memory_format("auto", "cpu", "fp32", image_size=bad)
 
 
 def test_convolutions_frozen():

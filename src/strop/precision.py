@@ -37,9 +37,10 @@ from typing import Any
 
 import torch
 
-from strop._checks import did_you_mean, fail
+from strop._checks import check_positive, did_you_mean, fail
 
 __all__ = [
+    "FP32_CHANNELS_LAST_MIN_SIZE",
     "MixedPrecision",
     "Precision",
     "StepResult",
@@ -246,12 +247,18 @@ def _resolve_other(func: str, name: str, kind: str) -> Precision:
     return Precision(name, kind, _DTYPES[name], f"{name} requested on {kind!r}")
 
 
+#: fp32 training on a CPU goes channels_last from this image size (pixels, smaller side) up
+#: (:func:`resolve_memory_format`)
+FP32_CHANNELS_LAST_MIN_SIZE = 128
+
+
 def resolve_memory_format(
     fmt: str = "auto",
     device: str | torch.device = "cpu",
     precision: str | Precision = "auto",
     *,
     forward_only: bool = False,
+    image_size: int | None = None,
 ) -> torch.memory_format:
     """The memory format to put a convolutional model and its inputs in.
 
@@ -262,17 +269,22 @@ def resolve_memory_format(
       resnet18 trained 2.5× faster in channels_last than NCHW, though fp32 is faster still);
     - fp32 on a CPU when ``forward_only``: the convolutions never run backward (a frozen
       backbone, inference). oneDNN's NHWC forward kernels were measured 1.2× (224 px) to 1.6×
-      (64 px) faster than NCHW for a frozen resnet18 on an AVX2 CPU, where full fp32 training was
-      1.05× faster in NCHW (``benchmarks/auto_choices.py``).
+      (64 px) faster than NCHW for a frozen resnet18 on an AVX2 CPU;
+    - fp32 training on a CPU with images of at least :data:`FP32_CHANNELS_LAST_MIN_SIZE` pixels
+      (``image_size``, the smaller side): full fp32 training of resnet18 (batch 32) on an AVX2 CPU
+      was 1.19× faster in channels_last at 224 px (``benchmarks/auto_choices.py``), while at
+      64 px NCHW was 1.07× faster in the same benchmark.
 
-    Everything else keeps ``torch.contiguous_format`` (fp32 NCHW), where channels_last brings
-    little and can be slower. ``"channels_last"`` and ``"contiguous"`` force a format.
+    Everything else keeps ``torch.contiguous_format`` (NCHW), where channels_last brings little
+    and can be slower; so does fp32 training when ``image_size`` is not given.
+    ``"channels_last"`` and ``"contiguous"`` force a format.
 
     Args:
         fmt: ``"auto"`` (default), ``"channels_last"`` or ``"contiguous"``.
         device: as for :func:`resolve`.
         precision: a precision string (resolved with :func:`resolve`) or a :class:`Precision`.
         forward_only: the convolutions never run backward (:func:`convolutions_frozen`).
+        image_size: the input images' smaller side in pixels (``data.image_size``), if known.
     """
     func = "resolve_memory_format"
     choices = ("auto", "channels_last", "contiguous")
@@ -291,6 +303,10 @@ def resolve_memory_format(
         return torch.channels_last
     if kind == "cpu" and (prec.name == "bf16" or forward_only):
         return torch.channels_last
+    if kind == "cpu" and image_size is not None:
+        check_positive(func, "image_size", image_size, integer=True)
+        if image_size >= FP32_CHANNELS_LAST_MIN_SIZE:
+            return torch.channels_last
     return torch.contiguous_format
 
 

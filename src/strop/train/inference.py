@@ -233,7 +233,11 @@ def lr_find_config(
     model, loss_fn, optimizer = build_parts(config, n, train_ds)
     # as fit() chooses it (setup.build_run): the range test trains what the first epoch trains
     memory_format = resolve_memory_format(
-        config.memory_format, device, precision, forward_only=convolutions_frozen(model)
+        config.memory_format,
+        device,
+        precision,
+        forward_only=convolutions_frozen(model),
+        image_size=config.data.image_size,
     )
     model = model.to(device, memory_format=memory_format)
     loader = _loader(config, train_ds, device, shuffle=True)

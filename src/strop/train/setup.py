@@ -359,7 +359,11 @@ def build_run(
     # a backbone frozen for the whole run (no gradual unfreezing) only runs its convolutions forward
     forward_only = plan is None and convolutions_frozen(model)
     memory_format = resolve_memory_format(
-        config.memory_format, device, precision, forward_only=forward_only
+        config.memory_format,
+        device,
+        precision,
+        forward_only=forward_only,
+        image_size=config.data.image_size,
     )
     if config.task == "detection":  # lists of differently sized images: no memory format
         memory_format = torch.contiguous_format
