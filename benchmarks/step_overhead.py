@@ -1,6 +1,7 @@
 """strop's fixed per-step work next to the best hand loop, measured as work done (CPU time).
 
-Run ``python benchmarks/step_overhead.py [--size 64] [--steps 12] [--rounds 3] [--profile]``.
+Run ``python benchmarks/step_overhead.py [--size 64] [--steps 12] [--rounds 3] [--profile]
+[--frozen]`` (``--frozen``: the backbone frozen, ``feature_cache: off``, as strop trains it).
 
 resnet18 (10 classes, batch 32, SGD momentum 0.9) trains on the same in-memory tensors in two
 candidates, interleaved round by round in one process, both in the best hand loop's setting for
@@ -38,17 +39,20 @@ __all__ = ["main", "measure"]
 PRECISION = "bf16" if NATIVE_BF16 else "fp32"
 
 
-def _format(size: int) -> str:
-    """The best hand loop's memory format at ``size`` px (full training), as a config value."""
-    return "channels_last" if hand_format(False, size) == torch.channels_last else "contiguous"
+def _format(size: int, frozen: bool = False) -> str:
+    """The best hand loop's memory format at ``size`` px, as a config value."""
+    fmt = hand_format(frozen, size)
+    return "channels_last" if fmt == torch.channels_last else "contiguous"
 
 
-def hand_steps(data: tuple[Any, Any, int], on_step: Any = None) -> list[float]:
+def hand_steps(
+    data: tuple[Any, Any, int], on_step: Any = None, *, frozen: bool = False
+) -> list[float]:
     """CPU seconds of each step of the best hand loop (one epoch over ``data``)."""
-    model, opt = hand_setup(data, fast=True, frozen=False)
+    model, opt = hand_setup(data, fast=True, frozen=frozen)
     times, last = [], time.thread_time()
     for x, y in _loader(data[0]):
-        hand_step(model, opt, x, y, fast=True)
+        hand_step(model, opt, x, y, fast=True, frozen=frozen)
         now = time.thread_time()
         times.append(now - last)
         last = now
@@ -58,7 +62,12 @@ def hand_steps(data: tuple[Any, Any, int], on_step: Any = None) -> list[float]:
 
 
 def strop_steps(
-    data: tuple[Any, Any, int], size: int, out: Path, extra: Sequence[Any] = ()
+    data: tuple[Any, Any, int],
+    size: int,
+    out: Path,
+    extra: Sequence[Any] = (),
+    *,
+    frozen: bool = False,
 ) -> list[float]:
     """CPU seconds of each step of ``strop.train.fit`` (one epoch over ``data``)."""
     timer = StepCPUTimer()
@@ -70,9 +79,9 @@ def strop_steps(
                 "batch_size": BATCH,
                 "num_workers": 0,
             },
-            "model": {"name": "resnet18"},
+            "model": {"name": "resnet18", "freeze": "backbone" if frozen else None},
             "precision": PRECISION,
-            "memory_format": _format(size),
+            "memory_format": _format(size, frozen),
             "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
             "nonfinite": "skip",
             "epochs": 1,
@@ -87,7 +96,13 @@ def strop_steps(
 
 
 def measure(
-    *, size: int = 64, steps: int = 12, rounds: int = 3, warmup: int = 2, root: Path | None = None
+    *,
+    size: int = 64,
+    steps: int = 12,
+    rounds: int = 3,
+    warmup: int = 2,
+    root: Path | None = None,
+    frozen: bool = False,
 ) -> dict[str, Any]:
     """``{"hand": [...], "strop": [...], "overhead": fraction}`` (CPU seconds per step)."""
     torch.set_num_threads(1)
@@ -100,7 +115,11 @@ def measure(
         for r in range(rounds):
             order = ["hand", "strop"] if r % 2 == 0 else ["strop", "hand"]
             for name in order:
-                t = hand_steps(data) if name == "hand" else strop_steps(data, size, tmp / f"s{r}")
+                t = (
+                    hand_steps(data, frozen=frozen)
+                    if name == "hand"
+                    else strop_steps(data, size, tmp / f"s{r}", frozen=frozen)
+                )
                 res[name] += t[warmup:]
     return {**res, "overhead": median(res["strop"]) / median(res["hand"]) - 1}
 
@@ -113,7 +132,9 @@ class _ProfStep:
         self.prof.step()
 
 
-def profile_table(size: int = 64, steps: int = 6, root: Path | None = None) -> str:
+def profile_table(
+    size: int = 64, steps: int = 6, root: Path | None = None, frozen: bool = False
+) -> str:
     """torch.profiler: self CPU time of each op, strop vs the hand loop, over ``steps`` training
     steps after 2 warm-up steps (start-up, validation and checkpoints are outside)."""
     from torch.profiler import ProfilerActivity, profile, schedule
@@ -129,9 +150,9 @@ def profile_table(size: int = 64, steps: int = 6, root: Path | None = None) -> s
             sched = schedule(wait=1, warmup=1, active=steps, repeat=1)
             with profile(activities=[ProfilerActivity.CPU], schedule=sched) as prof:
                 if name == "hand":
-                    hand_steps(data, on_step=prof.step)
+                    hand_steps(data, on_step=prof.step, frozen=frozen)
                 else:
-                    strop_steps(data, size, tmp / "p", extra=[_ProfStep(prof)])
+                    strop_steps(data, size, tmp / "p", extra=[_ProfStep(prof)], frozen=frozen)
             tables[name] = {e.key: (e.self_cpu_time_total, e.count) for e in prof.key_averages()}
     total = {k: sum(t for t, _ in v.values()) for k, v in tables.items()}
     rows = []
@@ -158,15 +179,19 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--frozen", action="store_true", help="frozen backbone (feature_cache: off), BN in eval"
+    )
     args = parser.parse_args(argv)
-    m = measure(size=args.size, steps=args.steps, rounds=args.rounds)
+    m = measure(size=args.size, steps=args.steps, rounds=args.rounds, frozen=args.frozen)
+    mode = "frozen backbone" if args.frozen else "full"
     out = (
-        f"resnet18 {args.size}px {PRECISION} {_format(args.size)}, batch {BATCH}, 1 thread, CPU time per step "
+        f"resnet18 {mode} {args.size}px {PRECISION} {_format(args.size, args.frozen)}, batch {BATCH}, 1 thread, CPU time per step "
         f"(median of {len(m['hand'])}): hand {1e3 * median(m['hand']):.1f} ms, strop "
         f"{1e3 * median(m['strop']):.1f} ms; strop's overhead {100 * m['overhead']:+.1f}%"
     )
     if args.profile:
-        out += "\n\n" + profile_table(args.size)
+        out += "\n\n" + profile_table(args.size, frozen=args.frozen)
     return out
 
 
