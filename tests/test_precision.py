@@ -147,6 +147,7 @@ def test_resolve_memory_format(fake_hw, fmt, device, cpu_flags, cuda, prec, forw
         ("cpu", ("avx512_bf16",), None, "auto", "auto", 32, CL),  # bf16: NHWC at any size
         ("cuda", (), (8, 6), "fp32", "auto", 224, NCHW),  # measured on CPUs only
         ("cpu", ("avx2",), None, "auto", "contiguous", 224, NCHW),  # a forced format wins
+        ("cpu", ("avx2",), None, "fp16", "auto", 224, NCHW),  # the rule is fp32's, measured
     ],
 )
 def test_fp32_training_on_a_cpu_goes_channels_last_for_large_images(
@@ -160,8 +161,11 @@ def test_fp32_training_on_a_cpu_goes_channels_last_for_large_images(
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_resolve_memory_format_names_a_bad_image_size(fake_hw, bad):
     fake_hw(cpu_flags=("avx2",), cuda=None)
-    with pytest.raises((ValueError, TypeError), match=r"resolve_memory_format: image_size must"):
-        resolve_memory_format("auto", "cpu", "fp32", image_size=bad)
+    for fmt, prec in (("auto", "fp32"), ("auto", "bf16"), ("channels_last", "fp32")):
+        with pytest.raises(
+            (ValueError, TypeError), match=r"resolve_memory_format: image_size must"
+        ):
+            resolve_memory_format(fmt, "cpu", prec, image_size=bad)
 
 
 def test_convolutions_frozen():
