@@ -6,8 +6,10 @@ each way.
 ``python benchmarks/compile_cpu.py [--precision auto|fp32|bf16] [--memory-format
 auto|contiguous|channels_last] [--size 224] [--batch 16]`` (about 2-4 minutes; no GPU used).
 ``auto`` resolves as ``strop`` does on this CPU (``strop.precision.resolve`` and
-``resolve_memory_format``): bf16 + channels_last where the CPU has native bf16, fp32 + contiguous
-elsewhere, so the default measures the step ``compile: auto`` would be deciding about.
+``resolve_memory_format``): bf16 + channels_last where the CPU has native bf16, else fp32,
+contiguous below 128 px and channels_last from 128 px, so the default measures the step
+``compile: auto`` would be deciding about. (The AVX2 figure below was measured in fp32 NCHW,
+before fp32 training from 128 px went channels_last.)
 
 Measured on AMD EPYC CPUs without AMX (docs/config.md, BENCHMARKS.md): with AVX512-BF16, bf16 +
 channels_last at 224 px, compiled 0.86× eager after a 49 s compile; with AVX2 only, fp32 at 224 px:

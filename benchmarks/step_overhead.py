@@ -5,7 +5,8 @@ Run ``python benchmarks/step_overhead.py [--size 64] [--steps 12] [--rounds 3] [
 
 resnet18 (10 classes, batch 32, SGD momentum 0.9) trains on the same in-memory tensors in two
 candidates, interleaved round by round in one process, both in the best hand loop's setting for
-the CPU (``training.py``: bf16 autocast + channels_last where bf16 is native, else fp32 NCHW):
+the CPU (``training.py``: bf16 autocast + channels_last where bf16 is native, else fp32 in
+``hand_format``'s layout):
 
 - ``hand``: the best hand loop of ``training.py`` (its bookkeeping: ``loss.item()``, argmax
   accuracy);

@@ -8,10 +8,11 @@ read through a ``DataLoader`` with ``num_workers=0``):
 - ``tutorial loop``: the tutorial's loop — fp32, NCHW, ``model.train()`` throughout;
 - ``best hand loop``: the fastest fixed setting on this CPU, with frozen BN in eval mode: bf16
   autocast + channels_last model and inputs where the CPU has native bf16 (AVX512-BF16 or AMX);
-  elsewhere fp32, NCHW for full training and channels_last for a frozen backbone (on an AVX2-only
-  CPU bf16 is emulated and 10-25× slower; fp32 channels_last was 0.94× NCHW for full training and
-  1.2-1.6× for a frozen backbone: ``benchmarks/auto_choices.py [--frozen]`` measures every fixed
-  choice);
+  elsewhere fp32, NCHW for full training below 128 px and channels_last for a frozen backbone or
+  from 128 px (``hand_format``; on an AVX2-only CPU bf16 is emulated and 10-25× slower; fp32
+  channels_last was 0.94× NCHW for full training at 64 px, 1.07-1.19× at 128-224 px, and
+  1.2-1.6× for a frozen backbone: ``benchmarks/auto_choices.py [--frozen] [--size N]`` measures
+  every fixed choice);
 - ``strop fit``: ``strop.train.fit`` with ``precision: auto``, ``memory_format: auto`` (and for
   the frozen backbone ``feature_cache: auto``, i.e. cached, and ``off``);
 - ``Lightning``: ``lightning.Trainer(precision="bf16-mixed")`` (``"32-true"`` on a CPU without
@@ -114,7 +115,7 @@ def _loader(ds: Any) -> DataLoader:
 def hand_format(frozen: bool, size: int | None = None) -> torch.memory_format:
     """The best hand loop's memory format: channels_last with native bf16, a frozen backbone
     (fp32 NHWC convolutions are the faster forward on a CPU), or images of ``size`` from
-    ``FP32_CHANNELS_LAST_MIN_SIZE`` up (full fp32 training measured 1.16-1.19x faster in NHWC
+    ``FP32_CHANNELS_LAST_MIN_SIZE`` up (full fp32 training measured 1.07-1.19x faster in NHWC
     at 128-224 px on an AVX2 CPU, ``auto_choices.py --precisions fp32 --size N``); NCHW for full
     fp32 training of smaller images."""
     large = size is not None and size >= FP32_CHANNELS_LAST_MIN_SIZE
@@ -124,7 +125,7 @@ def hand_format(frozen: bool, size: int | None = None) -> torch.memory_format:
 def hand_setup(data: tuple[Any, Any, int], *, fast: bool, frozen: bool) -> tuple[nn.Module, Any]:
     """The hand loop's model and optimizer. ``fast``: ``hand_format`` (and frozen BN in eval mode)."""
     train, _, ncls = data
-    fmt = hand_format(frozen, train.tensors[0].shape[-1]) if fast else torch.contiguous_format
+    fmt = hand_format(frozen, min(train.tensors[0].shape[-2:])) if fast else torch.contiguous_format
     model = _resnet18(ncls, frozen).to(memory_format=fmt)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     model.train()
@@ -145,7 +146,7 @@ def hand_step(
     """One step of the hand loop (``fast``: bf16 autocast + channels_last inputs where the CPU has
     native bf16) and the tutorial's bookkeeping, which strop logs too: ``(summed loss, correct
     predictions)``."""
-    fmt = hand_format(frozen, x.shape[-1]) if fast else torch.contiguous_format
+    fmt = hand_format(frozen, min(x.shape[-2:])) if fast else torch.contiguous_format
     x = x.contiguous(memory_format=fmt)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast and NATIVE_BF16):
         out = model(x)

@@ -379,7 +379,34 @@ def test_feature_cache_checkpoints_hold_the_head_and_resume_exactly(
     ],
 )
 def test_auto_memory_format_follows_what_trains(tiny_config, digits_root, tmp_path, over, expected):
-    res = fit(tiny_config(digits_root, tmp_path / "run", memory_format="auto", epochs=1, **over))
+    # a CPU rule: on a CUDA host "auto" would train there
+    res = fit(
+        tiny_config(
+            digits_root, tmp_path / "run", memory_format="auto", epochs=1, device="cpu", **over
+        )
+    )
     choices = json.loads((res.run_dir / "run.json").read_text())
     assert choices["precision"] == "fp32"
     assert choices["memory_format"] == expected
+
+
+def test_lr_find_resolves_the_memory_format_from_the_image_size(
+    tiny_config, digits_root, tmp_path, monkeypatch
+):
+    import strop.precision
+    from strop.train.inference import lr_find_config
+
+    seen, real = [], strop.precision.resolve_memory_format
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("image_size"))
+        fmt = real(*args, **kwargs)
+        seen.append(fmt)
+        return fmt
+
+    monkeypatch.setattr(strop.precision, "resolve_memory_format", recording)
+    cfg = tiny_config(
+        digits_root, tmp_path / "lr", memory_format="auto", device="cpu", data={"image_size": 128}
+    )
+    lr_find_config(cfg, num_iter=2)
+    assert seen == [128, torch.channels_last]  # fp32 on a CPU at 128 px, as fit() decides
