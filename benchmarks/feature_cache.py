@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from common import digits_folder, markdown_table, median, run_fit
 
-__all__ = ["main", "run"]
+__all__ = ["main", "per_round_ratios", "run"]
 
 
 def run(
@@ -110,7 +110,9 @@ def run(
             )
         # each round's two runs ran back to back: their ratio compares the same spell of the
         # host (whose speed changes for seconds at a time), which the ratio of medians does not
-        per_round = [runs["off"][r]["seconds"] / runs["auto"][r]["seconds"] for r in range(rounds)]
+        per_round = per_round_ratios(
+            [r["seconds"] for r in runs["off"]], [r["seconds"] for r in runs["auto"]]
+        )
         for mode, rs in runs.items():
             out[mode] = {
                 **rs[-1],
@@ -157,6 +159,16 @@ def run(
     if out["auto"]["log"]:
         md += f"\n- log: `{out['auto']['log'][0]}`"
     return md, out
+
+
+def per_round_ratios(uncached: Sequence[float], cached: Sequence[float]) -> list[float]:
+    """Each round's uncached seconds over its cached seconds (the rounds' runs side by side)."""
+    if len(uncached) != len(cached) or not cached:
+        raise ValueError(
+            f"per_round_ratios: one cached and one uncached time per round; got "
+            f"{len(uncached)} uncached and {len(cached)} cached"
+        )
+    return [u / c for u, c in zip(uncached, cached, strict=True)]
 
 
 def _heads(out: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ PARTS = ("roof", "training", "cache", "data", "losses", "startup")
 
 
 #: the precision that strop's auto and the best hand loop use on this CPU
-ROOF_DTYPE = "bf16" if training.NATIVE_BF16 else "fp32"
+ROOF_DTYPE = training.HAND_PRECISION
 
 
 def roof_of(roofs: dict[str, float]) -> float:

@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 from common import StepCPUTimer, digits_folder, in_memory, median, run_fit
-from training import BATCH, NATIVE_BF16, _loader, hand_format, hand_setup, hand_step
+from training import BATCH, HAND_PRECISION, _loader, hand_format, hand_setup, hand_step
 
 __all__ = ["main", "measure"]
 
-#: the best hand loop's fixed setting on this CPU (training.py), which strop is given too
-PRECISION = "bf16" if NATIVE_BF16 else "fp32"
+#: the best hand loop's precision on this CPU (training.py), which strop is given too
+PRECISION = HAND_PRECISION
 
 
 def _format(size: int, frozen: bool = False) -> str:

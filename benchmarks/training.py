@@ -56,6 +56,8 @@ BATCH = 32
 #: the CPU computes bf16 natively (AVX512-BF16 or AMX), which is where strop's ``precision: auto``
 #: picks it: the best hand loop and Lightning use bf16 there (auto_choices.py checks the choice)
 NATIVE_BF16 = resolve("auto", "cpu").name == "bf16"
+#: the best hand loop's precision on this CPU (strop's names; Lightning's below)
+HAND_PRECISION = "bf16" if NATIVE_BF16 else "fp32"
 PL_PRECISION = "bf16-mixed" if NATIVE_BF16 else "32-true"
 CANDIDATES = ("tutorial", "best", "strop", "strop_nocache", "lightning", "lightning_cl")
 LABELS = {
@@ -361,7 +363,7 @@ def _table(
         "× best loop",
         "× Lightning",
         "GFLOP/s",
-        f"% of {'bf16' if NATIVE_BF16 else 'fp32'} roof",
+        f"% of {HAND_PRECISION} roof",
     ]
     rows = []
     for (size, mode), res in results.items():

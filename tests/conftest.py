@@ -19,7 +19,7 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-if "STROP_CACHE" not in os.environ:
+if not os.environ.get("STROP_CACHE"):  # as strop._cache reads it: empty means unset
     _cache = tempfile.mkdtemp(prefix="strop-test-cache-")
     os.environ["STROP_CACHE"] = _cache
     # removed when the session's process ends (subprocesses of tests have ended by then)

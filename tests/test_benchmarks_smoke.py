@@ -120,6 +120,19 @@ def test_feature_cache_benchmark_gives_the_same_heads_within_rounding(tiny_digit
     assert out["speedup_per_round"] == [off / auto] and out["speedup"] == off / auto
 
 
+def test_the_feature_cache_headline_pairs_each_round():
+    import feature_cache
+
+    # a slow spell in round 2 slows both of its runs: paired, it cancels; medians would not
+    ratios = feature_cache.per_round_ratios([10.0, 20.0, 30.0], [2.0, 4.0, 10.0])
+    assert ratios == [5.0, 5.0, 3.0]
+    # ratios 5, 3, 10: their median is 5, where the ratio of the medians (20 / 2) would be 10
+    paired = feature_cache.per_round_ratios([10.0, 30.0, 20.0], [2.0, 10.0, 2.0])
+    assert feature_cache.median(paired) == 5.0
+    with pytest.raises(ValueError, match="one cached and one uncached time per round; got 2"):
+        feature_cache.per_round_ratios([1.0, 2.0], [1.0])
+
+
 def test_data_pipeline_benchmark_runs_every_variant(tmp_path):
     import data_pipeline
 

@@ -274,8 +274,9 @@ def resolve_memory_format(
       (``image_size``, the smaller side): full fp32 training of resnet18 (batch 32) on an AVX2 CPU
       was 1.07–1.19× faster in channels_last at 128 px and 1.19× at 224 px
       (``benchmarks/auto_choices.py``), level at 96 px; at 64 px NCHW was ~1.06× faster there and
-      level in a hand A/B. At 128 px (batch 16, a hand A/B) mobilenet_v3_small trained 1.28× faster in channels_last,
-      efficientnet_b0 1.31×, deeplabv3_mobilenet_v3_large 1.23×, lraspp_mobilenet_v3_large 0.97×.
+      level in a hand A/B. At 128 px (batch 16, a hand A/B) mobilenet_v3_small trained 1.28×
+      faster in channels_last, efficientnet_b0 1.31×, deeplabv3_mobilenet_v3_large 1.23×,
+      lraspp_mobilenet_v3_large 0.97×.
 
     Everything else keeps ``torch.contiguous_format`` (NCHW), where channels_last brings little
     and can be slower; so does fp32 training when ``image_size`` is not given.
