@@ -37,6 +37,7 @@ from common import (
     machine,
     markdown_table,
     median,
+    round_order,
     run_fit,
 )
 
@@ -198,8 +199,7 @@ def run(
             root = write_digits(tmp / "digits", size=size, per_class=40)
             data = in_memory(root, size=size, n=steps * BATCH, val=BATCH)
         for r in range(rounds):
-            k = r % len(outcomes)
-            for o in outcomes[k:] + outcomes[:k]:
+            for o in round_order(outcomes, r):
                 progress(f"  auto choices round {r + 1}/{rounds}: {o.choice.label}")
                 cpu = StepCPUTimer()
                 result, times, _ = run_fit(

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import in_memory, markdown_table, median, quiet, run_fit
+from common import in_memory, markdown_table, median, quiet, round_order, run_fit
 
 __all__ = ["main", "run"]
 
@@ -70,7 +70,7 @@ def run(
         tensors = in_memory(root, size=size, val=10**9)
         n_images = len(tensors[0])  # the same 90/10 split (seed 0) as the folder runs
         for r in range(rounds):
-            for variant in VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]:
+            for variant in round_order(VARIANTS, r):
                 progress(f"  data pipeline round {r + 1}/{rounds}: {variant}")
                 cfg: dict[str, Any] = {
                     "data": {
@@ -146,6 +146,7 @@ def _loaders_alone(root: Path, size: int, tensors: Any) -> dict[str, float]:
 
     with quiet():
         folder, _, _ = image_folder(root, image_size=size, val_fraction=0.1, seed=0)
+    folder.batch_memory_format = torch.channels_last  # as the fit's loader (the model's format)
     sources = {"none": folder, "memory_tensors": tensors}
     times: dict[str, list[float]] = {k: [] for k in sources}
     for _ in range(LOADER_EPOCHS):

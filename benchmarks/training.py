@@ -43,7 +43,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import Timer, digits_folder, in_memory, markdown_table, median, quiet, run_fit
+from common import (
+    Timer,
+    digits_folder,
+    in_memory,
+    markdown_table,
+    median,
+    quiet,
+    round_order,
+    run_fit,
+)
 from roofline import step_flops
 from torch import nn
 from torch.utils.data import DataLoader
@@ -333,8 +342,7 @@ def run(
                 res = {n: Result(n) for n in cands}
                 order = list(cands)
                 for r in range(rounds):
-                    # rotate the order each round: no candidate always runs first (cold caches) or last
-                    for name in order[r % len(order) :] + order[: r % len(order)]:
+                    for name in round_order(order, r):
                         fn = cands[name]
                         progress(f"  {size}px {mode}: round {r + 1}/{rounds} {name}")
                         one = fn(data)

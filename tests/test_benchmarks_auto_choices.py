@@ -125,7 +125,11 @@ def test_run_interleaves_drops_warmup_and_reports(ac, monkeypatch, tmp_path):
     monkeypatch.setattr(ac, "run_fit", fake_run_fit)
     md, outcomes, verdict = ac.run(size=8, steps=6, rounds=2, data=("train", "val", 10))
     assert len(calls) == 10
-    assert calls[0] == ("fp32", "contiguous") and calls[5] == ("fp32", "channels_last")  # rotated
+    first = [("fp32", "contiguous"), ("fp32", "channels_last"), ("bf16", "contiguous")]
+    first += [("bf16", "channels_last"), ("auto", "auto")]
+    # round 2: rotated by one, then reversed, so auto no longer follows bf16, channels_last
+    assert calls[:5] == first and calls[5:] == [first[0], *first[:0:-1]]
+    assert calls[5:7] == [("fp32", "contiguous"), ("auto", "auto")]
     assert all(len(o.times) == 8 and max(o.times) < 1 for o in outcomes)  # warm-up dropped
     assert verdict["best"] == ac.Choice("bf16", "channels_last", False)
     assert verdict["ratio"] == pytest.approx(1.0) and verdict["met"]

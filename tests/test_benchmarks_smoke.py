@@ -36,6 +36,20 @@ def tiny_data(tiny_digits):
     return in_memory(tiny_digits, size=16, n=64, val=8)
 
 
+def test_round_order_rotates_and_reverses_so_neighbours_change():
+    from common import round_order
+
+    items = ["a", "b", "c", "d"]
+    orders = [round_order(items, r) for r in range(4)]
+    assert orders == [list("abcd"), list("bcda")[::-1], list("cdab"), list("dabc")[::-1]]
+    assert all(sorted(o) == items for o in orders)  # every candidate once a round
+    # over the rounds each candidate is preceded by more than one other (a rotation alone
+    # would give every candidate the same predecessor, round after round)
+    before = {x: {o[i - 1] for o in orders for i in range(1, len(o)) if o[i] == x} for x in items}
+    assert all(len(v) >= 2 for v in before.values())
+    assert round_order([], 3) == []
+
+
 def test_step_flops_counts_a_linear_layer_exactly():
     import roofline
 

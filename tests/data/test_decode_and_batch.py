@@ -184,3 +184,64 @@ def test_make_loader_takes_the_stacked_batch_as_it_is(tmp_path):
     assert got[1].tolist() == [train.targets[i] for i in (4, 1, 3)]
     plain = collate_batch([(torch.ones(2), 1), (torch.zeros(2), 0)])  # anything else: default
     assert torch.equal(plain[0], torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+
+
+def _formula(pixels_nhwc: np.ndarray) -> np.ndarray:
+    """(pixel / 255 - mean) / std in float32 NumPy, as NCHW."""
+    mean, std = np.float32(IMAGENET_MEAN), np.float32(IMAGENET_STD)
+    out = (pixels_nhwc.astype(np.float32) / np.float32(255) - mean) / std
+    return out.transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("source", ["nhwc", "nchw"])
+@pytest.mark.parametrize("fmt", ["channels_last", "contiguous"])
+def test_normalising_a_batch_in_either_layout_gives_the_same_numbers(source, fmt):
+    # against torchvision's v2 pipeline image by image (bit for bit) and the NumPy formula
+    from torchvision.transforms import v2
+
+    pixels = _noise(5, 7, 9, 3)  # B, H, W, C: W*C rows that are not a multiple of a vector
+    nhwc = torch.from_numpy(pixels)
+    batch = nhwc.permute(0, 3, 1, 2)  # a channels_last view
+    if source == "nchw":
+        batch = batch.contiguous()
+    memory_format = getattr(torch, fmt if fmt == "channels_last" else "contiguous_format")
+    norm = T.normalization(IMAGENET_MEAN, IMAGENET_STD)
+    got = norm.apply(batch, memory_format)
+    assert got.dtype == torch.float32 and got.shape == (5, 3, 7, 9)
+    assert got.is_contiguous(memory_format=memory_format)
+    ref = v2.Compose(
+        [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+    for k in range(5):
+        assert torch.equal(got[k], ref(batch[k].contiguous()))
+    np.testing.assert_allclose(got.numpy(), _formula(pixels), rtol=0, atol=2e-6)
+    assert torch.equal(nhwc, torch.from_numpy(pixels))  # the uint8 input is left as it was
+
+
+def test_decoder_views_stack_into_a_channels_last_batch(tmp_path):
+    from strop.data._dataset import _stack_uint8
+
+    views = [torch.from_numpy(_noise(6, 4, 3)).permute(2, 0, 1) for _ in range(3)]  # CHW of HWC
+    stacked = _stack_uint8(views)
+    assert stacked.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(stacked, torch.stack([v.contiguous() for v in views]))
+    plain = [v.contiguous() for v in views]  # contiguous CHW images: an NCHW batch
+    assert _stack_uint8(plain).is_contiguous() and torch.equal(_stack_uint8(plain), stacked)
+
+
+@pytest.mark.parametrize("cache", [None, "memory"])
+def test_folder_batches_come_in_the_layout_the_trainer_asks_for(tmp_path, cache):
+    from strop.data import make_loader
+
+    train, _, _ = image_folder(
+        _folder(tmp_path), image_size=(20, 24), val_fraction=0.2, cache=cache
+    )
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p, _ in train.samples])
+    assert train.batch_memory_format == torch.contiguous_format  # the default: NCHW
+    for fmt in (torch.channels_last, torch.contiguous_format, torch.channels_last):
+        train.batch_memory_format = fmt  # the third pass reads the memory cache, if any
+        x, y = next(
+            iter(make_loader(train, batch_size=len(train), shuffle=False, seed=0, num_workers=0))
+        )
+        assert x.is_contiguous(memory_format=fmt) and y.tolist() == train.targets
+        np.testing.assert_allclose(x.numpy(), _formula(pixels), rtol=0, atol=2e-6)

@@ -135,3 +135,22 @@ def test_the_feature_cache_extracts_at_the_extraction_batch(
     )  # 32 px: 64 * 224**2 // 32**2 = 3136 -> 256
     assert _val_batch_sizes(config) == [15]
     assert sizes == [256, 256]  # the training and the validation images
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "contiguous"])
+def test_folder_batches_arrive_in_the_models_memory_format(tiny_config, digits_root, tmp_path, fmt):
+    # the folder datasets lay their batches out for the model, so moving a batch to the device
+    # is no second float copy; what a batch holds does not change
+    config = tiny_config(
+        digits_root, tmp_path / "run", memory_format=fmt, feature_cache="off", device="cpu"
+    )
+    ctx, device = start_process(config)
+    run = build_run(config, ctx, device, log=lambda msg: None)
+    want = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    assert run.memory_format == want
+    for loader in (run.loader, run.val_loader):
+        x, _ = next(iter(loader))
+        assert x.dim() == 4 and x.is_contiguous(memory_format=want)
+    x, y = next(iter(run.val_loader))
+    one_by_one = torch.stack([run.val_loader.dataset[i][0] for i in range(len(y))])
+    assert torch.equal(x, one_by_one)  # shuffle off: the first items, the same numbers

@@ -110,12 +110,25 @@ def check_folder_args(
     return FolderArgs(path, train_dir, val_dir, size, options, dataset)
 
 
+def _stack_uint8(images: Sequence[Any]) -> torch.Tensor:
+    """``(B, 3, H, W)`` from same-shaped ``uint8`` images. When every image is a CHW view of an
+    HWC buffer (TorchCodec's decoders return those), the buffers are stacked as they are — a
+    plain copy, giving a channels_last batch — instead of transposing each image on the way."""
+    plain = [x.as_subclass(torch.Tensor) for x in images]
+    if plain[0].dim() == 3 and all(x.permute(1, 2, 0).is_contiguous() for x in plain):
+        return torch.stack([x.permute(1, 2, 0) for x in plain]).permute(0, 3, 1, 2)
+    return torch.stack(plain)
+
+
 class FolderDataset(Dataset[Any]):
     """Base of the folder datasets: sets ``image_size`` ``(H, W)``, ``mean``, ``std``,
     ``augment``, ``deterministic`` (no random augmentation runs) and ``cache``. ``task``,
     ``hflip``, ``color_jitter``, ``random_erasing``: see :func:`strop.data.transforms.augmentation`."""
 
     samples: list[Any]
+    #: the layout of the image batches :meth:`__getitems__` returns; the trainer sets it to the
+    #: model's memory format (its values never depend on it)
+    batch_memory_format: torch.memory_format = torch.contiguous_format
 
     def __init__(
         self,
@@ -189,7 +202,7 @@ class FolderDataset(Dataset[Any]):
             isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.shape == images[0].shape
             for x in images
         ):
-            batch = norm.apply(torch.stack([x.as_subclass(torch.Tensor) for x in images]))
+            batch = norm.apply(_stack_uint8(images), self.batch_memory_format)
             out = StackedItems((batch[k], *item[1:]) for k, item in enumerate(items))
             out.images = batch
             return out

