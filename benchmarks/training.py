@@ -33,6 +33,7 @@ the training step (the data pipeline has its own benchmark, ``data_pipeline.py``
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import tempfile
 import time
@@ -345,6 +346,7 @@ def run(
                     for name in round_order(order, r):
                         fn = cands[name]
                         progress(f"  {size}px {mode}: round {r + 1}/{rounds} {name}")
+                        gc.collect()  # the earlier candidates' garbage, outside every timing
                         one = fn(data)
                         kept = one.times[warmup:]
                         res[name].times += kept

@@ -72,6 +72,45 @@ def test_in_memory_data_repeats_to_the_requested_size(tiny_data):
     assert torch.equal(train.tensors[0][n_real], train.tensors[0][0])
 
 
+def test_run_fit_collects_earlier_garbage_before_the_fit(tiny_data, tmp_path, monkeypatch):
+    # a reference cycle left by an earlier fit is gone before the next fit starts (outside its
+    # timing), not collected by a full collection inside it
+    import weakref
+
+    import common
+    import strop.train
+
+    class Node:
+        pass
+
+    real_fit, seen = strop.train.fit, []
+
+    def recording_fit(*args, **kwargs):
+        seen.append(gone() is None)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(strop.train, "fit", recording_fit)
+    config = {
+        "data": {"root": "(in-memory)", "image_size": 16, "batch_size": 16, "num_workers": 0},
+        "model": {"name": "resnet18"},
+        "epochs": 1,
+        "output": str(tmp_path / "r"),
+        "precision": "fp32",
+        "memory_format": "contiguous",
+    }
+    common.gc.disable()  # no automatic collection may free it first
+    try:
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: only the cyclic collector frees it
+        gone = weakref.ref(a)
+        del a, b
+        assert gone() is not None
+        common.run_fit(config, data=tiny_data)
+    finally:
+        common.gc.enable()
+    assert seen == [True]
+
+
 def test_digits_folder_adds_jittered_copies(tmp_path):
     from common import digits_folder
 
