@@ -102,15 +102,17 @@ def median(values: Sequence[float]) -> float:
 
 
 def round_order(items: Sequence[T], r: int) -> list[T]:
-    """The order to run ``items`` in round ``r``: rotated by ``r`` (no candidate always runs first,
-    with cold caches, or last), and reversed in odd rounds, so that no candidate always follows
-    the same one. A rotation alone keeps the cyclic order: in ``auto_choices.py`` ``auto`` then
-    always ran right after ``bf16, channels_last`` and measured 0.94-0.95× that identical
-    computation in four runs out of five on an AVX512-BF16 CPU (2026-12-04), where an ABBA order
-    put the two level (auto 1.04×)."""
-    k = r % len(items) if items else 0
+    """The order to run ``items`` in round ``r``: rotated by ``r``, so that every candidate runs
+    first (with cold caches) once in ``len(items)`` rounds; in odd rounds the candidates after
+    the first are reversed, so that no candidate always follows the same one. A rotation alone
+    keeps the cyclic order: in ``auto_choices.py`` ``auto`` then always ran right after ``bf16,
+    channels_last`` and measured 0.94-0.95× that identical computation in four runs out of five
+    on an AVX512-BF16 CPU (2026-12-04), where an ABBA order put the two level (auto 1.04×)."""
+    if not items:
+        return []
+    k = r % len(items)
     rotated = [*items[k:], *items[:k]]
-    return rotated[::-1] if r % 2 else rotated
+    return [rotated[0], *rotated[:0:-1]] if r % 2 else rotated
 
 
 class Timer:

@@ -245,3 +245,4 @@ def test_folder_batches_come_in_the_layout_the_trainer_asks_for(tmp_path, cache)
         )
         assert x.is_contiguous(memory_format=fmt) and y.tolist() == train.targets
         np.testing.assert_allclose(x.numpy(), _formula(pixels), rtol=0, atol=2e-6)
+        assert torch.equal(x, torch.stack([train[i][0] for i in range(len(train))]))  # per item

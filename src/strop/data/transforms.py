@@ -238,10 +238,11 @@ class Normalization:
         back in ``memory_format`` (the model's: the trainer then has no float batch to lay out
         again); one image, and a float input, as :meth:`__call__` returns them."""
         if image.dtype == torch.uint8:
-            to_nhwc = image.dim() == 4 and memory_format == torch.channels_last
+            wants_cl = image.dim() == 4 and memory_format == torch.channels_last
             if (
-                to_nhwc
-                and image.shape[1] == len(self.mean)
+                wants_cl
+                and image.shape[1] == len(self.mean) == len(self.std)
+                and all(self.std)  # a zero std: normalize's own error below
                 and image.permute(0, 2, 3, 1).is_contiguous()
             ):
                 return self._nhwc(image)
@@ -252,7 +253,7 @@ class Normalization:
             out = TF.normalize(scaled, self.mean, self.std, inplace=True)
             # an NCHW batch (e.g. from the sample cache) wanted in channels_last: laid out once,
             # in float (a transposing uint8 copy is no cheaper on a CPU)
-            return out.contiguous(memory_format=torch.channels_last) if to_nhwc else out
+            return out.contiguous(memory_format=torch.channels_last) if wants_cl else out
         # a float input (a custom augmentation's) is never modified
         return TF.normalize(TF.to_dtype(image, torch.float32, scale=True), self.mean, self.std)
 
