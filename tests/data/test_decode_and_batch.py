@@ -218,7 +218,7 @@ def test_normalising_a_batch_in_either_layout_gives_the_same_numbers(source, fmt
     assert torch.equal(nhwc, torch.from_numpy(pixels))  # the uint8 input is left as it was
 
 
-def test_decoder_views_stack_into_a_channels_last_batch(tmp_path):
+def test_decoder_views_stack_into_a_channels_last_batch():
     from strop.data._dataset import _stack_uint8
 
     views = [torch.from_numpy(_noise(6, 4, 3)).permute(2, 0, 1) for _ in range(3)]  # CHW of HWC

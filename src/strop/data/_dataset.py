@@ -115,8 +115,10 @@ def _stack_uint8(images: Sequence[Any]) -> torch.Tensor:
     HWC buffer (TorchCodec's decoders return those), the buffers are stacked as they are — a
     plain copy, giving a channels_last batch — instead of transposing each image on the way."""
     plain = [x.as_subclass(torch.Tensor) for x in images]
-    if plain[0].dim() == 3 and all(x.permute(1, 2, 0).is_contiguous() for x in plain):
-        return torch.stack([x.permute(1, 2, 0) for x in plain]).permute(0, 3, 1, 2)
+    if plain[0].dim() == 3:
+        hwc = [x.permute(1, 2, 0) for x in plain]
+        if all(x.is_contiguous() for x in hwc):
+            return torch.stack(hwc).permute(0, 3, 1, 2)
     return torch.stack(plain)
 
 
